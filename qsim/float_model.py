@@ -1,0 +1,100 @@
+"""The float Mamba-1 forward in NumPy fp32, with one hook for every tensor that matters.
+
+`act(layer, name, x)` sees each named activation and may return a replacement:
+the identity gives the `float` numerics (equal to transformers'
+MambaForCausalLM), observers give calibration, fake-quantizers give `quamba`.
+Names: residual, u, x_in, z, conv_pre, xs, dtr, B, C, dt_pre, dt, sz, h, y,
+out, u_f (layer == n_layer for the final norm).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from qsim.config import MambaConfig
+from qsim.weights import MambaWeights
+
+Hook = Callable[[int, str, np.ndarray], "np.ndarray | None"]
+
+
+def _identity(layer: int, name: str, x: np.ndarray) -> None:
+    return None
+
+
+def rmsnorm(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return (x / np.sqrt(var + eps)).astype(np.float32) * g
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1) + np.exp(-x))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))).astype(np.float32)
+
+
+def causal_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Depthwise causal conv over time: x (L, D), w (D, K)."""
+    length, k = x.shape[0], w.shape[1]
+    xp = np.concatenate([np.zeros((k - 1, x.shape[1]), x.dtype), x])
+    out = np.broadcast_to(b, x.shape).astype(np.float32)
+    for j in range(k):
+        out = out + xp[j : j + length] * w[:, j]
+    return out
+
+
+def selective_scan(x, dt, A, B, C, D):
+    """fp32 scan; returns y (L, D) and the running max |h| (D, N) for calibration."""
+    length, d_inner = x.shape
+    h = np.zeros((d_inner, A.shape[1]), np.float32)
+    hmax = np.zeros_like(h)
+    y = np.empty_like(x)
+    dA = np.exp(dt[:, :, None] * A[None])
+    dBx = (dt * x)[:, :, None] * B[:, None, :]
+    for t in range(length):
+        h = dA[t] * h + dBx[t]
+        np.maximum(hmax, np.abs(h), out=hmax)
+        y[t] = h @ C[t]
+    return y + x * D, hmax
+
+
+def _apply(act: Hook, layer: int, name: str, x: np.ndarray) -> np.ndarray:
+    out = act(layer, name, x)
+    return x if out is None else out
+
+
+def mixer(cfg: MambaConfig, w: dict, u: np.ndarray, layer: int, act: Hook) -> np.ndarray:
+    di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
+    xz = u @ w["in_proj"].T
+    x = _apply(act, layer, "x_in", xz[:, :di])
+    z = _apply(act, layer, "z", xz[:, di:])
+    pre = _apply(act, layer, "conv_pre", causal_conv(x, w["conv_w"], w["conv_b"]))
+    xs = _apply(act, layer, "xs", silu(pre))
+    p = xs @ w["x_proj"].T
+    dtr = _apply(act, layer, "dtr", p[:, :r])
+    B = _apply(act, layer, "B", p[:, r : r + n])
+    C = _apply(act, layer, "C", p[:, r + n :])
+    dt_pre = _apply(act, layer, "dt_pre", dtr @ w["dt_w"].T + w["dt_b"])
+    dt = _apply(act, layer, "dt", softplus(dt_pre))
+    A = -np.exp(w["A_log"])
+    y, hmax = selective_scan(xs, dt, A, B, C, w["D"])
+    act(layer, "h", hmax)
+    sz = _apply(act, layer, "sz", silu(z))
+    yg = _apply(act, layer, "y", (y * sz).astype(np.float32))
+    return _apply(act, layer, "out", yg @ w["out_proj"].T)
+
+
+def forward(cfg: MambaConfig, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:
+    """Logits (L, vocab) of one token sequence."""
+    act = act or _identity
+    r = w.embedding[np.asarray(tokens)].astype(np.float32)
+    for i, lw in enumerate(w.layers):
+        r = _apply(act, i, "residual", r)
+        u = _apply(act, i, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
+        r = r + mixer(cfg, lw, u, i, act)
+    r = _apply(act, cfg.n_layer, "residual", r)
+    uf = _apply(act, cfg.n_layer, "u_f", rmsnorm(r, w.norm_f, cfg.layer_norm_epsilon))
+    return uf @ w.lm_head.T

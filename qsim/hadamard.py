@@ -1,0 +1,84 @@
+"""Integer Hadamard transforms of size m * 2**k, m in {1, 12, 20}.
+
+H_m for m = 12 and 20 come from Paley's first construction (q = 11, 19, both
+prime and 3 mod 4); larger sizes are the Kronecker product H_m (x) H_{2**k}
+with Sylvester's H_{2**k}. On integers the transform is exact (additions and
+subtractions only); the 1/sqrt(N) normalisation is folded into the
+requantization that follows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from qsim.errors import QsimError
+
+BASE_ORDERS = (1, 12, 20)
+
+
+def _paley(q: int) -> np.ndarray:
+    """Hadamard matrix of order q + 1 for a prime q = 3 (mod 4)."""
+    residues = {(i * i) % q for i in range(1, q)}
+    chi = np.array([0] + [1 if i in residues else -1 for i in range(1, q)], dtype=np.int64)
+    jac = np.array([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=np.int64)
+    s = np.zeros((q + 1, q + 1), dtype=np.int64)
+    s[0, 1:] = 1
+    s[1:, 0] = -1
+    s[1:, 1:] = jac
+    return s + np.eye(q + 1, dtype=np.int64)
+
+
+@lru_cache(maxsize=None)
+def base_matrix(m: int) -> np.ndarray:
+    if m == 1:
+        return np.ones((1, 1), dtype=np.int64)
+    if m in (12, 20):
+        return _paley(m - 1)
+    raise QsimError(f"no Hadamard matrix of base order {m} (supported: {BASE_ORDERS})")
+
+
+def factor(n: int) -> tuple[int, int]:
+    """Split n = m * 2**k with m in BASE_ORDERS, or fail naming n."""
+    for m in BASE_ORDERS:
+        if n % m == 0:
+            p = n // m
+            if p & (p - 1) == 0:
+                return m, p
+    raise QsimError(f"Hadamard size {n} is not 2**k, 12*2**k or 20*2**k")
+
+
+def supported(n: int) -> bool:
+    try:
+        factor(n)
+    except QsimError:
+        return False
+    return True
+
+
+def matrix(n: int) -> np.ndarray:
+    """The dense N x N integer matrix the fast transform applies (H H^T = N I)."""
+    m, p = factor(n)
+    syl = np.ones((1, 1), dtype=np.int64)
+    while syl.shape[0] < p:
+        syl = np.block([[syl, syl], [syl, -syl]])
+    return np.kron(base_matrix(m), syl)
+
+
+def fwht(x: np.ndarray) -> np.ndarray:
+    """Fast integer transform along the last axis: returns x @ matrix(n).T exactly."""
+    x = np.asarray(x, dtype=np.int64)
+    n = x.shape[-1]
+    m, p = factor(n)
+    y = x.reshape(*x.shape[:-1], m, p).copy()
+    h = 1
+    while h < p:  # radix-2 butterflies over the power-of-two factor
+        y = y.reshape(*x.shape[:-1], m, p // (2 * h), 2, h)
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        h *= 2
+    y = y.reshape(*x.shape[:-1], m, p)
+    if m > 1:
+        y = np.einsum("ij,...jp->...ip", base_matrix(m), y)
+    return y.reshape(x.shape)

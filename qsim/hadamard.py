@@ -57,6 +57,7 @@ def supported(n: int) -> bool:
     return True
 
 
+@lru_cache(maxsize=8)
 def matrix(n: int) -> np.ndarray:
     """The dense N x N integer matrix the fast transform applies (H H^T = N I)."""
     m, p = factor(n)
@@ -82,3 +83,8 @@ def fwht(x: np.ndarray) -> np.ndarray:
     if m > 1:
         y = np.einsum("ij,...jp->...ip", base_matrix(m), y)
     return y.reshape(x.shape)
+
+
+def fwht_float(x: np.ndarray) -> np.ndarray:
+    """The same transform on float data (x @ matrix(n).T), for calibration and `quamba`."""
+    return (np.asarray(x, dtype=np.float64) @ matrix(x.shape[-1]).T.astype(np.float64)).astype(np.float32)

@@ -1,0 +1,224 @@
+"""Static calibration: float observations -> scales -> integer weights, multipliers, tables.
+
+Every number an executor needs is derived here, once, and written to the
+artifact; the spec's rules (qsim.spec) decide how reals become integers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from calib.observers import ObserverHook
+from qsim import float_model, hadamard, spec, tables
+from qsim.artifact import FORMAT, QuantizedModel
+from qsim.bits import BitsPreset
+from qsim.errors import QsimError
+from qsim.progress import progress
+from qsim.qweights import IntLinear, quantize_int4_grouped, quantize_int8
+from qsim.weights import LoadedModel
+
+LOG2E = 1.0 / math.log(2.0)
+RESIDUAL_HEADROOM = 2.0  # the residual format leaves 1 bit above the calibrated range
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    samples: int = 16
+    seq_len: int = 256
+    percentile: bool = True
+    alpha: float = 0.99999
+    hadamard: bool = True
+    state_bits: int = 24
+    text: str = "shakespeare/calib.txt"
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.seq_len < 1:
+            raise QsimError(f"calibration: samples and length must be >= 1 (got {self.samples}, {self.seq_len})")
+        if not 0.0 < self.alpha <= 1.0:
+            raise QsimError(f"--alpha {self.alpha}: must be in (0, 1]")
+        if not 12 <= self.state_bits <= 32:
+            raise QsimError(f"--state-bits {self.state_bits}: must be in [12, 32]")
+
+
+def sample_windows(tokens: np.ndarray, n: int, length: int, where: str) -> list[np.ndarray]:
+    """n windows of `length` tokens at evenly spaced, deterministic offsets."""
+    if len(tokens) < length:
+        raise QsimError(f"{where}: {len(tokens)} tokens, shorter than one sequence of {length}")
+    starts = np.linspace(0, len(tokens) - length, n).astype(np.int64)
+    return [tokens[s : s + length] for s in starts]
+
+
+def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings) -> ObserverHook:
+    hook = ObserverHook(lm.config.n_layer, s.alpha if s.percentile else None, s.hadamard)
+    for w in progress(windows, desc="calibrate", unit="seq"):
+        float_model.forward(lm.config, lm.weights, w, hook)
+    return hook
+
+
+def _quant_linear(w: np.ndarray, bits: BitsPreset, int4: bool) -> tuple[IntLinear, np.ndarray]:
+    """Integer weight and its real scale per output channel."""
+    if int4 and bits.weight_bits == 4:
+        return quantize_int4_grouped(w, bits.group_size)
+    q, sc = quantize_int8(w)
+    return IntLinear(q), np.full(w.shape[0], sc)
+
+
+def _requant_arrays(qm: QuantizedModel, name: str, ratios: np.ndarray) -> None:
+    m, s = spec.quantize_multipliers(ratios, name)
+    qm.tensors[f"{name}.rq_m"], qm.tensors[f"{name}.rq_s"] = m.astype(np.int32), s.astype(np.int32)
+
+
+def _mult(real: float, where: str) -> dict:
+    m, s = spec.quantize_multiplier(real, where)
+    return {"m": m, "s": s}
+
+
+def _norm_params(g: np.ndarray, s_res: float, s_out: float, eps: float, where: str) -> tuple[np.ndarray, dict]:
+    d = g.shape[0]
+    s_g = spec.symmetric_scale(float(np.abs(g).max()), 16, where)
+    gq = np.clip(spec.round_half_up(g / s_g), -32767, 32767).astype(np.int16)
+    eps_int = max(1, int(spec.round_half_up(eps * d / s_res**2)))
+    real = math.sqrt(d) * s_g * 2.0**-spec.NORM_FRAC_BITS / s_out
+    return gq, {"g_scale": s_g, "eps_int": eps_int, "out_scale": s_out, **_mult(real, where)}
+
+
+def _int8_param(v: np.ndarray) -> tuple[np.ndarray, float]:
+    q, sc = quantize_int8(v)
+    return q, sc
+
+
+def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHook) -> QuantizedModel:
+    cfg, w = lm.config, lm.weights
+    di, n = cfg.d_inner, cfg.d_state
+    if s.hadamard and not hadamard.supported(di):
+        raise QsimError(f"d_inner {di}: no integer Hadamard of that size; use --no-hadamard")
+    res_abs = max(hook.absmax(i, "residual") for i in range(cfg.n_layer + 1))
+    s_res = spec.symmetric_scale(RESIDUAL_HEADROOM * res_abs, spec.RESIDUAL_BITS, "residual")
+    qm = QuantizedModel(
+        {
+            "format": FORMAT,
+            "spec_version": spec.SPEC_VERSION,
+            "model": {"name": lm.name, "source": lm.source, "weights_sha256": lm.sha256, "config": cfg.to_dict()},
+            "bits": asdict(bits),
+            "calibration": {
+                **asdict(s),
+                "observers": "absmax per tensor; SSM input: "
+                + (f"alpha={s.alpha} quantile of |x| per sample, averaged" if s.percentile else "absmax"),
+                "weights": "round-to-nearest (half up); int8 per tensor, int4 per group of "
+                f"{bits.group_size} with uint8 group scales and a per-channel scale",
+            },
+            "hadamard": s.hadamard,
+            "state_bits": s.state_bits,
+            "residual": {"bits": spec.RESIDUAL_BITS, "scale": s_res},
+            "tables": {"exp2_frac": tables.exp2_frac_table().tolist(), "rsqrt": tables.rsqrt_table().tolist()},
+            "linears": {},
+            "layers": [],
+        },
+        {},
+    )
+    eq, s_emb = quantize_int8(w.embedding)
+    qm.tensors["embedding.q"] = eq
+    qm.manifest["embedding"] = {"scale": s_emb, **_mult(s_emb / s_res, "embedding")}
+    for i in range(cfg.n_layer):
+        qm.manifest["layers"].append(_layer(qm, i, w.layers[i], cfg, bits, s, hook, s_res))
+    s_uf = spec.symmetric_scale(hook.absmax(cfg.n_layer, "u_f"), 8, "u_f")
+    gq, fnorm = _norm_params(w.norm_f, s_res, s_uf, cfg.layer_norm_epsilon, "norm_f")
+    qm.tensors["norm_f.g"] = gq
+    qm.manifest["final_norm"] = fnorm
+    tied = cfg.tie_embeddings and bits.weight_bits == 8
+    lin, sc = (IntLinear(eq), np.full(cfg.vocab_size, s_emb)) if tied else _quant_linear(w.lm_head, bits, True)
+    qm.set_linear("lm_head", lin)
+    qm.tensors["lm_head.scale"] = sc.astype(np.float64)
+    qm.manifest["lm_head"] = {"tied_to_embedding": tied, "logit_scale": "u_f scale x lm_head.scale per row"}
+    return qm
+
+
+def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
+    di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
+    p = f"layers.{i}"
+    a = lambda name: hook.absmax(i, name)  # noqa: E731
+    sc = {
+        "u": a("u") / 127, "x": a("x_in") / 127, "z": a("z") / 127, "xz": max(a("x_in"), a("z")) / 127,
+        "conv_pre": a("conv_pre") / 127, "xs": hook.ssm_input(i) / 127, "dtr": a("dtr") / 127,
+        "B": a("B") / 127, "C": a("C") / 127, "xp": max(a("dtr"), a("B"), a("C")) / 127,
+        "dt_pre": a("dt_pre") / 127, "dt": a("dt") / 255, "sz": a("sz") / 127,
+        "h": a("h") / ((1 << (s.state_bits - 1)) - 1), "y": a("y") / ((1 << (spec.GATED_BITS - 1)) - 1),
+        "yo": a("y_rot") / 127,
+    }
+    for k, v in sc.items():
+        if not (math.isfinite(v) and v > 0):
+            sc[k] = 1.0  # an all-zero tensor: any positive scale represents it exactly
+    out: dict = {"scales": sc}
+    gq, out["norm"] = _norm_params(lw["norm"], s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
+    qm.tensors[f"{p}.norm.g"] = gq
+    # in_proj: x and z get their own scales in `fixed` (quamba shares one)
+    lin, wsc = _quant_linear(lw["in_proj"], bits, True)
+    qm.set_linear(f"{p}.in_proj", lin)
+    qm.tensors[f"{p}.in_proj.scale"] = wsc
+    out_sc = np.concatenate([np.full(di, sc["x"]), np.full(di, sc["z"])])
+    _requant_arrays(qm, f"{p}.in_proj", sc["u"] * wsc / out_sc)
+    # conv: int8 weights, int32 bias at the accumulator scale, SiLU by table
+    cw, s_cw = quantize_int8(lw["conv_w"])
+    qm.tensors[f"{p}.conv.w"] = cw
+    qm.tensors[f"{p}.conv.b"] = spec.round_half_up(lw["conv_b"] / (sc["x"] * s_cw)).astype(np.int32)
+    out["conv"] = {"w_scale": s_cw, **_mult(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
+    # x_proj -> dt_r, B, C each with its own scale
+    lin, wsc = _quant_linear(lw["x_proj"], bits, True)
+    qm.set_linear(f"{p}.x_proj", lin)
+    qm.tensors[f"{p}.x_proj.scale"] = wsc
+    seg = np.concatenate([np.full(r, sc["dtr"]), np.full(n, sc["B"]), np.full(n, sc["C"])])
+    _requant_arrays(qm, f"{p}.x_proj", sc["xs"] * wsc / seg)
+    # dt_proj stays int8 in every preset (as in Quamba2's W4A8 Mamba-1)
+    dq, s_wdt = quantize_int8(lw["dt_w"])
+    qm.set_linear(f"{p}.dt_proj", IntLinear(dq))
+    qm.tensors[f"{p}.dt_proj.b"] = spec.round_half_up(lw["dt_b"] / (sc["dtr"] * s_wdt)).astype(np.int32)
+    out["dt_proj"] = {"w_scale": s_wdt, **_mult(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
+    out["tables"] = {
+        "silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]).tolist(),
+        "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]).tolist(),
+        "silu_z": tables.silu_table(sc["z"], sc["sz"]).tolist(),
+    }
+    out["scan"] = _scan_params(qm, p, lw, sc, s)
+    # out_proj input: y (int16) -> [Hadamard] -> int8; weights pre-multiplied by H^T / sqrt(N)
+    wout = lw["out_proj"]
+    if s.hadamard:
+        wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(di))).astype(np.float32)
+    ratio = sc["y"] / sc["yo"] / (math.sqrt(di) if s.hadamard else 1.0)
+    out["out_in"] = _mult(ratio, f"{p}.out_in")
+    lin, wsc = _quant_linear(wout, bits, True)
+    qm.set_linear(f"{p}.out_proj", lin)
+    qm.tensors[f"{p}.out_proj.scale"] = wsc
+    _requant_arrays(qm, f"{p}.out_proj", sc["yo"] * wsc / s_res)
+    # Quamba stores A_log, D and dt_bias as int8 with one scale each
+    out["quamba"] = {}
+    for key in ("A_log", "D", "dt_b"):
+        q, qs = _int8_param(lw[key])
+        qm.tensors[f"{p}.quamba.{key}"] = q
+        out["quamba"][key] = qs
+    return out
+
+
+def _scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
+    """Integer decay exponent a = |A| log2(e) s_dt 2**F (uint16), state and output multipliers."""
+    a_real = np.exp(lw["A_log"].astype(np.float64)) * LOG2E * sc["dt"]
+    amax = float(a_real.max())
+    frac = int(np.clip(math.floor(math.log2(65535.0 / amax)), 9, 30)) if amax > 0 else 30
+    a_q = np.clip(spec.round_half_up(a_real * 2.0**frac), 0, 65535)
+    qm.tensors[f"{p}.A.q"] = a_q.astype(np.int32)
+    qm.tensors[f"{p}.D.q"] = spec.round_half_up(lw["D"] * sc["xs"] / (sc["C"] * sc["h"])).astype(np.int64)
+    h = spec.quantize_multiplier(sc["dt"] * sc["B"] * sc["xs"] / sc["h"], f"{p}.scan.dBx")
+    y = spec.quantize_multiplier(sc["C"] * sc["h"] * sc["sz"] / sc["y"], f"{p}.scan.y")
+    return {
+        "a_frac_bits": frac,
+        "a_saturated": int(np.count_nonzero(a_real * 2.0**frac > 65535)),
+        "m_h": h[0], "s_h": h[1], "m_y": y[0], "s_y": y[1],
+    }
+
+
+def calibrate(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, tokens: np.ndarray, where: str) -> QuantizedModel:
+    s.validate()
+    hook = observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s)
+    return build(lm, bits, s, hook)

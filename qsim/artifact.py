@@ -1,0 +1,121 @@
+"""The quantized-model artifact: the one contract every executor reads.
+
+A folder with `manifest.json` (spec version, model configuration, bits, every
+scale, multiplier, shift and table, and how each was calibrated) and
+`weights.safetensors` (integer tensors; int4 packed two per byte). Written
+atomically: a sibling temporary folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qsim import spec
+from qsim.config import MambaConfig
+from qsim.errors import QsimError
+from qsim.qweights import IntLinear, pack_int4, unpack_int4
+
+FORMAT = "qsim-quantized-model"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class QuantizedModel:
+    manifest: dict
+    tensors: dict[str, np.ndarray]
+
+    @property
+    def config(self) -> MambaConfig:
+        return MambaConfig.from_dict(self.manifest["model"]["config"])
+
+    def layer(self, i: int) -> dict:
+        return self.manifest["layers"][i]
+
+    def t(self, name: str) -> np.ndarray:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise QsimError(f"artifact: tensor {name} is missing from {WEIGHTS}") from None
+
+    def linear(self, name: str) -> IntLinear:
+        fmt = self.manifest["linears"][name]
+        if fmt["format"] == "int4":
+            return IntLinear(unpack_int4(self.t(f"{name}.q4"), fmt["cols"]), self.t(f"{name}.gs"), fmt["group"])
+        return IntLinear(self.t(f"{name}.q"))
+
+    def set_linear(self, name: str, lin: IntLinear) -> None:
+        if lin.gs is None:
+            self.tensors[f"{name}.q"] = lin.q
+            self.manifest["linears"][name] = {"format": "int8"}
+        else:
+            self.tensors[f"{name}.q4"] = pack_int4(lin.q)
+            self.tensors[f"{name}.gs"] = lin.gs
+            self.manifest["linears"][name] = {"format": "int4", "group": lin.group, "cols": int(lin.q.shape[1])}
+
+
+def _atomic_folder(dest: Path, write) -> None:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        write(tmp)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save(qm: QuantizedModel, dest: Path) -> None:
+    from safetensors.numpy import save_file
+
+    def write(tmp: Path) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in sorted(qm.tensors.items())}, str(tmp / WEIGHTS))
+        manifest = dict(qm.manifest, weights_sha256=hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest())
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+    _atomic_folder(dest, write)
+
+
+def load(folder: Path) -> QuantizedModel:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    mpath, wpath = folder / MANIFEST, folder / WEIGHTS
+    for p in (mpath, wpath):
+        if not p.is_file():
+            raise QsimError(f"{folder}: not a quantized-model folder ({p.name} is missing)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QsimError(f"{mpath}: not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise QsimError(f"{mpath}: not a {FORMAT} manifest")
+    if manifest.get("spec_version") != spec.SPEC_VERSION:
+        raise QsimError(
+            f"{mpath}: spec version {manifest.get('spec_version')} differs from this qsim's "
+            f"{spec.SPEC_VERSION}; recalibrate"
+        )
+    data = wpath.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.get("weights_sha256"):
+        raise QsimError(f"{wpath}: sha256 does not match the manifest (corrupt or modified)")
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise QsimError(f"{wpath}: corrupt safetensors file ({exc})") from None
+    return QuantizedModel(manifest, tensors)

@@ -1,0 +1,1 @@
+"""The integer-only (`fixed`) datapath: reference ops, Numba twins, and the model executor."""

@@ -1,0 +1,203 @@
+"""Numba twins of qsim.fixed.ops: the same integers, computed fast.
+
+GEMMs run on float BLAS where that is exact: int8 x int8 products are at most
+2**14 in magnitude, so float32 partial sums over chunks of K <= 1024 stay
+below 2**24 and are exact; int4-group weights (|q * gs| <= 2040) use float64.
+Everything else is explicit integer loops compiled by Numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from qsim import hadamard, spec
+from qsim.fixed.ops import lut  # table look-up is a single gather in both backends
+from qsim.qweights import IntLinear
+
+F32_CHUNK = 1024
+_jit = numba.njit(cache=True, nogil=True)
+
+__all__ = ["lut", "linear", "prepare_linear", "requantize", "rmsnorm", "conv", "scan", "hadamard_rows"]
+
+
+def prepare_linear(w: IntLinear):
+    """(kind, transposed float weight) ready for BLAS."""
+    if w.gs is None:
+        return "f32", np.ascontiguousarray(w.q.T.astype(np.float32))
+    return "f64", np.ascontiguousarray(w.effective().T.astype(np.float64))
+
+
+def linear(x, prep) -> np.ndarray:
+    kind, wt = prep
+    if kind == "f64":
+        return (np.asarray(x, dtype=np.float64) @ wt).astype(np.int64)
+    xf = np.asarray(x, dtype=np.float32)
+    k = xf.shape[1]
+    acc = (xf[:, :F32_CHUNK] @ wt[:F32_CHUNK]).astype(np.int64)
+    for c in range(F32_CHUNK, k, F32_CHUNK):
+        acc += (xf[:, c : c + F32_CHUNK] @ wt[c : c + F32_CHUNK]).astype(np.int64)
+    return acc
+
+
+@_jit
+def _rshift_round(v, s):
+    if s == 0:
+        return v
+    return (v + (np.int64(1) << (s - 1))) >> s
+
+
+@_jit
+def _requant2d(acc, m, s, lo, hi):
+    out = np.empty(acc.shape, np.int64)
+    nsat = 0
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            v = _rshift_round(acc[i, j] * m[j], s[j])
+            if v < lo:
+                v, nsat = lo, nsat + 1
+            elif v > hi:
+                v, nsat = hi, nsat + 1
+            out[i, j] = v
+    return out, nsat
+
+
+def requantize(acc, m, s, bits: int):
+    acc = np.ascontiguousarray(acc, dtype=np.int64)
+    cols = acc.shape[1]
+    m = np.broadcast_to(np.asarray(m, np.int64), (cols,)).copy()
+    s = np.broadcast_to(np.asarray(s, np.int64), (cols,)).copy()
+    lo, hi = spec.int_range(bits)
+    return _requant2d(acc, m, s, lo, hi)
+
+
+@_jit
+def _bit_length(v):
+    n = 0
+    while v > 0:
+        v >>= 1
+        n += 1
+    return n
+
+
+@_jit
+def _rmsnorm(r, g, eps_int, m, s, tab, tab_bits_minus_frac):
+    rows, d = r.shape
+    out = np.empty((rows, d), np.int64)
+    nsat = 0
+    for i in range(rows):
+        ss = eps_int
+        for j in range(d):
+            ss += r[i, j] * r[i, j]
+        sh = _bit_length(ss) - 10
+        sh += sh & 1
+        mant = ss >> sh if sh >= 0 else ss << (-sh)
+        t = tab[mant - 256]
+        shift = tab_bits_minus_frac + sh // 2
+        for j in range(d):
+            v = _rshift_round(_rshift_round(r[i, j] * t, shift) * g[j] * m, s)
+            if v < -128:
+                v, nsat = -128, nsat + 1
+            elif v > 127:
+                v, nsat = 127, nsat + 1
+            out[i, j] = v
+    return out, nsat
+
+
+def rmsnorm(r, g, eps_int, m, s, rsqrt_tab):
+    return _rmsnorm(np.ascontiguousarray(r, np.int64), g.astype(np.int64), eps_int, m, s, rsqrt_tab,
+                    spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS)
+
+
+@_jit
+def _conv(x, conv_state, w, b):
+    L, D = x.shape
+    km1 = conv_state.shape[0]
+    xp = np.empty((km1 + L, D), np.int64)
+    xp[:km1] = conv_state
+    xp[km1:] = x
+    acc = np.empty((L, D), np.int64)
+    for t in range(L):
+        for d in range(D):
+            a = b[d]
+            for j in range(km1 + 1):
+                a += xp[t + j, d] * w[d, j]
+            acc[t, d] = a
+    return acc, xp[L:].copy()
+
+
+def conv(x, conv_state, w, b):
+    return _conv(np.ascontiguousarray(x, np.int64), conv_state, w, b)
+
+
+@_jit
+def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits):
+    L, D = xs.shape
+    N = B.shape[1]
+    h = h.copy()
+    y = np.empty((L, D), np.int64)
+    hlo, hhi = -(np.int64(1) << (state_bits - 1)), (np.int64(1) << (state_bits - 1)) - 1
+    ylo, yhi = -(np.int64(1) << (gated_bits - 1)), (np.int64(1) << (gated_bits - 1)) - 1
+    half = np.int64(1) << (frac - 9)
+    sat_h = 0
+    sat_y = 0
+    for t in range(L):
+        for d in range(D):
+            dtd = dt[t, d]
+            dx = dtd * xs[t, d]
+            acc = Dq[d] * xs[t, d]
+            for n in range(N):
+                er = (dtd * a_q[d, n] + half) >> (frac - 8)
+                dA = _rshift_round(exp_tab[er & 255], min(er >> 8, 40))
+                v = _rshift_round(dA * h[d, n], decay_bits) + _rshift_round(dx * B[t, n] * m_h, s_h)
+                if v < hlo:
+                    v, sat_h = hlo, sat_h + 1
+                elif v > hhi:
+                    v, sat_h = hhi, sat_h + 1
+                h[d, n] = v
+                acc += C[t, n] * v
+            v = _rshift_round(acc * sz[t, d] * m_y, s_y)
+            if v < ylo:
+                v, sat_y = ylo, sat_y + 1
+            elif v > yhi:
+                v, sat_y = yhi, sat_y + 1
+            y[t, d] = v
+    return y, h, sat_h, sat_y
+
+
+def scan(xs, dt, B, C, sz, h, p: dict):
+    c = np.ascontiguousarray
+    return _scan(c(xs, np.int64), c(dt, np.int64), c(B, np.int64), c(C, np.int64), c(sz, np.int64), h,
+                 p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"], p["exp_tab"],
+                 p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS)
+
+
+@_jit
+def _fwht(y, m, p, base):
+    rows = y.shape[0]
+    out = np.empty_like(y)
+    tmp = np.empty(m * p, np.int64)
+    for r in range(rows):
+        v = y[r].copy()
+        for blk in range(m):  # radix-2 butterflies within each block of p
+            o = blk * p
+            h = 1
+            while h < p:
+                for i in range(0, p, 2 * h):
+                    for j in range(i, i + h):
+                        a, b = v[o + j], v[o + j + h]
+                        v[o + j], v[o + j + h] = a + b, a - b
+                h *= 2
+        for i in range(m):  # then the small base matrix across blocks
+            for j in range(p):
+                s = 0
+                for k in range(m):
+                    s += base[i, k] * v[k * p + j]
+                tmp[i * p + j] = s
+        out[r] = tmp
+    return out
+
+
+def hadamard_rows(y):
+    m, p = hadamard.factor(y.shape[-1])
+    return _fwht(np.ascontiguousarray(y, np.int64), m, p, hadamard.base_matrix(m))

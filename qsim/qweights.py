@@ -1,0 +1,65 @@
+"""Integer weight formats: int8 per-tensor, and int4 in groups with integer group scales.
+
+int4 format: w ~= q * gs[c, g] * scale[c], with q in [-8, 7], gs in [1, 255]
+(uint8, one per output channel c and group g of `group` input columns) and a
+real per-channel scale. Two int4 values pack into one byte, the even column in
+the low nibble. The integer dot product is sum_g gs[c, g] * sum_{k in g} q x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsim import spec
+
+
+@dataclass
+class IntLinear:
+    """An integer weight matrix (out, in): int8 per tensor, or int4 grouped (gs set)."""
+
+    q: np.ndarray  # int8 values (int4 already unpacked), shape (out, in)
+    gs: np.ndarray | None = None  # uint8 group scales (out, n_groups) for int4
+    group: int = 0
+
+    def effective(self) -> np.ndarray:
+        """q * gs expanded per column: the integer matrix the dot product applies."""
+        if self.gs is None:
+            return self.q.astype(np.int64)
+        cols = np.arange(self.q.shape[1]) // self.group
+        return self.q.astype(np.int64) * self.gs[:, cols].astype(np.int64)
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
+    s = spec.symmetric_scale(float(np.abs(w).max()), 8)
+    return np.clip(spec.round_half_up(w / s), -127, 127).astype(np.int8), s
+
+
+def quantize_int4_grouped(w: np.ndarray, group: int) -> tuple[IntLinear, np.ndarray]:
+    """Round-to-nearest int4 with integer group scales; returns the weight and per-channel scales."""
+    out_f, in_f = w.shape
+    n_groups = -(-in_f // group)
+    pad = n_groups * group - in_f
+    wg = np.pad(w, ((0, 0), (0, pad))).reshape(out_f, n_groups, group)
+    gscale = np.abs(wg).max(axis=2) / 7.0  # real scale per group
+    ch = gscale.max(axis=1) / 255.0
+    ch = np.where(ch > 0, ch, 1.0)
+    gs = np.clip(spec.round_half_up(gscale / ch[:, None]), 1, 255)
+    step = (gs * ch[:, None])[:, :, None]
+    q = np.clip(spec.round_half_up(wg / step), -8, 7).reshape(out_f, -1)[:, :in_f]
+    return IntLinear(q.astype(np.int8), gs.astype(np.uint8), group), ch.astype(np.float64)
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    flat = q.astype(np.int16)
+    if flat.shape[-1] % 2:
+        flat = np.pad(flat, ((0, 0), (0, 1)))
+    lo, hi = flat[:, 0::2] & 0xF, flat[:, 1::2] & 0xF
+    return (lo | (hi << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, cols: int) -> np.ndarray:
+    p = packed.astype(np.int16)
+    both = np.stack([p & 0xF, p >> 4], axis=-1).reshape(p.shape[0], -1)[:, :cols]
+    return np.where(both >= 8, both - 16, both).astype(np.int8)

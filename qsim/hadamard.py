@@ -88,3 +88,8 @@ def fwht(x: np.ndarray) -> np.ndarray:
 def fwht_float(x: np.ndarray) -> np.ndarray:
     """The same transform on float data (x @ matrix(n).T), for calibration and `quamba`."""
     return (np.asarray(x, dtype=np.float64) @ matrix(x.shape[-1]).T.astype(np.float64)).astype(np.float32)
+
+
+def fwht_float_t(x: np.ndarray) -> np.ndarray:
+    """The transposed transform (x @ matrix(n)); with fwht_float, H^T H = N I undoes a rotation."""
+    return (np.asarray(x, dtype=np.float64) @ matrix(x.shape[-1]).astype(np.float64)).astype(np.float32)

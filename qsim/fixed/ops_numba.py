@@ -1,30 +1,30 @@
 """Numba twins of qsim.fixed.ops: the same integers, computed fast.
 
-GEMMs run on float BLAS where that is exact: int8 x int8 products are at most
-2**14 in magnitude, so float32 partial sums over chunks of K <= 1024 stay
-below 2**24 and are exact; int4-group weights (|q * gs| <= 2040) use float64.
-Everything else is explicit integer loops compiled by Numba.
+int8 GEMMs run on torch's integer GEMM (`torch._int_mm`, int32 accumulation:
+exact while K * 128 * 127 < 2**31, i.e. K < 132000); int4-group weights
+(|q * gs| <= 2040) run on float64 BLAS, exact below 2**53. Everything else is
+explicit integer loops compiled by Numba; the scan runs channels in parallel.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
 from qsim import hadamard, spec
 from qsim.fixed.ops import lut  # table look-up is a single gather in both backends
 from qsim.qweights import IntLinear
 
-F32_CHUNK = 1024
 _jit = numba.njit(cache=True, nogil=True)
 
 __all__ = ["lut", "linear", "prepare_linear", "requantize", "rmsnorm", "conv", "scan", "hadamard_rows"]
 
 
 def prepare_linear(w: IntLinear):
-    """(kind, transposed float weight) ready for BLAS."""
+    """(kind, weight laid out for the GEMM): int8 as a transposed torch view, int4 groups as float64."""
     if w.gs is None:
-        return "f32", np.ascontiguousarray(w.q.T.astype(np.float32))
+        return "i8", torch.from_numpy(np.ascontiguousarray(w.q)).t()
     return "f64", np.ascontiguousarray(w.effective().T.astype(np.float64))
 
 
@@ -32,12 +32,8 @@ def linear(x, prep) -> np.ndarray:
     kind, wt = prep
     if kind == "f64":
         return (np.asarray(x, dtype=np.float64) @ wt).astype(np.int64)
-    xf = np.asarray(x, dtype=np.float32)
-    k = xf.shape[1]
-    acc = (xf[:, :F32_CHUNK] @ wt[:F32_CHUNK]).astype(np.int64)
-    for c in range(F32_CHUNK, k, F32_CHUNK):
-        acc += (xf[:, c : c + F32_CHUNK] @ wt[c : c + F32_CHUNK]).astype(np.int64)
-    return acc
+    x8 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int8))
+    return torch._int_mm(x8, wt).numpy().astype(np.int64)
 
 
 @_jit
@@ -130,7 +126,7 @@ def conv(x, conv_state, w, b):
     return _conv(np.ascontiguousarray(x, np.int64), conv_state, w, b)
 
 
-@_jit
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits):
     L, D = xs.shape
     N = B.shape[1]
@@ -141,8 +137,8 @@ def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state
     half = np.int64(1) << (frac - 9)
     sat_h = 0
     sat_y = 0
-    for t in range(L):
-        for d in range(D):
+    for d in numba.prange(D):  # channels are independent; time is the recurrence
+        for t in range(L):
             dtd = dt[t, d]
             dx = dtd * xs[t, d]
             acc = Dq[d] * xs[t, d]
@@ -151,16 +147,20 @@ def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state
                 dA = _rshift_round(exp_tab[er & 255], min(er >> 8, 40))
                 v = _rshift_round(dA * h[d, n], decay_bits) + _rshift_round(dx * B[t, n] * m_h, s_h)
                 if v < hlo:
-                    v, sat_h = hlo, sat_h + 1
+                    v = hlo
+                    sat_h += 1
                 elif v > hhi:
-                    v, sat_h = hhi, sat_h + 1
+                    v = hhi
+                    sat_h += 1
                 h[d, n] = v
                 acc += C[t, n] * v
             v = _rshift_round(acc * sz[t, d] * m_y, s_y)
             if v < ylo:
-                v, sat_y = ylo, sat_y + 1
+                v = ylo
+                sat_y += 1
             elif v > yhi:
-                v, sat_y = yhi, sat_y + 1
+                v = yhi
+                sat_y += 1
             y[t, d] = v
     return y, h, sat_h, sat_y
 

@@ -1,0 +1,156 @@
+"""`python -m qsim`: run, calibrate, bench, stats, golden, estimate, report.
+
+Every failure caused by input becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from qsim.errors import QsimError
+
+DEFAULT_MODEL = "mamba-tiny"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every other bad input
+        raise QsimError(f"{self.prog}: {message}")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registered name (mamba-tiny, mamba-130m ... mamba-2.8b) or a Hugging Face checkpoint folder")
+    p.add_argument("--require-weights", action="store_true", help="fail instead of using synthetic weights")
+
+
+def _calib_args(p: argparse.ArgumentParser) -> None:
+    from qsim.run import CalibOptions
+
+    d = CalibOptions()
+    p.add_argument("--bits", default="w8a8", help="fp16, w8a8, w4a8 or w4a16")
+    p.add_argument("--calib-samples", type=int, default=d.samples)
+    p.add_argument("--calib-len", type=int, default=d.seq_len)
+    p.add_argument("--calib-text", default=d.text, help="shipped split or a UTF-8 text file")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="percentile of |x| for the SSM input scale")
+    p.add_argument("--no-percentile", action="store_true", help="absmax instead of the percentile observer")
+    p.add_argument("--no-hadamard", action="store_true", help="no rotation before out_proj")
+    p.add_argument("--state-bits", type=int, default=d.state_bits, help="fixed-point SSM state width")
+
+
+def _calib_options(a):
+    from qsim.run import CalibOptions
+
+    return CalibOptions(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
+                        alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits, text=a.calib_text)
+
+
+def cmd_run(a) -> int:
+    from qsim.fileio import write_json_atomic
+    from qsim.report_text import run_table
+    from qsim.run import RunOptions, run
+
+    opts = RunOptions(model=a.model, bits=a.bits, seq_len=a.seq_len, eval_seqs=a.eval_seqs,
+                      eval_text=a.eval_text, backend=a.backend, require_weights=a.require_weights,
+                      artifact=a.artifact, cache=not a.no_cache, calib=_calib_options(a))
+    report = run(opts)
+    print(run_table(report))
+    if a.json:
+        write_json_atomic(Path(a.json), report)
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from qsim.bits import preset
+    from qsim.run import build_artifact
+    from qsim.weights import resolve
+
+    bits = preset(a.bits)
+    if bits.weight_bits == 16:
+        raise QsimError("--bits fp16: nothing to quantize, no artifact is written")
+    lm = resolve(a.model, a.require_weights)
+    build_artifact(lm, bits, _calib_options(a), Path(a.out))
+    print(f"wrote {a.out} ({lm.name}, {bits.name}, weights {lm.source})")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from qsim.bench import bench
+
+    bench(a.model, a.prefill, a.decode, a.require_weights, a.json)
+    return 0
+
+
+def cmd_stats(a) -> int:
+    from qsim.stats import stats
+
+    stats(a.model, a.require_weights, a.seq_len, a.eval_text, a.layer, a.json, a.plot)
+    return 0
+
+
+def cmd_golden(a) -> int:
+    from golden.generate import main as golden_main
+
+    return golden_main(a.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qsim", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="float vs quamba vs fixed on one model")
+    _model_args(r)
+    _calib_args(r)
+    r.add_argument("--seq-len", type=int, default=256)
+    r.add_argument("--eval-seqs", type=int, default=4)
+    r.add_argument("--eval-text", default="shakespeare/valid.txt")
+    r.add_argument("--backend", default="numba", choices=["numba", "numpy"], help="fixed executor")
+    r.add_argument("--artifact", help="use this quantized-model folder instead of calibrating")
+    r.add_argument("--no-cache", action="store_true", help="recalibrate even when a cached artifact exists")
+    r.add_argument("--json", help="write the machine-readable report here")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("calibrate", help="write a quantized-model artifact")
+    _model_args(c)
+    _calib_args(c)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_calibrate)
+
+    b = sub.add_parser("bench", help="Numba fixed executor vs transformers' fp32 forward")
+    _model_args(b)
+    b.add_argument("--prefill", type=int, default=256)
+    b.add_argument("--decode", type=int, default=64)
+    b.add_argument("--json")
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("stats", help="activation statistics that matter for quantization")
+    _model_args(s)
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--eval-text", default="shakespeare/valid.txt")
+    s.add_argument("--layer", type=int, default=0, help="layer whose per-channel magnitudes are plotted")
+    s.add_argument("--json")
+    s.add_argument("--plot", help="PNG path for the per-channel plot")
+    s.set_defaults(func=cmd_stats)
+
+    g = sub.add_parser("golden", help="cut golden vectors (see python -m golden --help)", add_help=False)
+    g.add_argument("rest", nargs=argparse.REMAINDER)
+    g.set_defaults(func=cmd_golden)
+
+    from qsim.hw.cli import add_parsers
+
+    add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except QsimError as exc:
+        print(f"qsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qsim: interrupted", file=sys.stderr)
+        return 130

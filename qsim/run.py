@@ -1,0 +1,252 @@
+"""`qsim run`: float, quamba and fixed numerics on one model, in one run, side by side."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qsim import artifact, float_model, hadamard, metrics, spec
+from qsim.bits import BitsPreset, preset
+from qsim.errors import QsimError
+from qsim.progress import progress
+from qsim.quamba import QuambaHook, dequant_weights, fp16_weights
+from qsim.text import read_text
+from qsim.tokenizer import for_model
+from qsim.weights import LoadedModel, resolve
+
+SQNR_TENSORS = ("in_proj", "scan", "out_proj_in")
+
+
+@dataclass
+class CalibOptions:
+    """Mirror of calib.calibrate.CalibSettings, kept here so qsim does not import calib eagerly."""
+
+    samples: int = 16
+    seq_len: int = 256
+    percentile: bool = True
+    alpha: float = 0.99999
+    hadamard: bool = True
+    state_bits: int = 24
+    text: str = "shakespeare/calib.txt"
+
+
+@dataclass
+class RunOptions:
+    model: str = "mamba-tiny"
+    bits: str = "w8a8"
+    seq_len: int = 256
+    eval_seqs: int = 4
+    eval_text: str = "shakespeare/valid.txt"
+    backend: str = "numba"
+    require_weights: bool = False
+    artifact: str | None = None
+    cache: bool = True
+    calib: CalibOptions = field(default_factory=CalibOptions)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QSIM_CACHE", Path.home() / ".cache" / "qsim")) / "qmodels"
+
+
+def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibOptions, calib_sha: str) -> str:
+    blob = json.dumps({"model": lm.name, "weights": lm.sha256, "bits": bits.name, "calib": asdict(calib),
+                       "calib_text": calib_sha, "spec": spec.SPEC_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibOptions, dest: Path) -> None:
+    """Calibrate and write the artifact to dest (atomically)."""
+    from calib.calibrate import CalibSettings, calibrate
+
+    text, path = read_text(calib.text)
+    tokens = for_model(lm.folder, lm.config.vocab_size).encode(text)
+    qm = calibrate(lm, bits, CalibSettings(**asdict(calib)), tokens, str(path))
+    artifact.save(qm, dest)
+
+
+def get_artifact(lm: LoadedModel, bits: BitsPreset, opts: RunOptions) -> tuple[artifact.QuantizedModel, Path, bool]:
+    """The cached artifact for (model, weights, bits, calibration), built when absent."""
+    if opts.artifact:
+        return artifact.load(Path(opts.artifact)), Path(opts.artifact), True
+    _, cpath = read_text(opts.calib.text)
+    key = artifact_key(lm, bits, opts.calib, hashlib.sha256(cpath.read_bytes()).hexdigest())
+    dest = cache_root() / f"{lm.name}-{bits.name}-{key[:16]}"
+    if opts.cache and dest.is_dir():
+        try:
+            return artifact.load(dest), dest, True
+        except QsimError:
+            pass  # a damaged cache entry is rebuilt below
+    build_artifact(lm, bits, opts.calib, dest)
+    return artifact.load(dest), dest, False  # always the bytes on disk: fresh and cached runs agree
+
+
+class _Recorder:
+    """Float-model hook that keeps copies of the tensors compared by SQNR."""
+
+    def __init__(self):
+        self.seen = defaultdict(list)
+
+    def __call__(self, layer, name, x):
+        if name in ("x_in", "z", "y"):
+            self.seen[(layer, name)].append(np.array(x))
+
+
+class _Accumulator:
+    """Sums over evaluation windows: NLL, agreement, KL, SQNR signal and error energy."""
+
+    def __init__(self):
+        self.nll = defaultdict(float)
+        self.count = 0
+        self.top1 = defaultdict(float)
+        self.kl = defaultdict(float)
+        self.sig = defaultdict(float)
+        self.err = defaultdict(float)
+
+    def logits(self, name: str, logits: np.ndarray, tokens: np.ndarray, ref: np.ndarray | None) -> None:
+        self.nll[name] += float(metrics.nll(logits, tokens).sum())
+        if ref is not None:
+            n = len(tokens)
+            self.top1[name] += metrics.top1_agreement(ref, logits) * n
+            self.kl[name] += metrics.mean_kl(ref, logits) * n
+
+    def tensor(self, key: tuple, ref: np.ndarray, test: np.ndarray) -> None:
+        ref = ref.astype(np.float64)
+        self.sig[key] += float(np.sum(ref**2))
+        self.err[key] += float(np.sum((ref - test.astype(np.float64)) ** 2))
+
+    def sqnr(self, numerics: str, tensor: str, n_layer: int) -> list[float]:
+        out = []
+        for i in range(n_layer):
+            s, e = self.sig[(numerics, tensor, i)], self.err[(numerics, tensor, i)]
+            out.append(round(10 * math.log10(s / e), 3) if e > 0 and s > 0 else float("inf"))
+        return out
+
+
+def _float_tensors(rec: _Recorder, i: int) -> dict[str, np.ndarray]:
+    g = lambda n: np.concatenate(rec.seen[(i, n)])  # noqa: E731
+    return {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("y"), "out_proj_in": g("y")}
+
+
+def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
+    sc, di = qm.layer(i)["scales"], qm.config.d_inner
+    xz = tr.get(i, "xz").astype(np.float64)
+    xz[:, :di] *= sc["x"]
+    xz[:, di:] *= sc["z"]
+    yo = tr.get(i, "yo") * sc["yo"]
+    if qm.manifest["hadamard"]:
+        yo = hadamard.fwht_float_t(yo) / math.sqrt(di)
+    return {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo}
+
+
+def run(opts: RunOptions) -> dict:
+    t_start = time.perf_counter()
+    bits = preset(opts.bits)
+    if opts.seq_len < 2 or opts.eval_seqs < 1:
+        raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
+    lm = resolve(opts.model, opts.require_weights)
+    cfg = lm.config
+    tok = for_model(lm.folder, cfg.vocab_size)
+    text, tpath = read_text(opts.eval_text)
+    ids = tok.encode(text)
+    if len(ids) < opts.seq_len:
+        raise QsimError(f"{tpath}: {len(ids)} tokens, shorter than one sequence of --seq-len {opts.seq_len}")
+    starts = np.linspace(0, len(ids) - opts.seq_len, opts.eval_seqs).astype(np.int64)
+    windows = [ids[s : s + opts.seq_len] for s in starts]
+
+    qm = path = None
+    cached = False
+    if bits.weight_bits < 16:
+        qm, path, cached = get_artifact(lm, bits, opts)
+    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(lm.weights)
+    fixed = None
+    if qm is not None and bits.integer_activations:
+        from qsim.fixed.executor import FixedExecutor, Trace
+
+        fixed = FixedExecutor(qm, opts.backend)
+        fixed.prefill(windows[0][:2])  # compile (Numba) outside the timed region
+        scale = fixed.logit_scale()
+
+    acc = _Accumulator()
+    sat_fixed: dict[str, int] = defaultdict(int)
+    timing = defaultdict(float)
+    quamba_sat: dict[str, int] = defaultdict(int)
+    for w in progress(windows, desc=f"run {lm.name} {bits.name}", unit="seq"):
+        rec = _Recorder()
+        t0 = time.perf_counter()
+        ref = float_model.forward(cfg, lm.weights, w, rec)
+        timing["float"] += time.perf_counter() - t0
+        acc.logits("float", ref, w, None)
+        fl = {i: _float_tensors(rec, i) for i in range(cfg.n_layer)}
+        del rec
+
+        hook = QuambaHook(qm, bits, record={"x_in", "z", "scan", "out_proj_in"})
+        t0 = time.perf_counter()
+        ql = float_model.forward(cfg, quamba_w, w, hook)
+        timing["quamba"] += time.perf_counter() - t0
+        acc.logits("quamba", ql, w, ref)
+        for k, v in hook.saturation.items():
+            quamba_sat[k] += v
+        if qm is not None:
+            for i in range(cfg.n_layer):
+                g = lambda n: np.concatenate(hook.seen[(i, n)])  # noqa: E731
+                qt = {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("scan"),
+                      "out_proj_in": g("out_proj_in")}
+                for name in SQNR_TENSORS:
+                    acc.tensor(("quamba", name, i), fl[i][name], qt[name])
+        del hook
+
+        if fixed is not None:
+            tr = Trace(names={"xz", "y", "yo"})
+            t0 = time.perf_counter()
+            logits_int, _ = fixed.prefill(w, trace=tr)
+            timing["fixed"] += time.perf_counter() - t0
+            acc.logits("fixed", logits_int * scale, w, ref)
+            for k, v in tr.saturation.items():
+                sat_fixed[k] += v
+            for i in range(cfg.n_layer):
+                ft = _fixed_tensors(qm, tr, i)
+                for name in SQNR_TENSORS:
+                    acc.tensor(("fixed", name, i), fl[i][name], ft[name])
+        acc.count += len(w) - 1
+
+    n_tok = opts.seq_len * opts.eval_seqs
+    numerics = ["float", "quamba"] + (["fixed"] if fixed is not None else [])
+    report = {
+        "qsim_spec_version": spec.SPEC_VERSION,
+        "model": lm.name,
+        "config": cfg.to_dict(),
+        "weights": "synthetic" if lm.synthetic else "checkpoint",
+        "weights_source": lm.source,
+        "weights_location": lm.location,
+        "weights_sha256": lm.sha256,
+        "accuracy_meaningful": not lm.synthetic,
+        "tokenizer": tok.kind,
+        "bits": bits.name,
+        "spec_version": spec.SPEC_VERSION,
+        "artifact": str(path) if path else None,
+        "artifact_cached": cached,
+        "calibration": asdict(opts.calib) if qm is not None else None,
+        "eval": {"text": str(tpath), "sequences": opts.eval_seqs, "seq_len": opts.seq_len,
+                 "tokens_evaluated": acc.count},
+        "nats_per_token": {k: acc.nll[k] / acc.count for k in numerics},
+        "perplexity": {k: math.exp(acc.nll[k] / acc.count) for k in numerics},
+        "agreement_vs_float": {k: {"top1": acc.top1[k] / n_tok, "mean_kl": acc.kl[k] / n_tok}
+                               for k in numerics if k != "float"},
+        "sqnr_db": {k: {t: acc.sqnr(k, t, cfg.n_layer) for t in SQNR_TENSORS}
+                    for k in numerics if k != "float" and qm is not None},
+        "saturation": {"fixed": dict(sat_fixed), "quamba": dict(quamba_sat)},
+        "fixed_unavailable": None if fixed is not None else
+        f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
+        "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
+        "fixed_backend": opts.backend if fixed is not None else None,
+        "wall_time_s": time.perf_counter() - t_start,
+    }
+    return report

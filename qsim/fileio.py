@@ -15,6 +15,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's private 0600 is not what a report file should have
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -238,3 +238,15 @@ def resolve(model: str, require_weights: bool = False) -> LoadedModel:
     sha = hashlib.sha256(f"synthetic:{json.dumps(cfg.to_dict(), sort_keys=True)}:{SYNTHETIC_SEED}".encode())
     return LoadedModel(model, cfg, synthetic_weights(cfg), "synthetic",
                        f"seeded synthetic weights (seed {SYNTHETIC_SEED})", sha.hexdigest(), None)
+
+
+def to_hf_tensors(cfg: MambaConfig, w: MambaWeights) -> dict[str, np.ndarray]:
+    """The inverse of weights_from_hf_tensors: transformers' MambaForCausalLM state dict."""
+    t = {"backbone.embeddings.weight": w.embedding, "backbone.norm_f.weight": w.norm_f}
+    for i, layer in enumerate(w.layers):
+        for key, hf_name in _HF_LAYER.items():
+            v = layer[key][:, None, :] if key == "conv_w" else layer[key]
+            t[f"backbone.layers.{i}.{hf_name}"] = v
+    if w.lm_head is not w.embedding:
+        t["lm_head.weight"] = w.lm_head
+    return t

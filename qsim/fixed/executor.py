@@ -125,15 +125,18 @@ class FixedExecutor:
         x, z = xz[:, :di], xz[:, di:]
         acc, state.conv[i] = ops.conv(x, state.conv[i], P["conv_w"], P["conv_b"])
         pre = self._requant(trace, "conv", acc, P["conv_rq"])
+        trace.rec(i, "conv_pre", pre)
         xs = ops.lut(pre, P["silu_conv"])
         trace.rec(i, "xs", xs)
         p = self._requant(trace, "x_proj", ops.linear(xs, P["x_proj"]), P["xp_rq"])
         trace.rec(i, "x_proj", p)
         dtr, B, C = p[:, :rk], p[:, rk : rk + n], p[:, rk + n :]
         dt_pre = self._requant(trace, "dt_proj", ops.linear(dtr, P["dt_proj"]) + P["dt_b"], P["dt_rq"])
+        trace.rec(i, "dt_pre", dt_pre)
         dt = ops.lut(dt_pre, P["softplus_dt"])
         trace.rec(i, "dt", dt)
         sz = ops.lut(z, P["silu_z"])
+        trace.rec(i, "sz", sz)
         y, state.h[i], sat_h, sat_y = ops.scan(xs, dt, B, C, sz, state.h[i], P["scan"])
         trace.sat("state", sat_h)
         trace.sat("scan_out", sat_y)

@@ -1,0 +1,70 @@
+"""`qsim estimate` and `qsim report`: registered on the main parser by `add_parsers`.
+
+Handlers return an exit status; a QsimError propagates to the main entry point,
+which prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qsim.bits import PRESETS, preset
+from qsim.errors import QsimError
+from qsim.fileio import write_json_atomic
+from qsim.hw.measured import REPORTS
+
+DEFAULT_PROMPT_LEN = 1024  # the prompt issue 5's GPU benchmark and Quamba's profiler use
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    from qsim.hw.cost import estimate
+    from qsim.hw.measured import with_synth_clock
+    from qsim.hw.render import estimate_dict, estimate_text
+    from qsim.hw.shapes import model_shape
+    from qsim.hw.target import load_target
+
+    if args.prompt_len < 1:
+        raise QsimError(f"--prompt-len must be at least 1, got {args.prompt_len}")
+    target = with_synth_clock(load_target(args.target), Path(args.reports))
+    est = estimate(model_shape(args.model), preset(args.bits), target, args.prompt_len)
+    print(estimate_text(est))
+    if args.json:
+        write_json_atomic(Path(args.json), estimate_dict(est))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from qsim.hw.report import build
+
+    for path in build(Path(args.reports), Path(args.out), args.model, args.bits, args.prompt_len):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    from qsim.hw.shapes import model_names
+    from qsim.hw.target import preset_names
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bits", default="w8a8", help=f"bits preset ({', '.join(PRESETS)}; default w8a8)")
+    common.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT_LEN,
+                        help=f"prefill length in tokens (default {DEFAULT_PROMPT_LEN})")
+    common.add_argument("--reports", default=str(REPORTS),
+                        help="folder of measurements: rtl/synth.json sets FPGA clocks (default reports)")
+
+    p = subparsers.add_parser("estimate", parents=[common],
+                              help="cycles, time and energy per operation on an accelerator target")
+    p.add_argument("--model", required=True,
+                   help=f"{', '.join(model_names())}, or a folder with a Mamba config.json")
+    p.add_argument("--target", default="asic-28nm",
+                   help=f"preset ({', '.join(preset_names())}) or a target .toml file (default asic-28nm)")
+    p.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
+    p.set_defaults(func=estimate_command)
+
+    r = subparsers.add_parser("report", parents=[common],
+                              help="regenerate reports/hw: summary, breakdown, latency, Pareto and RTL plots")
+    r.add_argument("--model", default="mamba-2.8b", help="model of the per-operation breakdown (default mamba-2.8b)")
+    r.add_argument("--out", default=str(REPORTS / "hw"), help="output folder (default reports/hw)")
+    r.set_defaults(func=report_command)

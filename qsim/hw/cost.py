@@ -1,0 +1,221 @@
+"""Cycles and energy per layer and per operation, for a prefill of L tokens and one decode step.
+
+The rules are listed in RULES (written by `estimate --json` and `report`), so
+the numbers can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qsim.bits import BitsPreset
+from qsim.hw.shapes import ModelShape, Op
+from qsim.hw.target import Target
+from qsim.hw.units import hadamard_adds, hadamard_unit_cycles, scan_unit_cycles
+
+RULES = (
+    "layers and operations run one after another; one layer's operation list repeats n_layer times",
+    "compute cycles of an op = the slowest of its engines, which run as one pipeline: "
+    "ceil(MACs / (rows*cols*rate[format])) on the MAC array, ceil(elements / table_units) on the table units, "
+    "scan_unit_cycles and hadamard_unit_cycles (qsim/hw/units.py)",
+    "memory cycles = off-chip bytes * clock / off-chip bandwidth",
+    "overlap: off-chip data streams in tiles of half the weight buffer, double-buffered; "
+    "cycles = max(compute, memory) + min(compute, memory) / tiles (the first tile's load, or the last tile's "
+    "compute, is not overlapped); tiles = max(1, ceil(off-chip bytes / (weight buffer / 2)))",
+    "weights: read from off-chip once per pass when an op's weights fit half the weight buffer; otherwise the "
+    "cheaper of two loop orders: token chunks outside (weights re-read once per chunk of tokens whose input and "
+    "output activations fit the activation buffer) or weight tiles outside (inputs re-read from off-chip once "
+    "per tile of half the weight buffer); if the whole model fits the weight buffer it stays resident and "
+    "decode reads no weights off-chip",
+    "activations: kept on chip when an op's input and output for all tokens fit the activation buffer, "
+    "else read and written off-chip once (plus the re-reads of the weight-tiles-outside order)",
+    "state: resident when every layer's state fits the state buffer; otherwise decode reads and writes each "
+    "layer's state, and prefill writes the final state and runs the scan in channel groups that fit the "
+    "state buffer, each extra group re-reading B and C",
+    "prefill computes the final norm and lm_head for the last token only",
+    "energy = MACs x MAC energy of the op's format (w8a8: int8 mult + int32 add; w4a8: int4x8 mult + int32 add; "
+    "16-bit activations: fp16 mult + fp32 add) + element-wise mults/adds (int32 with 8-bit activations, "
+    "fp32 with 16-bit) + table lookups + on-chip buffer bytes (weights per read, activations, state read and "
+    "written per token) + off-chip bytes; int4 weights with 16-bit activations add one fp16 dequantizing "
+    "multiply per weight read; every entry scaled from its named table by the rule of qsim/hw/energy.py",
+)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    name: str
+    instances: int
+    compute_cycles: int  # all instances
+    memory_cycles: float
+    cycles: int  # all instances, after the overlap rule
+    offchip_bytes: int
+    onchip_bytes: int
+    compute_pj: float
+    onchip_pj: float
+    offchip_pj: float
+
+    @property
+    def energy_pj(self) -> float:
+        return self.compute_pj + self.onchip_pj + self.offchip_pj
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_cycles >= self.memory_cycles else "memory"
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    phase: str  # "prefill" or "decode"
+    tokens: int
+    clock_hz: float
+    ops: tuple[OpCost, ...]
+
+    @property
+    def cycles(self) -> int:
+        return sum(o.cycles for o in self.ops)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.clock_hz
+
+    @property
+    def energy_j(self) -> float:
+        return sum(o.energy_pj for o in self.ops) * 1e-12
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def tokens_per_j(self) -> float:
+        return self.tokens / self.energy_j
+
+    @property
+    def j_per_token(self) -> float:
+        return self.energy_j / self.tokens
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: ModelShape
+    bits: BitsPreset
+    target: Target
+    prompt_len: int
+    weights_resident: bool
+    state_resident: bool
+    prefill: PhaseCost
+    decode: PhaseCost
+
+
+def overlapped_cycles(compute: float, memory: float, tiles: int) -> float:
+    """Double buffering over `tiles` equal tiles: all but one tile's shorter part is hidden."""
+    return max(compute, memory) + min(compute, memory) / tiles
+
+
+def compute_cycles(op: Op, bits: BitsPreset, target: Target, tokens: int) -> int:
+    engines = []
+    if op.macs:
+        engines.append(math.ceil(op.macs * tokens / target.macs_per_cycle(op.mac_format(bits))))
+    if op.vector_elems:
+        engines.append(math.ceil(op.vector_elems * tokens / target.table_units))
+    if op.scan:
+        engines.append(scan_unit_cycles(target.scan_lanes, *op.scan, tokens))
+    if op.hadamard:
+        engines.append(hadamard_unit_cycles(target.hadamard_lanes, op.hadamard, tokens))
+    return max(engines, default=0)
+
+
+def stream(op: Op, bits: BitsPreset, target: Target, tokens: int, decode: bool,
+           weights_resident: bool) -> tuple[int, int]:
+    """(off-chip bytes of weights and activations, weight reads into the MAC array) for one instance.
+
+    An op whose weights exceed half the weight buffer takes the cheaper of two loop orders:
+    token chunks outside (weights re-read once per chunk of tokens whose activations fit the
+    activation buffer) or weight tiles outside (inputs re-read once per tile of half the buffer).
+    """
+    ab = bits.act_bits // 8
+    w = op.weight_bytes(bits)
+    a_in, a_out = op.act_in * tokens * ab, op.act_out * tokens * ab
+    spill = a_in + a_out if a_in + a_out > target.act_buffer_bytes else 0
+    if decode and weights_resident:
+        return spill, 1
+    half = target.weight_buffer_bytes // 2
+    if w <= half:
+        return w + spill, 1
+    per_token = (op.act_in + op.act_out) * ab
+    chunks = math.ceil(tokens / max(1, target.act_buffer_bytes // per_token)) if per_token else 1
+    token_outer = w * chunks + spill
+    weight_outer = w + a_in * math.ceil(w / half) + a_out
+    return (token_outer, chunks) if token_outer <= weight_outer else (weight_outer, 1)
+
+
+def state_bytes(op: Op, bits: BitsPreset, target: Target, tokens: int, decode: bool, state_resident: bool) -> int:
+    """Off-chip state bytes of one instance."""
+    ab = bits.act_bits // 8
+    state = op.state * ab
+    if state == 0 or state_resident:
+        return 0
+    if decode:
+        return 2 * state
+    groups = math.ceil(state / target.state_buffer_bytes)
+    return state + (groups - 1) * tokens * op.shared_in * ab
+
+
+def compute_pj(op: Op, bits: BitsPreset, target: Target, tokens: int, reads: int) -> float:
+    e = target.energy
+    elementwise = "int32" if bits.act_bits == 8 else "fp32"
+    adds = op.adds + (hadamard_adds(op.hadamard) if op.hadamard else 0)
+    total = (op.mults * e[f"{elementwise}_mult"] + adds * e[f"{elementwise}_add"]
+             + op.lookups * e["table_lookup"]) * tokens
+    if op.macs:
+        fmt = op.mac_format(bits)
+        mac = {"w8a8": e["int8_mult"] + e["int32_add"], "w4a8": e["int4x8_mult"] + e["int32_add"]}.get(
+            fmt, e["fp16_mult"] + e["fp32_add"])
+        total += op.macs * tokens * mac
+        if fmt == "w4a16":
+            total += op.weights[0].elems * reads * e["fp16_mult"]
+    return total
+
+
+def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: int, decode: bool,
+            weights_resident: bool, state_resident: bool) -> OpCost:
+    ab = bits.act_bits // 8
+    off, reads = stream(op, bits, target, tokens, decode, weights_resident)
+    off += state_bytes(op, bits, target, tokens, decode, state_resident)
+    on = op.weight_bytes(bits) * reads + ((op.act_in + op.act_out) + 2 * op.state) * tokens * ab
+    c = compute_cycles(op, bits, target, tokens)
+    m = off * target.clock_mhz * 1e6 / target.offchip_bytes_per_s
+    tiles = max(1, math.ceil(off / (target.weight_buffer_bytes // 2)))
+    e = target.energy
+    return OpCost(
+        name=op.name,
+        instances=instances,
+        compute_cycles=c * instances,
+        memory_cycles=m * instances,
+        cycles=math.ceil(overlapped_cycles(c, m, tiles)) * instances,
+        offchip_bytes=off * instances,
+        onchip_bytes=on * instances,
+        compute_pj=compute_pj(op, bits, target, tokens, reads) * instances,
+        onchip_pj=on * e.per_byte(target.buffer_access) * instances,
+        offchip_pj=off * e.per_byte(target.offchip_access) * instances,
+    )
+
+
+def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: int) -> Estimate:
+    """Prefill of prompt_len tokens and one decode step of `shape` at `bits` on `target`."""
+    weights_resident = shape.weight_bytes(bits) <= target.weight_buffer_bytes
+    state_resident = shape.state_bytes(bits) <= target.state_buffer_bytes
+    clock_hz = target.clock_mhz * 1e6
+
+    def phase(name: str, tokens: int) -> PhaseCost:
+        decode = name == "decode"
+        costs = tuple(
+            op_cost(op, k, bits, target, 1 if op is shape.lm_head else tokens, decode,
+                    weights_resident, state_resident)
+            for op, k in shape.ops(bits)
+        )
+        return PhaseCost(name, tokens, clock_hz, costs)
+
+    return Estimate(shape, bits, target, prompt_len, weights_resident, state_resident,
+                    phase("prefill", prompt_len), phase("decode", 1))

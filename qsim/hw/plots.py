@@ -1,0 +1,117 @@
+"""PNG figures of the report (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from qsim.hw.compare import Comparison  # noqa: E402
+from qsim.hw.cost import Estimate  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the PNG to a temporary sibling, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def breakdown(estimates: list[Estimate], quantity: str, path: Path) -> Path:
+    """Stacked shares per operation, one bar per target, prefill and decode side by side.
+
+    quantity: "time" (cycles) or "energy".
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 * len(estimates) + 2), sharey=True)
+    names = [o.name for o in estimates[0].prefill.ops]
+    colors = plt.get_cmap("tab10")
+    for ax, phase in zip(axes, ("prefill", "decode")):
+        for row, est in enumerate(estimates):
+            ops = getattr(est, phase).ops
+            values = [o.cycles if quantity == "time" else o.energy_pj for o in ops]
+            total, left = sum(values), 0.0
+            for o, v in zip(ops, values):
+                share = v / total
+                ax.barh(row, share, left=left, color=colors(names.index(o.name) % 10),
+                        label=o.name if row == 0 else None)
+                left += share
+        ax.set_yticks(range(len(estimates)), [e.target.name for e in estimates])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"share of {quantity}")
+        ax.set_title(f"{phase} ({estimates[0].prompt_len} tokens)" if phase == "prefill" else "decode (one token)")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    e = estimates[0]
+    fig.suptitle(f"{quantity} per operation: {e.model.name} {e.bits.name}")
+    return _save(fig, path)
+
+
+def latency(rows: list[Comparison], path: Path) -> Path:
+    """Predicted against published or measured latency, log-log, with the y = x line."""
+    rows = [c for c in rows if c.error is not None and c.metric.endswith("ms")]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    devices = sorted({c.where for c in rows})
+    markers = {"TPOT ms": "o", "TTFT ms": "s"}
+    for i, dev in enumerate(devices):
+        for metric, marker in markers.items():
+            pts = [c for c in rows if c.where == dev and c.metric == metric]
+            if pts:
+                ax.scatter([c.reference for c in pts], [c.predicted for c in pts], marker=marker,
+                           color=plt.get_cmap("tab10")(i), label=f"{dev} {metric.split()[0]}")
+    values = [v for c in rows for v in (c.reference, c.predicted)]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = reference")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi),
+           xlabel="published or measured latency, ms", ylabel="roofline prediction, ms",
+           title="GPU latency: prediction against reference")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto(points: list[tuple[str, str, float, float]], metric: str, path: Path) -> Path:
+    """Accuracy against energy per decoded token; points are (series, label, J/token, metric value)."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, series in enumerate(sorted({p[0] for p in points})):
+        pts = sorted((p for p in points if p[0] == series), key=lambda p: p[2])
+        color = plt.get_cmap("tab10")(i)
+        ax.scatter([p[2] for p in pts], [p[3] for p in pts], color=color, label=series)
+        for _, label, x, y in pts:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front, best = [], float("inf")
+        for p in pts:  # lower energy and lower perplexity are both better
+            if p[3] < best:
+                front.append(p)
+                best = p[3]
+        ax.plot([p[2] for p in front], [p[3] for p in front], color=color, lw=1)
+    ax.set(xscale="log", xlabel="energy per decoded token, J", ylabel=metric,
+           title="accuracy against energy per token (Pareto front per series)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def rtl_cycles(points: list[tuple[str, int, int]], path: Path) -> Path:
+    """RTL-measured cycles against the model's; points are (unit, measured, model)."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for i, unit in enumerate(sorted({p[0] for p in points})):
+        pts = [p for p in points if p[0] == unit]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], color=plt.get_cmap("tab10")(i), label=unit)
+    values = [v for p in points for v in p[1:]]
+    lo, hi = max(min(values) / 1.5, 1), max(values) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="model = RTL")
+    ax.set(xscale="log", yscale="log", xlabel="cycles measured in cocotb", ylabel="cycles of qsim/hw/units.py",
+           title="RTL cycles against model cycles")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

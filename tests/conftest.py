@@ -1,0 +1,63 @@
+"""Shared fixtures: a small random Mamba checkpoint written by transformers, and an isolated cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from qsim.config import MambaConfig  # noqa: E402
+
+TINY = MambaConfig(d_model=64, n_layer=2, vocab_size=256)
+
+
+def write_hf_checkpoint(folder, cfg: MambaConfig = TINY, seed: int = 0):
+    """Save a randomly initialised transformers MambaForCausalLM; returns the torch model."""
+    import torch
+    from transformers import MambaConfig as HFConfig
+    from transformers import MambaForCausalLM
+
+    torch.manual_seed(seed)
+    model = MambaForCausalLM(HFConfig(**{k: v for k, v in cfg.to_hf().items() if k != "architectures"})).eval()
+    with torch.no_grad():  # make A_log, D and norms non-trivial so every path is exercised
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.add_(torch.randn_like(layer.mixer.A_log) * 0.3)
+            layer.mixer.D.mul_(torch.rand_like(layer.mixer.D) + 0.5)
+            layer.norm.weight.mul_(torch.rand_like(layer.norm.weight) + 0.5)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_ckpt")
+    model = write_hf_checkpoint(folder)
+    return folder, model
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("QSIM_CACHE", str(tmp_path_factory.getbasetemp() / "qsim-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(hf_checkpoint):
+    """Calibrated artifacts of the tiny checkpoint: w8a8 and w4a8, Hadamard on (d_inner 128)."""
+    from calib.calibrate import CalibSettings, calibrate
+    from qsim.bits import preset
+    from qsim.text import read_text
+    from qsim.tokenizer import for_model
+    from qsim.weights import load_folder
+
+    lm = load_folder(hf_checkpoint[0])
+    text, _ = read_text("shakespeare/calib.txt")
+    tokens = for_model(None, 256).encode(text[:200_000])
+    settings = CalibSettings(samples=4, seq_len=128)
+    return lm, {b: calibrate(lm, preset(b), settings, tokens, "calib.txt") for b in ("w8a8", "w4a8")}
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)

@@ -1,0 +1,82 @@
+"""Operation lists, MAC counts, weight and state bytes of the estimation shapes."""
+
+import json
+import math
+
+import pytest
+
+from qsim.bits import PRESETS
+from qsim.config import REGISTRY, MambaConfig
+from qsim.errors import QsimError
+from qsim.hw.shapes import Weight, model_names, model_shape
+
+W8A8, W4A8, W4A16, FP16 = (PRESETS[b] for b in ("w8a8", "w4a8", "w4a16", "fp16"))
+
+
+def test_weight_bytes_per_format_count_their_scales():
+    w = Weight("w", rows=256, cols=300, role="gptq")
+    assert w.nbytes(FP16) == 2 * 256 * 300
+    assert w.nbytes(W8A8) == 256 * 300 + 4  # one fp32 scale
+    groups = 256 * math.ceil(300 / 128)
+    assert w.nbytes(W4A8) == 256 * 300 // 2 + (groups + 256) * 2  # fp16 group and channel scales
+
+
+def test_roles_follow_the_quamba_formats():
+    linear, param = Weight("x_proj", 8, 8, "linear"), Weight("A_log", 8, 1, "param")
+    assert (linear.bits(W4A8), linear.bits(W4A16), linear.bits(FP16)) == (8, 8, 16)
+    assert (param.bits(W4A8), param.bits(W4A16)) == (8, 16)
+
+
+def test_mamba1_macs_per_token_match_the_block_equations():
+    cfg = REGISTRY["mamba-130m"].config
+    d, di, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
+    ops = {op.name: op for op in model_shape("mamba-130m").layer_ops}
+    assert ops["in_proj"].macs == d * 2 * di
+    assert ops["conv"].macs == di * cfg.d_conv
+    assert ops["x_proj"].macs == di * (r + 2 * n)
+    assert ops["dt_proj"].macs == r * di
+    assert ops["out_proj"].macs == di * d
+    assert ops["scan"].scan == (di, n) and ops["hadamard"].hadamard == di
+    assert model_shape("mamba-130m").lm_head.macs == d * cfg.vocab_size
+
+
+def test_mamba1_parameters_and_state():
+    cfg = REGISTRY["mamba-2.8b"].config
+    d, di, n, r, k = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    per_layer = (d * 2 * di + di * k + di + di * (r + 2 * n) + r * di + di + di * n + di + di * d + d)
+    shape = model_shape("mamba-2.8b")
+    assert sum(op.weight_elems() for op in shape.layer_ops) == per_layer
+    assert shape.state_bytes(W8A8) == cfg.n_layer * (di * n + di * (k - 1))
+    assert shape.state_bytes(FP16) == 2 * shape.state_bytes(W8A8)
+    assert shape.tied and shape.storage_bytes(W8A8) == shape.weight_bytes(W8A8)
+
+
+def test_mamba2_8b_shapes():
+    shape = model_shape("mamba2-8b")
+    d, di, n, g, heads = 4096, 8192, 128, 8, 8192 // 64
+    ops = {op.name: op for op in shape.layer_ops}
+    assert shape.n_layer == 56 and set(ops) == {"norm", "in_proj", "conv", "scan", "gating", "hadamard", "out_proj"}
+    assert ops["in_proj"].macs == d * (2 * di + 2 * g * n + heads)
+    assert ops["conv"].macs == (di + 2 * g * n) * 4
+    assert ops["scan"].state == di * n
+    assert not shape.tied
+    assert shape.storage_bytes(FP16) == shape.weight_bytes(FP16) + 2 * 256000 * d
+
+
+def test_every_named_model_has_a_shape_and_the_mamba2_sizes():
+    assert set(REGISTRY) <= set(model_names())
+    sizes = {n: (model_shape(n).d_model, model_shape(n).n_layer) for n in model_names() if n.startswith("mamba2-")}
+    assert sizes == {"mamba2-130m": (768, 24), "mamba2-370m": (1024, 48), "mamba2-780m": (1536, 48),
+                     "mamba2-1.3b": (2048, 48), "mamba2-2.7b": (2560, 64), "mamba2-8b": (4096, 56)}
+
+
+def test_checkpoint_folder_with_config(tmp_path):
+    cfg = MambaConfig(d_model=64, n_layer=3, vocab_size=256)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf()))
+    shape = model_shape(str(tmp_path))
+    assert (shape.d_model, shape.n_layer, shape.vocab) == (64, 3, 256)
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(QsimError, match="mamba2-8b"):
+        model_shape("mamba-9b")

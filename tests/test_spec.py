@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qsim import spec
+from qsim.errors import QsimError
+
+
+def test_rshift_round_ties_go_up_for_both_signs():
+    v = np.array([5, -5, 6, -6, 7, -7, 4, -4])  # /4: 1.25 -1.25 1.5 -1.5 1.75 -1.75 1 -1
+    assert spec.rshift_round(v, 2).tolist() == [1, -1, 2, -1, 2, -2, 1, -1]
+    assert spec.rshift_round(v, 0).tolist() == v.tolist()
+
+
+def test_requantize_saturates_and_counts():
+    q, n = spec.requantize(np.array([1000, -1000, 10, -129 * 4, 127 * 4 + 1]), 1, 2, 8)
+    assert q.tolist() == [127, -128, 3, -128, 127]  # 10/4 = 2.5 -> 3 (half up); 509/4 = 127.25
+    assert n == 3  # 1000, -1000 and -516 left the int8 range; 509 rounds to 127
+
+
+def test_requantize_unsigned():
+    q, n = spec.requantize(np.array([-3, 300 * 2, 7]), 1, 1, 8, signed=False)
+    assert q.tolist() == [0, 255, 4] and n == 2
+
+
+@given(st.floats(min_value=1e-9, max_value=1e6, allow_nan=False))
+def test_quantize_multiplier_is_accurate(real):
+    m, s = spec.quantize_multiplier(real)
+    assert 0 <= s <= 62 and 0 < m < 2**31
+    if s > 0:
+        assert 2**14 <= m < 2**15
+    assert abs(m / 2.0**s - real) <= real * 2**-14 + 0.5 * (s == 0)
+
+
+@settings(max_examples=200)
+@given(st.integers(-(2**31), 2**31 - 1), st.floats(1e-6, 10.0))
+def test_requantize_within_half_lsb_plus_multiplier_error(acc, real):
+    m, s = spec.quantize_multiplier(real)
+    q, _ = spec.requantize(np.array([acc]), m, s, 40)  # wide enough never to saturate
+    exact = acc * m / 2.0**s
+    assert abs(q[0] - exact) <= 0.5
+    assert abs(q[0] - acc * real) <= 0.5 + abs(acc) * real * 2**-14
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_quantize_multiplier_rejects(bad):
+    with pytest.raises(QsimError):
+        spec.quantize_multiplier(bad, "t")
+
+
+def test_exact_int_matmul_matches_int64_and_refuses_overflow():
+    r = np.random.default_rng(0)
+    a, b = r.integers(-128, 128, (7, 300)), r.integers(-127, 128, (5, 300))
+    assert (spec.exact_int_matmul(a, b) == a @ b.T).all()
+    with pytest.raises(QsimError):
+        spec.exact_int_matmul(np.full((1, 4), 2**30), np.full((1, 4), 2**30))

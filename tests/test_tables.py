@@ -1,0 +1,34 @@
+import numpy as np
+
+from qsim import tables
+from qsim.fixed.ops import rsqrt_normalize
+
+
+def test_silu_table_within_half_lsb():
+    s_in, s_out = 0.05, 0.06  # silu(127 * 0.05) / 0.06 < 127: no clipping
+    t = tables.silu_table(s_in, s_out)
+    x = np.arange(-128, 128) * s_in
+    assert t.shape == (256,)
+    assert np.all(np.abs(t * s_out - tables.silu(x)) <= 0.5 * s_out + 1e-12)
+
+
+def test_softplus_table_is_unsigned_and_saturates():
+    t = tables.softplus_table(0.1, 0.02)  # softplus(12.7) = 12.7 > 255 * 0.02
+    assert t.min() >= 0 and t.max() == 255
+    assert np.all(np.diff(t) >= 0)
+
+
+def test_exp2_table():
+    t = tables.exp2_frac_table()
+    assert t[0] == 2**15 and t[-1] == round(2**15 * 2 ** (-255 / 256))
+    assert np.all(np.diff(t) <= 0)
+
+
+def test_rsqrt_normalization_accuracy():
+    tab = tables.rsqrt_table()
+    ss = np.unique(np.concatenate([np.arange(1, 5000), np.random.default_rng(0).integers(1, 2**57, 5000)]))
+    t, shift = rsqrt_normalize(ss, tab)
+    approx = t / 2.0**shift  # r * t >> shift == r / sqrt(ss) in Q15
+    exact = 2.0**15 / np.sqrt(ss.astype(np.float64))
+    assert np.all(shift >= 0)
+    assert np.max(np.abs(approx / exact - 1)) < 2e-3  # 9-10 bit mantissa

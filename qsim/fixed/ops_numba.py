@@ -126,8 +126,7 @@ def conv(x, conv_state, w, b):
     return _conv(np.ascontiguousarray(x, np.int64), conv_state, w, b)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits):
+def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits):
     L, D = xs.shape
     N = B.shape[1]
     h = h.copy()
@@ -165,9 +164,17 @@ def _scan(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state
     return y, h, sat_h, sat_y
 
 
+# Threads pay off only on long sequences; a decode step stays serial, since
+# waking workers costs more than one token's work and contends with torch's.
+_scan_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_scan_impl)
+_scan_serial = _jit(_scan_impl)
+PARALLEL_MIN_WORK = 1 << 16
+
+
 def scan(xs, dt, B, C, sz, h, p: dict):
     c = np.ascontiguousarray
-    return _scan(c(xs, np.int64), c(dt, np.int64), c(B, np.int64), c(C, np.int64), c(sz, np.int64), h,
+    fn = _scan_parallel if xs.size * B.shape[1] >= PARALLEL_MIN_WORK else _scan_serial
+    return fn(c(xs, np.int64), c(dt, np.int64), c(B, np.int64), c(C, np.int64), c(sz, np.int64), h,
                  p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"], p["exp_tab"],
                  p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS)
 

@@ -118,6 +118,8 @@ def _hf(d_model: int, n_layer: int) -> MambaConfig:
 REGISTRY: dict[str, RegisteredModel] = {
     m.name: m
     for m in (
+        # shipped with qsim (qsim/models/mamba-tiny), trained by `python -m qsim.train_tiny`
+        RegisteredModel("mamba-tiny", None, MambaConfig(d_model=256, n_layer=5, vocab_size=256)),
         RegisteredModel("mamba-130m", "state-spaces/mamba-130m-hf", _hf(768, 24)),
         RegisteredModel("mamba-370m", "state-spaces/mamba-370m-hf", _hf(1024, 48)),
         RegisteredModel("mamba-790m", "state-spaces/mamba-790m-hf", _hf(1536, 48)),

@@ -94,3 +94,21 @@ def test_missing_tensor_is_named(hf_checkpoint, tmp_path):
     save_file(t, str(d / "model.safetensors"))
     with pytest.raises(QsimError, match="backbone.layers.0.mixer.D is missing"):
         load_folder(d)
+
+
+def test_registered_model_resolves_from_local_hf_cache(hf_checkpoint, tmp_path, monkeypatch):
+    """Resolution order: a registered model found in the Hugging Face cache is used before synthetic."""
+    from qsim.config import REGISTRY, RegisteredModel
+
+    repo = "test-org/tiny-mamba-hf"
+    cache = tmp_path / "hub"
+    snap = cache / "models--test-org--tiny-mamba-hf" / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_checkpoint[0], snap)
+    (cache / "models--test-org--tiny-mamba-hf" / "refs").mkdir()
+    (cache / "models--test-org--tiny-mamba-hf" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setitem(REGISTRY, "mamba-cached", RegisteredModel("mamba-cached", repo, load_folder(snap).config))
+    lm = resolve("mamba-cached", require_weights=True)
+    assert lm.source == "hf-cache" and lm.name == "mamba-cached"
+    assert lm.sha256 == load_folder(hf_checkpoint[0]).sha256

@@ -7,7 +7,7 @@ artifact; the spec's rules (qsim.spec) decide how reals become integers.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from calib.observers import ObserverHook
 from qsim import float_model, hadamard, spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
 from qsim.bits import BitsPreset
+from qsim.calib_settings import CalibSettings
 from qsim.errors import QsimError
 from qsim.progress import progress
 from qsim.qweights import IntLinear, quantize_int4_grouped, quantize_int8
@@ -22,25 +23,6 @@ from qsim.weights import LoadedModel
 
 LOG2E = 1.0 / math.log(2.0)
 RESIDUAL_HEADROOM = 2.0  # the residual format leaves 1 bit above the calibrated range
-
-
-@dataclass(frozen=True)
-class CalibSettings:
-    samples: int = 16
-    seq_len: int = 256
-    percentile: bool = True
-    alpha: float = 0.99999
-    hadamard: bool = True
-    state_bits: int = 24
-    text: str = "shakespeare/calib.txt"
-
-    def validate(self) -> None:
-        if self.samples < 1 or self.seq_len < 1:
-            raise QsimError(f"calibration: samples and length must be >= 1 (got {self.samples}, {self.seq_len})")
-        if not 0.0 < self.alpha <= 1.0:
-            raise QsimError(f"--alpha {self.alpha}: must be in (0, 1]")
-        if not 12 <= self.state_bits <= 32:
-            raise QsimError(f"--state-bits {self.state_bits}: must be in [12, 32]")
 
 
 def sample_windows(tokens: np.ndarray, n: int, length: int, where: str) -> list[np.ndarray]:

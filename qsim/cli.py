@@ -27,9 +27,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calib_args(p: argparse.ArgumentParser) -> None:
-    from qsim.run import CalibOptions
+    from qsim.calib_settings import CalibSettings
 
-    d = CalibOptions()
+    d = CalibSettings()
     p.add_argument("--bits", default="w8a8", help="fp16, w8a8, w4a8 or w4a16")
     p.add_argument("--calib-samples", type=int, default=d.samples)
     p.add_argument("--calib-len", type=int, default=d.seq_len)
@@ -41,9 +41,9 @@ def _calib_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calib_options(a):
-    from qsim.run import CalibOptions
+    from qsim.calib_settings import CalibSettings
 
-    return CalibOptions(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
+    return CalibSettings(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
                         alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits, text=a.calib_text)
 
 

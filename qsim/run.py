@@ -15,6 +15,7 @@ import numpy as np
 
 from qsim import artifact, float_model, hadamard, metrics, spec
 from qsim.bits import BitsPreset, preset
+from qsim.calib_settings import CalibSettings
 from qsim.errors import QsimError
 from qsim.progress import progress
 from qsim.quamba import QuambaHook, dequant_weights, fp16_weights
@@ -23,19 +24,6 @@ from qsim.tokenizer import for_model
 from qsim.weights import LoadedModel, resolve
 
 SQNR_TENSORS = ("in_proj", "scan", "out_proj_in")
-
-
-@dataclass
-class CalibOptions:
-    """Mirror of calib.calibrate.CalibSettings, kept here so qsim does not import calib eagerly."""
-
-    samples: int = 16
-    seq_len: int = 256
-    percentile: bool = True
-    alpha: float = 0.99999
-    hadamard: bool = True
-    state_bits: int = 24
-    text: str = "shakespeare/calib.txt"
 
 
 @dataclass
@@ -49,26 +37,26 @@ class RunOptions:
     require_weights: bool = False
     artifact: str | None = None
     cache: bool = True
-    calib: CalibOptions = field(default_factory=CalibOptions)
+    calib: CalibSettings = field(default_factory=CalibSettings)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("QSIM_CACHE", Path.home() / ".cache" / "qsim")) / "qmodels"
 
 
-def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibOptions, calib_sha: str) -> str:
+def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, calib_sha: str) -> str:
     blob = json.dumps({"model": lm.name, "weights": lm.sha256, "bits": bits.name, "calib": asdict(calib),
                        "calib_text": calib_sha, "spec": spec.SPEC_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibOptions, dest: Path) -> None:
+def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, dest: Path) -> None:
     """Calibrate and write the artifact to dest (atomically)."""
-    from calib.calibrate import CalibSettings, calibrate
+    from calib.calibrate import calibrate
 
     text, path = read_text(calib.text)
     tokens = for_model(lm.folder, lm.config.vocab_size).encode(text)
-    qm = calibrate(lm, bits, CalibSettings(**asdict(calib)), tokens, str(path))
+    qm = calibrate(lm, bits, calib, tokens, str(path))
     artifact.save(qm, dest)
 
 

@@ -44,17 +44,23 @@ def _rshift_round(v, s):
 
 
 @_jit
+def _sat(v, lo, hi):
+    """Clamp; the second value is 1 when the clamp changed v (for the saturation counters)."""
+    if v < lo:
+        return lo, 1
+    if v > hi:
+        return hi, 1
+    return v, 0
+
+
+@_jit
 def _requant2d(acc, m, s, lo, hi):
     out = np.empty(acc.shape, np.int64)
     nsat = 0
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
-            v = _rshift_round(acc[i, j] * m[j], s[j])
-            if v < lo:
-                v, nsat = lo, nsat + 1
-            elif v > hi:
-                v, nsat = hi, nsat + 1
-            out[i, j] = v
+            out[i, j], c = _sat(_rshift_round(acc[i, j] * m[j], s[j]), lo, hi)
+            nsat += c
     return out, nsat
 
 
@@ -91,12 +97,8 @@ def _rmsnorm(r, g, eps_int, m, s, tab, tab_bits_minus_frac):
         t = tab[mant - 256]
         shift = tab_bits_minus_frac + sh // 2
         for j in range(d):
-            v = _rshift_round(_rshift_round(r[i, j] * t, shift) * g[j] * m, s)
-            if v < -128:
-                v, nsat = -128, nsat + 1
-            elif v > 127:
-                v, nsat = 127, nsat + 1
-            out[i, j] = v
+            out[i, j], c = _sat(_rshift_round(_rshift_round(r[i, j] * t, shift) * g[j] * m, s), -128, 127)
+            nsat += c
     return out, nsat
 
 
@@ -144,23 +146,13 @@ def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, 
             for n in range(N):
                 er = (dtd * a_q[d, n] + half) >> (frac - 8)
                 dA = _rshift_round(exp_tab[er & 255], min(er >> 8, 40))
-                v = _rshift_round(dA * h[d, n], decay_bits) + _rshift_round(dx * B[t, n] * m_h, s_h)
-                if v < hlo:
-                    v = hlo
-                    sat_h += 1
-                elif v > hhi:
-                    v = hhi
-                    sat_h += 1
+                v, c = _sat(_rshift_round(dA * h[d, n], decay_bits) + _rshift_round(dx * B[t, n] * m_h, s_h),
+                            hlo, hhi)
+                sat_h += c
                 h[d, n] = v
                 acc += C[t, n] * v
-            v = _rshift_round(acc * sz[t, d] * m_y, s_y)
-            if v < ylo:
-                v = ylo
-                sat_y += 1
-            elif v > yhi:
-                v = yhi
-                sat_y += 1
-            y[t, d] = v
+            y[t, d], c = _sat(_rshift_round(acc * sz[t, d] * m_y, s_y), ylo, yhi)
+            sat_y += c
     return y, h, sat_h, sat_y
 
 

@@ -56,6 +56,7 @@ def cmd_run(a) -> int:
                       eval_text=a.eval_text, backend=a.backend, require_weights=a.require_weights,
                       artifact=a.artifact, cache=not a.no_cache, calib=_calib_options(a))
     report = run(opts)
+    report["command"] = "python -m qsim " + " ".join(a.argv)
     print(run_table(report))
     if a.json:
         write_json_atomic(Path(a.json), report)
@@ -146,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return int(args.func(args) or 0)
     except QsimError as exc:
         print(f"qsim: error: {exc}", file=sys.stderr)

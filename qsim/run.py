@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 import os
+import platform
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -236,5 +238,7 @@ def run(opts: RunOptions) -> dict:
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
         "fixed_backend": opts.backend if fixed is not None else None,
         "wall_time_s": time.perf_counter() - t_start,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
     return report

@@ -53,7 +53,7 @@ def cmd_run(a) -> int:
     from qsim.run import RunOptions, run
 
     opts = RunOptions(model=a.model, bits=a.bits, seq_len=a.seq_len, eval_seqs=a.eval_seqs,
-                      eval_text=a.eval_text, backend=a.backend, require_weights=a.require_weights,
+                      eval_text=a.eval_text, executor=a.executor, require_weights=a.require_weights,
                       artifact=a.artifact, cache=not a.no_cache, calib=_calib_options(a))
     report = run(opts)
     report["command"] = "python -m qsim " + " ".join(a.argv)
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seq-len", type=int, default=256)
     r.add_argument("--eval-seqs", type=int, default=4)
     r.add_argument("--eval-text", default="shakespeare/valid.txt")
-    r.add_argument("--backend", default="numba", choices=["numba", "numpy"], help="fixed executor")
+    r.add_argument("--executor", default="numba", choices=["numba", "numpy", "cuda"],
+                   help="what runs the fixed numerics: Numba, the NumPy reference, or the CUDA kernels")
     r.add_argument("--artifact", help="use this quantized-model folder instead of calibrating")
     r.add_argument("--no-cache", action="store_true", help="recalibrate even when a cached artifact exists")
     r.add_argument("--json", help="write the machine-readable report here")

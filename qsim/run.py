@@ -35,7 +35,7 @@ class RunOptions:
     seq_len: int = 256
     eval_seqs: int = 4
     eval_text: str = "shakespeare/valid.txt"
-    backend: str = "numba"
+    executor: str = "numba"  # numba, numpy (the reference) or cuda (gpu/, needs CuPy and a GPU)
     require_weights: bool = False
     artifact: str | None = None
     cache: bool = True
@@ -136,6 +136,24 @@ def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
     return {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo}
 
 
+def fixed_executor(qm: artifact.QuantizedModel, name: str):
+    """The `fixed` executor by name; the CUDA one lives in gpu/ and is imported only when asked for."""
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise QsimError("--executor cuda: no CUDA device visible to torch on this machine")
+        try:
+            from gpu.executor import CudaExecutor
+
+            return CudaExecutor(qm)
+        except ImportError as exc:
+            raise QsimError(f"--executor cuda: {exc} (install the [gpu] extra)") from None
+    from qsim.fixed.executor import FixedExecutor
+
+    return FixedExecutor(qm, name)
+
+
 def run(opts: RunOptions) -> dict:
     t_start = time.perf_counter()
     bits = preset(opts.bits)
@@ -158,9 +176,9 @@ def run(opts: RunOptions) -> dict:
     quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(lm.weights)
     fixed = None
     if qm is not None and bits.integer_activations:
-        from qsim.fixed.executor import FixedExecutor, Trace
+        from qsim.fixed.executor import Trace
 
-        fixed = FixedExecutor(qm, opts.backend)
+        fixed = fixed_executor(qm, opts.executor)
         fixed.prefill(windows[0][:2])  # compile (Numba) outside the timed region
         scale = fixed.logit_scale()
 
@@ -236,7 +254,7 @@ def run(opts: RunOptions) -> dict:
         "fixed_unavailable": None if fixed is not None else
         f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
-        "fixed_backend": opts.backend if fixed is not None else None,
+        "fixed_executor": opts.executor if fixed is not None else None,
         "wall_time_s": time.perf_counter() - t_start,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

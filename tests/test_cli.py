@@ -128,3 +128,11 @@ def test_corrupt_artifact(hf_checkpoint, tmp_path, capsys):
     w.write_bytes(bytes(data))
     _one_line_error(capsys, ["run", "--model", str(hf_checkpoint[0]), "--artifact", str(dest), *FAST],
                     "weights.safetensors", "sha256")
+
+
+def test_cuda_executor_without_gpu_is_one_line(hf_checkpoint, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: tests/gpu covers the CUDA executor")
+    _one_line_error(capsys, ["run", "--model", str(hf_checkpoint[0]), "--executor", "cuda", *FAST], "--executor cuda")

@@ -48,28 +48,23 @@ def _quant_linear(w: np.ndarray, bits: BitsPreset, int4: bool) -> tuple[IntLinea
     return IntLinear(q), np.full(w.shape[0], sc)
 
 
-def _requant_arrays(qm: QuantizedModel, name: str, ratios: np.ndarray) -> None:
+def set_requant_arrays(qm: QuantizedModel, name: str, ratios: np.ndarray) -> None:
     m, s = spec.quantize_multipliers(ratios, name)
     qm.tensors[f"{name}.rq_m"], qm.tensors[f"{name}.rq_s"] = m.astype(np.int32), s.astype(np.int32)
 
 
-def _mult(real: float, where: str) -> dict:
+def multiplier_params(real: float, where: str) -> dict:
     m, s = spec.quantize_multiplier(real, where)
     return {"m": m, "s": s}
 
 
-def _norm_params(g: np.ndarray, s_res: float, s_out: float, eps: float, where: str) -> tuple[np.ndarray, dict]:
+def norm_params(g: np.ndarray, s_res: float, s_out: float, eps: float, where: str) -> tuple[np.ndarray, dict]:
     d = g.shape[0]
     s_g = spec.symmetric_scale(float(np.abs(g).max()), 16, where)
     gq = np.clip(spec.round_half_up(g / s_g), -32767, 32767).astype(np.int16)
     eps_int = max(1, int(spec.round_half_up(eps * d / s_res**2)))
     real = math.sqrt(d) * s_g * 2.0**-spec.NORM_FRAC_BITS / s_out
-    return gq, {"g_scale": s_g, "eps_int": eps_int, "out_scale": s_out, **_mult(real, where)}
-
-
-def _int8_param(v: np.ndarray) -> tuple[np.ndarray, float]:
-    q, sc = quantize_int8(v)
-    return q, sc
+    return gq, {"g_scale": s_g, "eps_int": eps_int, "out_scale": s_out, **multiplier_params(real, where)}
 
 
 def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHook) -> QuantizedModel:
@@ -103,11 +98,11 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHoo
     )
     eq, s_emb = quantize_int8(w.embedding)
     qm.tensors["embedding.q"] = eq
-    qm.manifest["embedding"] = {"scale": s_emb, **_mult(s_emb / s_res, "embedding")}
+    qm.manifest["embedding"] = {"scale": s_emb, **multiplier_params(s_emb / s_res, "embedding")}
     for i in range(cfg.n_layer):
         qm.manifest["layers"].append(_layer(qm, i, w.layers[i], cfg, bits, s, hook, s_res))
     s_uf = spec.symmetric_scale(hook.absmax(cfg.n_layer, "u_f"), 8, "u_f")
-    gq, fnorm = _norm_params(w.norm_f, s_res, s_uf, cfg.layer_norm_epsilon, "norm_f")
+    gq, fnorm = norm_params(w.norm_f, s_res, s_uf, cfg.layer_norm_epsilon, "norm_f")
     qm.tensors["norm_f.g"] = gq
     qm.manifest["final_norm"] = fnorm
     tied = cfg.tie_embeddings and bits.weight_bits == 8
@@ -134,56 +129,56 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
         if not (math.isfinite(v) and v > 0):
             sc[k] = 1.0  # an all-zero tensor: any positive scale represents it exactly
     out: dict = {"scales": sc}
-    gq, out["norm"] = _norm_params(lw["norm"], s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
+    gq, out["norm"] = norm_params(lw["norm"], s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
     qm.tensors[f"{p}.norm.g"] = gq
     # in_proj: x and z get their own scales in `fixed` (quamba shares one)
     lin, wsc = _quant_linear(lw["in_proj"], bits, True)
     qm.set_linear(f"{p}.in_proj", lin)
     qm.tensors[f"{p}.in_proj.scale"] = wsc
     out_sc = np.concatenate([np.full(di, sc["x"]), np.full(di, sc["z"])])
-    _requant_arrays(qm, f"{p}.in_proj", sc["u"] * wsc / out_sc)
+    set_requant_arrays(qm, f"{p}.in_proj", sc["u"] * wsc / out_sc)
     # conv: int8 weights, int32 bias at the accumulator scale, SiLU by table
     cw, s_cw = quantize_int8(lw["conv_w"])
     qm.tensors[f"{p}.conv.w"] = cw
     qm.tensors[f"{p}.conv.b"] = spec.round_half_up(lw["conv_b"] / (sc["x"] * s_cw)).astype(np.int32)
-    out["conv"] = {"w_scale": s_cw, **_mult(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
+    out["conv"] = {"w_scale": s_cw, **multiplier_params(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
     # x_proj -> dt_r, B, C each with its own scale
     lin, wsc = _quant_linear(lw["x_proj"], bits, True)
     qm.set_linear(f"{p}.x_proj", lin)
     qm.tensors[f"{p}.x_proj.scale"] = wsc
     seg = np.concatenate([np.full(r, sc["dtr"]), np.full(n, sc["B"]), np.full(n, sc["C"])])
-    _requant_arrays(qm, f"{p}.x_proj", sc["xs"] * wsc / seg)
+    set_requant_arrays(qm, f"{p}.x_proj", sc["xs"] * wsc / seg)
     # dt_proj stays int8 in every preset (as in Quamba2's W4A8 Mamba-1)
     dq, s_wdt = quantize_int8(lw["dt_w"])
     qm.set_linear(f"{p}.dt_proj", IntLinear(dq))
     qm.tensors[f"{p}.dt_proj.b"] = spec.round_half_up(lw["dt_b"] / (sc["dtr"] * s_wdt)).astype(np.int32)
-    out["dt_proj"] = {"w_scale": s_wdt, **_mult(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
+    out["dt_proj"] = {"w_scale": s_wdt, **multiplier_params(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
     out["tables"] = {
         "silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]).tolist(),
         "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]).tolist(),
         "silu_z": tables.silu_table(sc["z"], sc["sz"]).tolist(),
     }
-    out["scan"] = _scan_params(qm, p, lw, sc, s)
+    out["scan"] = scan_params(qm, p, lw, sc, s)
     # out_proj input: y (int16) -> [Hadamard] -> int8; weights pre-multiplied by H^T / sqrt(N)
     wout = lw["out_proj"]
     if s.hadamard:
         wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(di))).astype(np.float32)
     ratio = sc["y"] / sc["yo"] / (math.sqrt(di) if s.hadamard else 1.0)
-    out["out_in"] = _mult(ratio, f"{p}.out_in")
+    out["out_in"] = multiplier_params(ratio, f"{p}.out_in")
     lin, wsc = _quant_linear(wout, bits, True)
     qm.set_linear(f"{p}.out_proj", lin)
     qm.tensors[f"{p}.out_proj.scale"] = wsc
-    _requant_arrays(qm, f"{p}.out_proj", sc["yo"] * wsc / s_res)
+    set_requant_arrays(qm, f"{p}.out_proj", sc["yo"] * wsc / s_res)
     # Quamba stores A_log, D and dt_bias as int8 with one scale each
     out["quamba"] = {}
     for key in ("A_log", "D", "dt_b"):
-        q, qs = _int8_param(lw[key])
+        q, qs = quantize_int8(lw[key])
         qm.tensors[f"{p}.quamba.{key}"] = q
         out["quamba"][key] = qs
     return out
 
 
-def _scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
+def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
     """Integer decay exponent a = |A| log2(e) s_dt 2**F (uint16), state and output multipliers."""
     a_real = np.exp(lw["A_log"].astype(np.float64)) * LOG2E * sc["dt"]
     amax = float(a_real.max())

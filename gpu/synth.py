@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from calib.calibrate import RESIDUAL_HEADROOM, CalibSettings, _mult, _norm_params, _requant_arrays, _scan_params
+from calib.calibrate import RESIDUAL_HEADROOM, CalibSettings, multiplier_params, norm_params, set_requant_arrays, scan_params
 from qsim import spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
 from qsim.bits import preset
@@ -63,12 +63,12 @@ def synthetic_artifact(cfg: MambaConfig, bits: str = "w8a8", seed: int = 0, stat
     eq = rng.integers(-127, 128, (cfg.vocab_size, dm), dtype=np.int8)
     s_emb = a["emb"] / 127
     qm.tensors["embedding.q"] = eq
-    qm.manifest["embedding"] = {"scale": s_emb, **_mult(s_emb / s_res, "embedding")}
+    qm.manifest["embedding"] = {"scale": s_emb, **multiplier_params(s_emb / s_res, "embedding")}
     sc = {k: a[k] / 127 for k in ("u", "x", "z", "conv_pre", "xs", "dtr", "B", "C", "dt_pre", "sz", "yo")}
     sc.update(dt=a["dt"] / 255, h=a["h"] / ((1 << (state_bits - 1)) - 1), y=a["y"] / ((1 << (spec.GATED_BITS - 1)) - 1))
     for i in range(cfg.n_layer):
         qm.manifest["layers"].append(_layer(qm, rng, i, cfg, bp, sc, s_res, settings))
-    gq, fnorm = _norm_params(np.ones(dm, np.float32), s_res, a["u_f"] / 127, cfg.layer_norm_epsilon, "norm_f")
+    gq, fnorm = norm_params(np.ones(dm, np.float32), s_res, a["u_f"] / 127, cfg.layer_norm_epsilon, "norm_f")
     qm.tensors["norm_f.g"] = gq
     qm.manifest["final_norm"] = fnorm
     tied = cfg.tie_embeddings and bp.weight_bits == 8
@@ -83,32 +83,32 @@ def _layer(qm, rng, i, cfg, bp, sc, s_res, settings) -> dict:
     di, dm, n, rk = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.dt_rank
     p = f"layers.{i}"
     out: dict = {"scales": dict(sc)}
-    gq, out["norm"] = _norm_params(np.ones(dm, np.float32), s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
+    gq, out["norm"] = norm_params(np.ones(dm, np.float32), s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
     qm.tensors[f"{p}.norm.g"] = gq
 
     def linear(name, n_out, k, s_in, s_out):
         lin, wsc = _random_linear(rng, n_out, k, bp)
         qm.set_linear(f"{p}.{name}", lin)
         qm.tensors[f"{p}.{name}.scale"] = wsc
-        _requant_arrays(qm, f"{p}.{name}", s_in * wsc / s_out)
+        set_requant_arrays(qm, f"{p}.{name}", s_in * wsc / s_out)
 
     linear("in_proj", 2 * di, dm, sc["u"], np.concatenate([np.full(di, sc["x"]), np.full(di, sc["z"])]))
     cw, s_cw = quantize_int8(rng.uniform(-0.5, 0.5, (di, cfg.d_conv)))
     qm.tensors[f"{p}.conv.w"] = cw
     qm.tensors[f"{p}.conv.b"] = spec.round_half_up(rng.uniform(-0.5, 0.5, di) / (sc["x"] * s_cw)).astype(np.int32)
-    out["conv"] = {"w_scale": s_cw, **_mult(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
+    out["conv"] = {"w_scale": s_cw, **multiplier_params(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
     linear("x_proj", rk + 2 * n, di, sc["xs"], np.repeat([sc["dtr"], sc["B"], sc["C"]], [rk, n, n]))
     dq, s_wdt = quantize_int8(rng.uniform(-(rk**-0.5), rk**-0.5, (di, rk)))
     qm.set_linear(f"{p}.dt_proj", IntLinear(dq))
     dt = np.exp(rng.uniform(math.log(1e-3), math.log(1e-1), di))
     dt_b = dt + np.log(-np.expm1(-dt))  # inverse softplus, as Mamba initialises it
     qm.tensors[f"{p}.dt_proj.b"] = spec.round_half_up(dt_b / (sc["dtr"] * s_wdt)).astype(np.int32)
-    out["dt_proj"] = {"w_scale": s_wdt, **_mult(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
+    out["dt_proj"] = {"w_scale": s_wdt, **multiplier_params(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
     out["tables"] = {"silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]).tolist(),
                      "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]).tolist(),
                      "silu_z": tables.silu_table(sc["z"], sc["sz"]).tolist()}
     lw = {"A_log": np.log(np.tile(np.arange(1, n + 1, dtype=np.float64), (di, 1))), "D": np.ones(di)}
-    out["scan"] = _scan_params(qm, p, lw, sc, settings)
-    out["out_in"] = _mult(sc["y"] / sc["yo"] / (math.sqrt(di) if settings.hadamard else 1.0), f"{p}.out_in")
+    out["scan"] = scan_params(qm, p, lw, sc, settings)
+    out["out_in"] = multiplier_params(sc["y"] / sc["yo"] / (math.sqrt(di) if settings.hadamard else 1.0), f"{p}.out_in")
     linear("out_proj", dm, di, sc["yo"], s_res)
     return out

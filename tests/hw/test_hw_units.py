@@ -15,8 +15,10 @@ def test_scan_cycles_lanes_divide_the_state():
 
 
 def test_scan_cycles_round_up_partial_cycles():
-    # 4 x 4 = 16 elements over 3 lanes: 6 cycles per token
-    assert scan_unit_cycles(3, 4, 4, 5) == 5 * 6 + units.SCAN_PIPELINE_LATENCY
+    # 4 x 4 = 16 elements over 3 lanes: 6 cycles per token, unless the recurrence loop is longer
+    per_token = max(6, units.SCAN_RECURRENCE_LATENCY)
+    assert scan_unit_cycles(3, 4, 4, 5) == 5 * per_token + units.SCAN_PIPELINE_LATENCY
+    assert scan_unit_cycles(1, 64, 16, 2) == 2 * 1024 + units.SCAN_PIPELINE_LATENCY  # 1024 > any recurrence
 
 
 def test_scan_cycles_wait_for_the_recurrence_when_the_state_is_tiny():

@@ -91,12 +91,6 @@ def cmd_stats(a) -> int:
     return 0
 
 
-def cmd_golden(a) -> int:
-    from golden.generate import main as golden_main
-
-    return golden_main(a.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -136,9 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="PNG path for the per-channel plot")
     s.set_defaults(func=cmd_stats)
 
-    g = sub.add_parser("golden", help="cut golden vectors (see python -m golden --help)", add_help=False)
-    g.add_argument("rest", nargs=argparse.REMAINDER)
-    g.set_defaults(func=cmd_golden)
+    sub.add_parser("golden", help="cut golden vectors (options: python -m qsim golden --help)")
 
     from qsim.hw.cli import add_parsers
 
@@ -149,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
+        if argv[:1] == ["golden"]:  # its options belong to golden's own parser
+            from golden.generate import main as golden_main
+
+            return golden_main(argv[1:])
         args = build_parser().parse_args(argv)
         args.argv = argv
         return int(args.func(args) or 0)

@@ -40,9 +40,9 @@ import math
 from qsim.errors import QsimError
 from qsim.hadamard import factor
 
-SCAN_PIPELINE_LATENCY = 6
-SCAN_RECURRENCE_LATENCY = 3
-HADAMARD_PASS_LATENCY = 2
+SCAN_PIPELINE_LATENCY = 28
+SCAN_RECURRENCE_LATENCY = 14
+HADAMARD_PASS_LATENCY = 9
 
 
 def _positive(**values: int) -> None:

@@ -1,0 +1,1 @@
+"""Golden vector sets cut from the `fixed` NumPy reference; read by every other executor's tests."""

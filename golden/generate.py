@@ -1,0 +1,375 @@
+"""Cut golden vector sets from the `fixed` NumPy reference, versioned with the spec.
+
+A set is a folder of `.npy` files plus `manifest.json` (spec version, source
+model and layer, constants, shape/dtype/sha256 per file). Sets are a pure
+function of (spec, model weights, calibration text): regenerating one must
+give the same bytes, which tests/golden checks, so a spec change shows up as a
+failing test and a new committed set rather than as silent drift.
+
+Kinds:
+  scan      per token xs, dt, B, C, z, sz (= silu_z table of z), start flags;
+            layer constants a_q, Dq, exp table, silu_z table (+ scalars in the
+            manifest); outputs y (int16), final state h (and h per token when small)
+  hadamard  int16 rows y, raw transform y_had, int8 yo = requantize(y_had, m, s, 8)
+  tables    SiLU / softplus tables of each layer, exp2-frac and rsqrt tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from qsim import hadamard, spec, tables
+from qsim.errors import QsimError
+from qsim.fixed import ops
+
+HERE = Path(__file__).parent
+SETS = HERE / "sets"  # committed, small
+LARGE = HERE / "large"  # generated on demand, git-ignored (golden/.gitignore)
+TEXT = Path(__file__).parents[1] / "qsim" / "data" / "shakespeare" / "calib.txt"
+SYNTHETIC = "synthetic-d64"  # stand-in until the shipped mamba-tiny exists
+PREFERRED = "mamba-tiny"
+REAL_TOKENS, LARGE_TOKENS = 16, 64
+WINDOW_OFFSET = 4096  # byte offset of the prompt in calib.txt (away from the header)
+PER_TOKEN_STATE_LIMIT = 1 << 16  # store h after every token when T*D*N is at most this
+
+
+# ---------------------------------------------------------------- the model
+def default_model() -> str:
+    from qsim.weights import SHIPPED_MODELS
+
+    return PREFERRED if (SHIPPED_MODELS / PREFERRED).is_dir() else SYNTHETIC
+
+
+@lru_cache(maxsize=2)
+def calibrated(model: str):
+    """(LoadedModel, QuantizedModel, token ids) for `model`; the calibration is cheap and deterministic."""
+    from calib.calibrate import CalibSettings, calibrate
+    from qsim import tokenizer, weights
+    from qsim.bits import preset
+    from qsim.config import MambaConfig
+
+    if model == SYNTHETIC:
+        cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=256)
+        lm = weights.LoadedModel(SYNTHETIC, cfg, weights.synthetic_weights(cfg), "synthetic",
+                                 f"seeded synthetic weights (seed {weights.SYNTHETIC_SEED})",
+                                 f"synthetic:{weights.SYNTHETIC_SEED}", None)
+    else:
+        lm = weights.resolve(model, require_weights=True)
+    toks = tokenizer.for_model(lm.folder, lm.config.vocab_size).encode(TEXT.read_text())
+    settings = CalibSettings(samples=8, seq_len=256)
+    qm = calibrate(lm, preset("w8a8"), settings, toks, str(TEXT))
+    return lm, qm, toks, settings
+
+
+def source(model: str, layer=None, **extra) -> dict:
+    lm, qm, _, settings = calibrated(model)
+    return {"model": lm.name, "model_source": lm.source, "weights_sha256": lm.sha256, "layer": layer,
+            "calibration": {**asdict(settings), "bits": "w8a8", "text": str(TEXT.relative_to(TEXT.parents[2]))},
+            **extra}
+
+
+def scan_constants(qm, i: int) -> dict:
+    """The layer's scan parameters exactly as FixedExecutor builds them."""
+    L = qm.layer(i)
+    sc = L["scan"]
+    return {"a_q": qm.t(f"layers.{i}.A.q").astype(np.int64), "frac": sc["a_frac_bits"],
+            "m_h": sc["m_h"], "s_h": sc["s_h"], "Dq": qm.t(f"layers.{i}.D.q").astype(np.int64),
+            "m_y": sc["m_y"], "s_y": sc["s_y"], "exp_tab": np.asarray(qm.manifest["tables"]["exp2_frac"], np.int64),
+            "state_bits": qm.manifest["state_bits"]}
+
+
+@lru_cache(maxsize=4)
+def traced(model: str, tokens: int):
+    """Trace of a prefill over `tokens` bytes of calib.txt from the zero state."""
+    from qsim.fixed.executor import FixedExecutor, Trace
+
+    _, qm, toks, _ = calibrated(model)
+    window = toks[WINDOW_OFFSET: WINDOW_OFFSET + tokens]
+    ex = FixedExecutor(qm, "numpy")
+    trace = Trace()
+    _, state = ex.prefill(window, trace=trace)
+    return ex, trace, state, window
+
+
+# ---------------------------------------------------------------- set bodies
+SCAN_SCALARS = ("frac", "m_h", "s_h", "m_y", "s_y", "state_bits")
+
+
+def scan_set(p: dict, xs, dt, B, C, z, silu_z, start) -> tuple[dict, dict]:
+    """Run ops.scan sequence by sequence (a new sequence starts from h = 0 where start[t])."""
+    T, D = xs.shape
+    N = B.shape[1]
+    sz = ops.lut(z, silu_z)
+    h = np.zeros((D, N), np.int64)
+    y = np.zeros((T, D), np.int64)
+    hs = np.zeros((T, D, N), np.int64)
+    sat_h = sat_y = 0
+    for t in range(T):
+        if start[t]:
+            h = np.zeros_like(h)
+        y[t: t + 1], h, nh, ny = ops.scan(xs[t: t + 1], dt[t: t + 1], B[t: t + 1], C[t: t + 1], sz[t: t + 1], h, p)
+        hs[t] = h
+        sat_h, sat_y = sat_h + nh, sat_y + ny
+    arrays = {"xs": (xs, np.int8), "dt": (dt, np.uint8), "B": (B, np.int8), "C": (C, np.int8), "z": (z, np.int8),
+              "sz": (sz, np.int8), "start": (start, np.uint8), "silu_z": (silu_z, np.int8),
+              "a_q": (p["a_q"], np.uint16), "Dq": (p["Dq"], np.int64), "exp_tab": (p["exp_tab"], np.uint16),
+              "y": (y, np.int16), "h_final": (h, np.int32)}
+    if T * D * N <= PER_TOKEN_STATE_LIMIT:
+        arrays["h"] = (hs, np.int32)
+    meta = {"kind": "scan", "constants": {k: int(p[k]) for k in SCAN_SCALARS},
+            "dims": {"tokens": T, "d_inner": D, "d_state": N},
+            "saturations": {"state": int(sat_h), "output": int(sat_y)},
+            "layout": "h0 = 0 at every token with start=1 (and at token 0); y = scan output y*SiLU(z), int16"}
+    return arrays, meta
+
+
+def hadamard_set(y, m: int, s: int) -> tuple[dict, dict]:
+    y_had = ops.hadamard_rows(y)
+    yo, sat = ops.requantize(y_had, m, s, 8)
+    n = y.shape[1]
+    arrays = {"y": (y, np.int16), "y_had": (y_had, np.int32), "yo": (yo, np.int8)}
+    meta = {"kind": "hadamard", "constants": {"m": int(m), "s": int(s)},
+            "dims": {"vectors": y.shape[0], "n": n, "factor": list(hadamard.factor(n))},
+            "saturations": {"output": int(sat)}}
+    return arrays, meta
+
+
+# ---------------------------------------------------------------- the sets
+def real_scan(model: str, layer: int, tokens: int):
+    ex, trace, state, window = traced(model, tokens)
+    di, n, rk = ex.cfg.d_inner, ex.cfg.d_state, ex.cfg.dt_rank
+    xz, xp = trace.get(layer, "xz"), trace.get(layer, "x_proj")
+    P = ex.layers[layer]
+    start = np.zeros(tokens, np.int64)
+    start[0] = 1
+    arrays, meta = scan_set(P["scan"], trace.get(layer, "xs"), trace.get(layer, "dt"), xp[:, rk: rk + n],
+                            xp[:, rk + n:], xz[:, di:], P["silu_z"], start)
+    if not np.array_equal(arrays["y"][0], trace.get(layer, "y")) or \
+            not np.array_equal(arrays["h_final"][0], state.h[layer]):
+        raise QsimError(f"golden: scan of layer {layer} disagrees with the executor's trace")
+    meta["source"] = source(model, layer, tokens=window.tolist())
+    return arrays, meta
+
+
+def edge_scan(model: str, layer: int):
+    """Real layer constants, crafted inputs: all-zero, dt = 0, dt = 255 with saturating state, random."""
+    ex, *_ = traced(model, REAL_TOKENS)
+    di, n = ex.cfg.d_inner, ex.cfg.d_state
+    P = ex.layers[layer]
+    rng = np.random.default_rng(1)
+    seqs = []
+
+    def seq(T, xs, dt, B, C, z):
+        seqs.append((T, xs, dt, B, C, z))
+
+    zi = lambda T, w: np.zeros((T, w), np.int64)  # noqa: E731
+    ri = lambda T, w, lo=-128, hi=128: rng.integers(lo, hi, (T, w))  # noqa: E731
+    seq(3, zi(3, di), zi(3, di), zi(3, n), zi(3, n), zi(3, di))
+    seq(3, ri(3, di), zi(3, di), ri(3, n), ri(3, n), ri(3, di))  # dt = 0: no decay, no input
+    full = lambda T, w, v: np.full((T, w), v, np.int64)  # noqa: E731
+    seq(4, full(4, di, 127), full(4, di, 255), full(4, n, 127), full(4, n, 127), full(4, di, 127))  # saturate
+    seq(4, full(4, di, -128), full(4, di, 255), full(4, n, 127), full(4, n, -128), full(4, di, -128))
+    seq(4, ri(4, di), ri(4, di, 0, 256), ri(4, n), ri(4, n), ri(4, di))
+    cat = [np.concatenate([s[k] for s in seqs]) for k in range(1, 6)]
+    start = np.concatenate([np.eye(1, s[0], dtype=np.int64)[0] for s in seqs])
+    arrays, meta = scan_set(P["scan"], *cat[:4], cat[4], P["silu_z"], start)
+    meta["source"] = source(model, layer, inputs="crafted: zero (3), dt=0 (3), dt=255 saturating (4+4), random (4)")
+    return arrays, meta
+
+
+def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: int, wide: bool):
+    """Random constants within the spec's bounds; `wide` takes a 31-bit multiplier with shift 0."""
+    rng = np.random.default_rng(seed)
+    frac = int(rng.integers(9, 31))
+    p = {"a_q": rng.integers(0, 65536, (d_inner, d_state)), "frac": frac,
+         "m_h": int(rng.integers(1 << 30, 1 << 31)) if wide else int(rng.integers(1 << 14, 1 << 15)),
+         "s_h": int(rng.integers(30, 40)) if wide else int(rng.integers(8, 20)),
+         "Dq": rng.integers(-(1 << 20), 1 << 20, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
+         "s_y": 0, "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
+    silu_z = tables.silu_table(0.05, 0.03)
+    T = tokens
+    start = np.zeros(T, np.int64)
+    start[[0, T // 2]] = 1
+    inputs = (rng.integers(-128, 128, (T, d_inner)), rng.integers(0, 256, (T, d_inner)),
+              rng.integers(-128, 128, (T, d_state)), rng.integers(-128, 128, (T, d_state)),
+              rng.integers(-128, 128, (T, d_inner)), silu_z, start)
+    while True:  # the smallest output shift that saturates at most 1 output in 8
+        arrays, meta = scan_set(p, *inputs)
+        if meta["saturations"]["output"] * 8 <= T * d_inner:
+            break
+        p["s_y"] += 1
+    meta["source"] = {"model": None, "layer": None, "inputs": f"numpy default_rng({seed}): random constants and "
+                      "inputs; silu_z = silu_table(0.05, 0.03)"}
+    return arrays, meta
+
+
+def real_hadamard(model: str, layer: int, tokens: int):
+    ex, trace, _, window = traced(model, tokens)
+    m, s = ex.layers[layer]["out_in_rq"]
+    arrays, meta = hadamard_set(trace.get(layer, "y"), m, s)
+    if not np.array_equal(arrays["yo"][0], trace.get(layer, "yo")):
+        raise QsimError(f"golden: Hadamard of layer {layer} disagrees with the executor's trace")
+    meta["source"] = source(model, layer, tokens=window.tolist())
+    return arrays, meta
+
+
+def random_hadamard(seed: int, n: int, vectors: int):
+    """Random rows plus edge rows (zeros, full-scale +/-, alternating) through a multiplier that saturates some."""
+    rng = np.random.default_rng(seed)
+    lo, hi = spec.int_range(spec.GATED_BITS)
+    edge = np.stack([np.zeros(n), np.full(n, hi), np.full(n, lo), np.where(np.arange(n) % 2, lo, hi)])
+    y = np.concatenate([edge, rng.integers(lo, hi + 1, (vectors, n)),
+                        rng.integers(-4000, 4000, (vectors, n))]).astype(np.int64)
+    m, s = spec.quantize_multiplier(127 / (1 << 15) / n ** 0.5 * 8, f"golden n={n}")
+    arrays, meta = hadamard_set(y, m, s)
+    meta["source"] = {"model": None, "layer": None,
+                      "inputs": f"4 edge rows, {vectors} full-range and {vectors} small random rows "
+                                f"(default_rng({seed})); m, s for 8x the full-scale rms"}
+    return arrays, meta
+
+
+def table_set(model: str):
+    _, qm, _, _ = calibrated(model)
+    arrays = {"exp2_frac": (np.asarray(qm.manifest["tables"]["exp2_frac"]), np.uint16),
+              "rsqrt": (np.asarray(qm.manifest["tables"]["rsqrt"]), np.uint16)}
+    scales = {}
+    for i in range(qm.config.n_layer):
+        L = qm.layer(i)
+        sc = L["scales"]
+        built = {"silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]),
+                 "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]),
+                 "silu_z": tables.silu_table(sc["z"], sc["sz"])}
+        for name, tab in built.items():
+            if not np.array_equal(tab, L["tables"][name]):
+                raise QsimError(f"golden: layer {i} table {name} differs from qsim.tables' rebuild")
+            arrays[f"l{i}_{name}"] = (tab, np.uint8 if name == "softplus_dt" else np.int8)
+        scales[f"l{i}"] = {k: sc[k] for k in ("conv_pre", "xs", "dt_pre", "dt", "z", "sz")}
+    if not np.array_equal(arrays["exp2_frac"][0], tables.exp2_frac_table()):
+        raise QsimError("golden: exp2_frac table differs from qsim.tables' rebuild")
+    meta = {"kind": "tables", "source": source(model), "scales": scales,
+            "layout": "l{i}_silu_conv / l{i}_silu_z: int8 -> int8, l{i}_softplus_dt: int8 -> uint8, "
+                      "indexed by q + 128; exp2_frac: Q15 2**(-i/256); rsqrt: round(2**19/sqrt(m)), m in [256, 1024)"}
+    return arrays, meta
+
+
+def catalog(model: str, large: bool = False) -> dict:
+    """Name -> zero-argument builder of every set (committed, or the large on-demand ones)."""
+    n_layer = calibrated(model)[1].config.n_layer
+    if large:
+        return {**{f"scan_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_scan(model, i, LARGE_TOKENS))
+                   for i in range(n_layer)},
+                **{f"hadamard_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_hadamard(model, i, LARGE_TOKENS))
+                   for i in range(n_layer)},
+                "hadamard_random_n1536": lambda: random_hadamard(4, 1536, 16)}
+    last = n_layer - 1
+    return {
+        "scan_real_l0": lambda: real_scan(model, 0, REAL_TOKENS),
+        f"scan_real_l{last}": lambda: real_scan(model, last, REAL_TOKENS),
+        "scan_edge_l0": lambda: edge_scan(model, 0),
+        "scan_random_s16": lambda: random_scan(2, 8, 16, 8, 16, False),
+        "scan_random_wide": lambda: random_scan(3, 4, 8, 8, 28, True),
+        "hadamard_real_l0": lambda: real_hadamard(model, 0, REAL_TOKENS),
+        f"hadamard_real_l{last}": lambda: real_hadamard(model, last, REAL_TOKENS),
+        "hadamard_random_n64": lambda: random_hadamard(5, 64, 6),
+        "hadamard_random_n192": lambda: random_hadamard(6, 192, 6),
+        "tables": lambda: table_set(model),
+    }
+
+
+# ---------------------------------------------------------------- files
+def npy_bytes(a: np.ndarray, dtype) -> bytes:
+    """Exact conversion to the stored dtype (refuses values that would wrap)."""
+    a = np.asarray(a)
+    out = a.astype(dtype)
+    if not np.array_equal(out.astype(np.int64), a.astype(np.int64)):
+        raise QsimError(f"golden: values do not fit {np.dtype(dtype).name}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(out), allow_pickle=False)
+    return buf.getvalue()
+
+
+def render(name: str, arrays: dict, meta: dict) -> dict[str, bytes]:
+    """The exact bytes of every file of one set, manifest included."""
+    files = {f"{k}.npy": npy_bytes(a, dt) for k, (a, dt) in sorted(arrays.items())}
+    manifest = {"set": name, "spec_version": spec.SPEC_VERSION, **meta,
+                "files": {f: {"shape": list(np.asarray(arrays[f[:-4]][0]).shape),
+                              "dtype": np.dtype(arrays[f[:-4]][1]).name,
+                              "sha256": hashlib.sha256(b).hexdigest()} for f, b in files.items()}}
+    files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return files
+
+
+def write_set(dest: Path, files: dict[str, bytes]) -> None:
+    """Atomic: a sibling temporary folder renamed into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for f, b in files.items():
+            (tmp / f).write_bytes(b)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load(name: str, root: Path = SETS) -> tuple[dict, dict[str, np.ndarray]]:
+    """(manifest, arrays) of a stored set; checks each file's sha256."""
+    folder = root / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    arrays = {}
+    for f, info in manifest["files"].items():
+        data = (folder / f).read_bytes()
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise QsimError(f"golden set {name}: {f} does not match its manifest sha256")
+        arrays[f[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+    return manifest, arrays
+
+
+def committed_model(root: Path = SETS) -> str | None:
+    """The model the committed sets were cut from (they are regenerated from the same one)."""
+    path = root / "scan_real_l0" / "manifest.json"
+    return json.loads(path.read_text())["source"]["model"] if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m golden", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help=f"{PREFERRED} (default when shipped) or {SYNTHETIC}")
+    ap.add_argument("--large", action="store_true", help=f"write the large sets to {LARGE} instead")
+    ap.add_argument("--out", type=Path, help="folder to write into (default golden/sets or golden/large)")
+    ap.add_argument("--check", action="store_true", help="regenerate in memory and compare with the stored sets")
+    ap.add_argument("--only", nargs="*", help="set names to build")
+    a = ap.parse_args(argv)
+    root = a.out or (LARGE if a.large else SETS)
+    model = a.model or (committed_model(root) if a.check else None) or default_model()
+    try:
+        sets = catalog(model, a.large)
+        bad = 0
+        for name, build in sets.items():
+            if a.only and name not in a.only:
+                continue
+            files = render(name, *build())
+            if a.check:
+                stored = {p.name: p.read_bytes() for p in (root / name).glob("*")} if (root / name).is_dir() else {}
+                diff = sorted(f for f in files.keys() | stored.keys() if files.get(f) != stored.get(f))
+                bad += bool(diff)
+                print(f"{name}: {'differs in ' + ', '.join(diff) if diff else 'identical'}")
+            else:
+                write_set(root / name, files)
+                print(f"{name}: {sum(map(len, files.values()))} bytes -> {root / name}")
+        return 1 if bad else 0
+    except QsimError as exc:
+        print(f"golden: {exc}", file=sys.stderr)
+        return 2

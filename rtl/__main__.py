@@ -1,0 +1,43 @@
+"""`python -m rtl build|synth`: Verilog of a unit for a parameter set, or ECP5 synthesis figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rtl")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write a unit's Verilog under rtl/build/")
+    b.add_argument("--unit", choices=("scan", "hadamard"), required=True)
+    b.add_argument("--lanes", type=int, default=8)
+    b.add_argument("--set", help="golden set whose constants to build with (default: layer 0 of the model)")
+    b.add_argument("--channels", type=int, help="scan: only the first CHANNELS channels of the layer")
+    b.add_argument("--out", type=Path, help="folder (default rtl/build/<unit>_<set>_l<lanes>)")
+    s = sub.add_parser("synth", help="yosys + nextpnr-ecp5 on each unit; figures to reports/rtl/")
+    s.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock in MHz")
+    s.add_argument("--lanes", type=int, help="build every unit with this many lanes instead")
+    a = ap.parse_args(argv)
+    if a.cmd == "build":
+        from rtl.build import BUILD, make_unit, properties, tag, write_verilog
+
+        try:
+            comp, _, _ = make_unit(a.unit, a.lanes, a.set, a.channels)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"rtl build: {exc}", file=sys.stderr)
+            return 2
+        top = tag(a.unit, a.lanes, a.set, a.channels)
+        path = write_verilog(comp, a.out or BUILD / top, top)
+        print(f"{path}\n{json.dumps(properties(comp))}")
+        return 0
+    from rtl import synth
+
+    units = [(u, a.lanes or n, s) for u, n, s in synth.DEFAULT_UNITS]
+    return synth.main(units, a.freq)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Hadamard unit: qsim.hadamard.fwht on integer rows, then requantization to int8.
+
+n = m * 2**k (qsim.hadamard.factor: m in {1, 12, 20}). The vector lives in an
+on-chip buffer of n/lanes rows of `lanes` elements; `lanes` add/subtract units
+run one pass over it in n/lanes cycles, and every pass drains `pass_latency`
+cycles before the next reads what it wrote (qsim.hw.units.hadamard_unit_cycles).
+Passes of one vector, each a factor of H_m (x) H_2**k (they commute exactly on
+integers, so the order is chosen for the streams):
+
+  load   radix-2 on index bit 0, applied to the input beats as they arrive
+  bit b  radix-2 on bit b, 2 <= b < k: inside a row when 2**b < lanes, else
+         between rows r and r + 2**b/lanes (read one, then the other; sums
+         written back first, differences the cycle after)
+  sweep  s = 1 .. m-1 (m > 1 only): acc_i = y_0 + sgn(i,1) y_1, then
+         acc_i += sgn(i,s) y_s, with sgn(i,s) = H[i,0] H[i,s]; so acc_i =
+         H[i,0] * (H_m y)_i and H[i,0] is folded into the sign of the output
+         multiplier (exact: (-v)*M == v*(-M))
+  out    radix-2 on bit 1, requantized (x M >> S, saturated to int8) into the
+         output FIFO as rows in order
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qsim import hadamard, spec
+from rtl.pipeline import MUL_LATENCY, Pipeline, rshift_round, saturate
+
+FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
+OUT_STAGE = 4 + MUL_LATENCY  # issue, data, data registered, butterfly, product, int8 into the FIFO
+
+
+class HadamardUnit(wiring.Component):
+    def __init__(self, *, n: int, lanes: int, m: int, s: int, in_bits: int = spec.GATED_BITS,
+                 fifo_depth: int = 16):
+        mb, p = hadamard.factor(n)
+        if lanes < 4 or lanes & (lanes - 1) or p % lanes:
+            raise ValueError(f"Hadamard unit: lanes {lanes} must be a power of two >= 4 dividing 2**k = {p} (n = {n})")
+        self.n, self.lanes, self.m, self.s, self.in_bits, self.fifo_depth = n, lanes, m, s, in_bits, fifo_depth
+        self.base, self.rows, self.rows_per_block = hadamard.base_matrix(mb), n // lanes, p // lanes
+        self.width = in_bits + math.ceil(math.log2(n))  # |H x| <= n * 2**(in_bits-1)
+        k = p.bit_length() - 1
+        self.schedule = ([("load", 0)] + [("bit", b) for b in range(2, k)]
+                         + [("sweep", s) for s in range(1, mb)] + [("out", 1)])
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(in_bits), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+        })
+
+    @classmethod
+    def from_golden(cls, manifest: dict, lanes: int, **kw):
+        c = manifest["constants"]
+        return cls(n=manifest["dims"]["n"], lanes=lanes, m=c["m"], s=c["s"], **kw)
+
+    # ---- cycle contract (qsim.hw.units)
+    @property
+    def passes(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def pass_latency(self) -> int:
+        """Drain per pass: issue to result readable at the output (HADAMARD_PASS_LATENCY)."""
+        return OUT_STAGE + FIFO_LATENCY
+
+    @property
+    def cycles_per_vector(self) -> int:
+        return self.passes * (self.rows + self.pass_latency)
+
+    def cycles(self, vectors: int) -> int:
+        return vectors * self.cycles_per_vector
+
+    def elaborate(self, platform):
+        m = Module()
+        pl = Pipeline(m)
+        L, W, R, RPB, HPL = self.lanes, self.width, self.rows, self.rows_per_block, self.pass_latency
+        mb, sched, P = self.base.shape[0], self.schedule, len(self.schedule)
+        row_bits = max(R - 1, 1).bit_length()
+
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * L, depth=self.fifo_depth)
+        m.submodules.a = mem_a = Memory(shape=unsigned(W * L), depth=R, init=[])
+        a_r, a_w = mem_a.read_port(), mem_a.write_port()
+        if mb > 1:
+            a_r2 = mem_a.read_port()
+            m.submodules.b = mem_b = Memory(shape=unsigned(W * L), depth=R, init=[])
+            b_r, b_w = mem_b.read_port(), mem_b.write_port()
+
+        # ---- sequencer: pass index, issue counter, drain counter
+        pi, t = Signal(range(P)), Signal(range(R))
+        drain = Signal(range(HPL + 1))  # 0: issuing; d > 0: d-th drain cycle
+        qc, gi = Signal(range(RPB)), Signal(range(mb))  # sweep: column chunk, row group
+        advance = drain == HPL
+        pi_next = Mux(pi == P - 1, 0, pi + 1)
+        m.d.sync += pi.eq(Mux(advance, pi_next, pi))
+
+        def decoded(values, name, shape=1):
+            """A register equal to values[pi] at all times (set with pi), so no pass decode sits on a data path."""
+            reg = Signal(shape, name=name, init=values[0])
+            m.d.sync += reg.eq(Mux(advance, Array(Const(v, shape) for v in values)[pi_next], reg))
+            return reg
+
+        kind = lambda k: decoded([int(kk == k) for kk, _ in sched], f"is_{k}")  # noqa: E731
+        is_load, is_out, is_sweep = kind("load"), kind("out"), kind("sweep")
+        def datapath(k, a):  # which operand pattern a pass uses: a butterfly inside rows, between rows, or sweep
+            return ("sweep",) if k == "sweep" else ("cross",) if k == "bit" and (1 << a) >= L else ("in", a)
+
+        keys = sorted({datapath(*pa) for pa in sched} - {("sweep",)})
+        sel = {key: decoded([int(datapath(*pa) == key) for pa in sched], "_".join(map(str, key))) for key in keys}
+        cross = sel.get(("cross",), Const(0))
+
+        pending = Signal(range(self.fifo_depth + 1))
+        issue = Signal()
+        m.d.comb += [issue.eq((drain == 0) & Mux(is_load, self.i.valid, ~is_out | (pending < self.fifo_depth))),
+                     self.i.ready.eq(issue & is_load)]
+        m.d.sync += pending.eq(pending + (issue & is_out) - (self.o.valid & self.o.ready))
+        with m.If(drain != 0):
+            m.d.sync += drain.eq(Mux(advance, 0, drain + 1))
+        with m.Elif(issue):
+            m.d.sync += t.eq(Mux(t == R - 1, 0, t + 1))
+            with m.If(t == R - 1):
+                m.d.sync += [drain.eq(1), qc.eq(0), gi.eq(0)]
+            with m.Elif(is_sweep):
+                m.d.sync += [gi.eq(Mux(gi == mb - 1, 0, gi + 1)), qc.eq(qc + (gi == mb - 1))]
+
+        # ---- read addresses: rows in order, row pairs (r, r + 2**hb) for cross-row passes, (s, qc) for sweeps
+        cross_hb = decoded([(1 << a).bit_length() - L.bit_length() if k == "bit" and (1 << a) >= L else 0
+                            for k, a in sched], "cross_hb", range(max(row_bits, 1)))
+        q = t >> 1
+        pair_row = Array((((q >> hb) << (hb + 1)) | (q & ((1 << hb) - 1)) | (t[0] << hb))[:row_bits]
+                         for hb in range(max(row_bits, 1)))[cross_hb]
+        row = Signal(range(R))
+        if mb > 1:
+            sweep_s = decoded([a if k == "sweep" else 0 for k, a in sched], "sweep_s", range(mb))
+            grp_row = (gi * RPB + qc)[:row_bits]
+            m.d.comb += [row.eq(Mux(cross, pair_row, Mux(is_sweep, (sweep_s * RPB + qc)[:row_bits], t))),
+                         a_r2.addr.eq(qc), b_r.addr.eq(Mux(is_sweep, grp_row, t))]
+        else:
+            m.d.comb += row.eq(Mux(cross, pair_row, t))
+        m.d.comb += a_r.addr.eq(row)
+
+        # ---- stage 2 (memory data registered): operands and one add/subtract per lane
+        D = 2
+        v, second = pl.at(pl.reg(issue, 1, "v"), D), pl.at(pl.reg(t[0], 1, "second"), D)
+        row_d = pl.at(pl.reg(Mux(is_sweep, grp_row, row) if mb > 1 else row, 1, "row"), D)
+        lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
+        cur = [pl.reg(Mux(is_load, pl.reg(self.i.payload[j], 1, f"in{j}"),
+                          Mux(is_out, lane(b_r.data if mb > 1 else a_r.data, j), lane(a_r.data, j))), D, f"cur{j}",
+                      signed(W)) for j in range(L)]
+        prev = [pl.reg(c, D + 1, f"prev{j}") for j, c in enumerate(cur)]  # the row before, for row pairs
+        pend, pend_row = Signal(), Signal(range(R))
+        pend_a = [Signal(signed(W), name=f"pend_a{j}") for j in range(L)]
+        pend_b = [Signal(signed(W), name=f"pend_b{j}") for j in range(L)]
+        cross_second = cross & second
+        with m.If(v & cross_second):
+            m.d.sync += [pend.eq(1), pend_row.eq(row_d)] + [pend_a[j].eq(prev[j]) for j in range(L)] + \
+                [pend_b[j].eq(cur[j]) for j in range(L)]
+        with m.Elif(pend):
+            m.d.sync += pend.eq(0)
+        emit_pend = pend & ~(v & cross_second)
+
+        if mb > 1:
+            first_sweep = decoded([int(i == next(n for n, (k, _) in enumerate(sched) if k == "sweep"))
+                                   for i in range(P)], "first_sweep")
+            a_d, a2_d, b_d = (pl.reg(port.data, D, f"{n}_data") for port, n in ((a_r, "a"), (a_r2, "a2"), (b_r, "b")))
+            sgn = Array(Array(Const(int(self.base[i, 0] * self.base[i, s] < 0), 1) for s in range(mb))
+                        for i in range(mb))  # sgn(i, s) < 0, looked up at issue (a table, no multiply)
+            sweep_sub = pl.at(pl.reg(sgn[gi][sweep_s], 1, "sweep_sub"), D)
+        res = []
+        for j in range(L):
+            ops = []  # (condition, a, b, subtract), first match wins
+            for key, flag in sel.items():
+                if key[0] == "in":
+                    h = 1 << key[1]
+                    ops.append((flag, cur[j & ~h], cur[j | h], Const(bool(j & h))))
+            if ("cross",) in sel:
+                ops += [(cross_second, prev[j], cur[j], Const(0)), (emit_pend, pend_a[j], pend_b[j], Const(1))]
+            if mb > 1:
+                ops.append((is_sweep, Mux(first_sweep, lane(a2_d, j), lane(b_d, j)), lane(a_d, j), sweep_sub))
+            a, b, sub = ops[-1][1:]
+            for cond, oa, ob, osub in reversed(ops[:-1]):
+                a, b, sub = Mux(cond, oa, a), Mux(cond, ob, b), Mux(cond, osub, sub)
+            res.append(pl.reg(a + Mux(sub, ~b, b) + sub, D + 1, f"res{j}", signed(W)))  # one adder, carry-in
+        prev_row = pl.reg(row_d, D + 1, "prev_row")  # a pair's sum goes to its first row, the difference to its second
+        res_row = pl.reg(Mux(emit_pend, pend_row, Mux(cross_second, prev_row, row_d)), D + 1, "res_row")
+        res_v = pl.reg((v & (~cross | second)) | emit_pend, D + 1, "res_v")
+
+        # ---- stage 3: write back, or requantize into the output FIFO
+        word = Cat(*res)
+        m.d.comb += [a_w.addr.eq(res_row), a_w.data.eq(word), a_w.en.eq(res_v & ~is_out & ~is_sweep)]
+        mult = pl.put(Signal(signed(Const(self.m).shape().width + 1), name="mult"), D + 1)
+        if mb > 1:
+            m.d.comb += [b_w.addr.eq(res_row), b_w.data.eq(word), b_w.en.eq(res_v & is_sweep)]
+            neg = Array(Const(int(self.base[i, 0] < 0), 1) for i in range(mb))[res_row >> (RPB.bit_length() - 1)]
+            m.d.comb += mult.eq(Mux(neg, -self.m, self.m))
+        else:
+            m.d.comb += mult.eq(self.m)
+        out_v = pl.reg(res_v & is_out, D + 2, "out_v")
+        ys = [pl.reg(saturate(rshift_round(pl.mul(r, mult, D + 1, f"prod{j}"), self.s), signed(8)), OUT_STAGE,
+                     f"y{j}") for j, r in enumerate(res)]
+        m.d.comb += [fifo.w_en.eq(pl.at(out_v, OUT_STAGE)), fifo.w_data.eq(Cat(*ys)),
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
+        return m

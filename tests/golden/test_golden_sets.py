@@ -1,0 +1,45 @@
+"""The committed golden sets are exactly what the current spec produces.
+
+A failure here means the spec, the calibration or the reference ops changed
+what they compute: regenerate with `python -m golden`, bump qsim.spec.SPEC_VERSION
+if a rule changed, and commit the new sets (a visible, versioned event).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from golden.generate import SETS, catalog, committed_model, load, render
+from qsim import spec
+
+NAMES = sorted(p.name for p in SETS.iterdir() if (p / "manifest.json").is_file())
+
+
+@pytest.fixture(scope="module")
+def sets():
+    return catalog(committed_model())
+
+
+def test_committed_sets_are_the_catalog(sets):
+    assert NAMES == sorted(sets), "golden/sets and golden.generate.catalog list different sets"
+
+
+def test_golden_folder_is_small():
+    size = sum(f.stat().st_size for f in SETS.parent.rglob("*") if f.is_file() and "large" not in f.parts)
+    assert size <= 5 * 2**20, f"golden/ holds {size} bytes; keep committed sets under 5 MB"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_set_regenerates_byte_for_byte(name, sets):
+    manifest, _ = load(name)  # checks every file's sha256 against the manifest
+    assert manifest["spec_version"] == spec.SPEC_VERSION, f"{name} was cut under spec {manifest['spec_version']}"
+    stored = {p.name: p.read_bytes() for p in (SETS / name).iterdir()}
+    fresh = render(name, *sets[name]())
+    assert sorted(stored) == sorted(fresh), f"{name}: files differ: {sorted(stored)} vs {sorted(fresh)}"
+    for f, data in fresh.items():
+        if stored[f] != data:
+            detail = json.loads(fresh["manifest.json"]).get("files", {}).get(f, {})
+            pytest.fail(f"{name}/{f} no longer matches what the spec produces ({detail}); "
+                        "regenerate with `python -m golden`")

@@ -65,7 +65,12 @@ def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, dest
 def get_artifact(lm: LoadedModel, bits: BitsPreset, opts: RunOptions) -> tuple[artifact.QuantizedModel, Path, bool]:
     """The cached artifact for (model, weights, bits, calibration), built when absent."""
     if opts.artifact:
-        return artifact.load(Path(opts.artifact)), Path(opts.artifact), True
+        qm = artifact.load(Path(opts.artifact))
+        made = qm.manifest
+        if made["bits"]["name"] != bits.name or made["model"]["weights_sha256"] != lm.sha256:
+            raise QsimError(f"--artifact {opts.artifact}: calibrated for {made['model']['name']} "
+                            f"{made['bits']['name']}, not for these weights at --bits {bits.name}")
+        return qm, Path(opts.artifact), True
     _, cpath = read_text(opts.calib.text)
     key = artifact_key(lm, bits, opts.calib, hashlib.sha256(cpath.read_bytes()).hexdigest())
     dest = cache_root() / f"{lm.name}-{bits.name}-{key[:16]}"

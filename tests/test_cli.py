@@ -70,6 +70,8 @@ def test_calibrate_writes_artifact_usable_by_run(hf_checkpoint, tmp_path, capsys
     assert m["hadamard"] is False and m["calibration"]["percentile"] is False
     code, out, _ = _run(capsys, "run", "--model", str(hf_checkpoint[0]), "--artifact", str(dest), *FAST)
     assert code == 0 and "(cached)" in out
+    _one_line_error(capsys, ["run", "--model", str(hf_checkpoint[0]), "--artifact", str(dest), "--bits", "w4a8",
+                             *FAST], "not for these weights at --bits w4a8")
 
 
 def _one_line_error(capsys, argv, *needles):

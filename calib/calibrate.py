@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from calib.gptq import gptq_int4
 from calib.observers import ObserverHook
 from qsim import float_model, hadamard, spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
@@ -33,16 +34,20 @@ def sample_windows(tokens: np.ndarray, n: int, length: int, where: str) -> list[
     return [tokens[s : s + length] for s in starts]
 
 
-def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings) -> ObserverHook:
-    hook = ObserverHook(lm.config.n_layer, s.alpha if s.percentile else None, s.hadamard)
+def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings, bits: BitsPreset) -> ObserverHook:
+    hook = ObserverHook(lm.config.n_layer, s.alpha if s.percentile else None, s.hadamard,
+                        hessians=s.gptq and bits.weight_bits == 4)
     for w in progress(windows, desc="calibrate", unit="seq"):
         float_model.forward(lm.config, lm.weights, w, hook)
     return hook
 
 
-def _quant_linear(w: np.ndarray, bits: BitsPreset, int4: bool) -> tuple[IntLinear, np.ndarray]:
-    """Integer weight and its real scale per output channel."""
-    if int4 and bits.weight_bits == 4:
+def _quant_linear(w: np.ndarray, bits: BitsPreset, hook: ObserverHook, key: tuple[int, str],
+                  where: str) -> tuple[IntLinear, np.ndarray]:
+    """Integer weight and its real scale per output channel; int4 by GPTQ when Hessians were collected."""
+    if bits.weight_bits == 4:
+        if hook.hessians is not None:
+            return gptq_int4(w, hook.hessians[key], bits.group_size, where)
         return quantize_int4_grouped(w, bits.group_size)
     q, sc = quantize_int8(w)
     return IntLinear(q), np.full(w.shape[0], sc)
@@ -84,8 +89,10 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHoo
                 **asdict(s),
                 "observers": "absmax per tensor; SSM input: "
                 + (f"alpha={s.alpha} quantile of |x| per sample, averaged" if s.percentile else "absmax"),
-                "weights": "round-to-nearest (half up); int8 per tensor, int4 per group of "
-                f"{bits.group_size} with uint8 group scales and a per-channel scale",
+                "weights": "int8 per tensor, round to nearest (half up); int4 per group of "
+                f"{bits.group_size} with uint8 group scales and a per-channel scale, "
+                + ("GPTQ on the float calibration inputs (percdamp 0.01)" if hook.hessians is not None
+                   else "round to nearest (half up)"),
             },
             "hadamard": s.hadamard,
             "state_bits": s.state_bits,
@@ -106,7 +113,10 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHoo
     qm.tensors["norm_f.g"] = gq
     qm.manifest["final_norm"] = fnorm
     tied = cfg.tie_embeddings and bits.weight_bits == 8
-    lin, sc = (IntLinear(eq), np.full(cfg.vocab_size, s_emb)) if tied else _quant_linear(w.lm_head, bits, True)
+    if tied:
+        lin, sc = IntLinear(eq), np.full(cfg.vocab_size, s_emb)
+    else:
+        lin, sc = _quant_linear(w.lm_head, bits, hook, (cfg.n_layer, "u_f"), "lm_head")
     qm.set_linear("lm_head", lin)
     qm.tensors["lm_head.scale"] = sc.astype(np.float64)
     qm.manifest["lm_head"] = {"tied_to_embedding": tied, "logit_scale": "u_f scale x lm_head.scale per row"}
@@ -132,7 +142,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
     gq, out["norm"] = norm_params(lw["norm"], s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
     qm.tensors[f"{p}.norm.g"] = gq
     # in_proj: x and z get their own scales in `fixed` (quamba shares one)
-    lin, wsc = _quant_linear(lw["in_proj"], bits, True)
+    lin, wsc = _quant_linear(lw["in_proj"], bits, hook, (i, "u"), f"{p}.in_proj")
     qm.set_linear(f"{p}.in_proj", lin)
     qm.tensors[f"{p}.in_proj.scale"] = wsc
     out_sc = np.concatenate([np.full(di, sc["x"]), np.full(di, sc["z"])])
@@ -143,7 +153,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
     qm.tensors[f"{p}.conv.b"] = spec.round_half_up(lw["conv_b"] / (sc["x"] * s_cw)).astype(np.int32)
     out["conv"] = {"w_scale": s_cw, **multiplier_params(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
     # x_proj -> dt_r, B, C each with its own scale
-    lin, wsc = _quant_linear(lw["x_proj"], bits, True)
+    lin, wsc = _quant_linear(lw["x_proj"], bits, hook, (i, "xs"), f"{p}.x_proj")
     qm.set_linear(f"{p}.x_proj", lin)
     qm.tensors[f"{p}.x_proj.scale"] = wsc
     seg = np.concatenate([np.full(r, sc["dtr"]), np.full(n, sc["B"]), np.full(n, sc["C"])])
@@ -165,7 +175,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
         wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(di))).astype(np.float32)
     ratio = sc["y"] / sc["yo"] / (math.sqrt(di) if s.hadamard else 1.0)
     out["out_in"] = multiplier_params(ratio, f"{p}.out_in")
-    lin, wsc = _quant_linear(wout, bits, True)
+    lin, wsc = _quant_linear(wout, bits, hook, (i, "y_rot"), f"{p}.out_proj")
     qm.set_linear(f"{p}.out_proj", lin)
     qm.tensors[f"{p}.out_proj.scale"] = wsc
     set_requant_arrays(qm, f"{p}.out_proj", sc["yo"] * wsc / s_res)
@@ -197,5 +207,5 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
 
 def calibrate(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, tokens: np.ndarray, where: str) -> QuantizedModel:
     s.validate()
-    hook = observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s)
+    hook = observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s, bits)
     return build(lm, bits, s, hook)

@@ -44,22 +44,33 @@ class ObserverHook:
 
     Besides the named activations it records `y_rot`, the gated scan output
     after the normalised Hadamard rotation, which sets the out_proj input scale.
+    With `hessians`, it also sums X^T X of the inputs of in_proj (u), x_proj
+    (xs), out_proj (y_rot) and lm_head (u_f) for GPTQ (memory: d^2 per layer).
     """
 
-    def __init__(self, n_layer: int, percentile_alpha: float | None, rotate: bool):
+    GEMM_INPUTS = ("u", "xs", "y_rot", "u_f")
+
+    def __init__(self, n_layer: int, percentile_alpha: float | None, rotate: bool, hessians: bool = False):
         self.alpha = percentile_alpha
         self.rotate = rotate
         self.obs: dict[tuple[int, str], object] = defaultdict(AbsMax)
         self.xs_pct: dict[int, Percentile] = {}
+        self.hessians: dict[tuple[int, str], np.ndarray] | None = {} if hessians else None
 
     def __call__(self, layer: int, name: str, x: np.ndarray) -> None:
-        self.obs[(layer, name)].update(x)
+        self._observe(layer, name, x)
         if name == "xs" and self.alpha is not None:
             self.xs_pct.setdefault(layer, Percentile(self.alpha)).update(x)
         if name == "y":
             n = x.shape[-1]
-            y_rot = hadamard.fwht_float(x) / np.sqrt(n) if self.rotate else x
-            self.obs[(layer, "y_rot")].update(y_rot)
+            self._observe(layer, "y_rot", hadamard.fwht_float(x) / np.sqrt(n) if self.rotate else x)
+
+    def _observe(self, layer: int, name: str, x: np.ndarray) -> None:
+        self.obs[(layer, name)].update(x)
+        if self.hessians is not None and name in self.GEMM_INPUTS:
+            x64 = x.astype(np.float64)
+            key = (layer, name)
+            self.hessians[key] = self.hessians.get(key, 0.0) + x64.T @ x64
 
     def absmax(self, layer: int, name: str) -> float:
         return self.obs[(layer, name)].value

@@ -15,6 +15,7 @@ class CalibSettings:
     alpha: float = 0.99999
     hadamard: bool = True
     state_bits: int = 24
+    gptq: bool = True  # int4 weights by GPTQ (Quamba2's recipe); False: round to nearest
     text: str = "shakespeare/calib.txt"
 
     def validate(self) -> None:

@@ -38,13 +38,15 @@ def _calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-percentile", action="store_true", help="absmax instead of the percentile observer")
     p.add_argument("--no-hadamard", action="store_true", help="no rotation before out_proj")
     p.add_argument("--state-bits", type=int, default=d.state_bits, help="fixed-point SSM state width")
+    p.add_argument("--no-gptq", action="store_true", help="int4 weights by round-to-nearest instead of GPTQ")
 
 
 def _calib_options(a):
     from qsim.calib_settings import CalibSettings
 
     return CalibSettings(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
-                        alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits, text=a.calib_text)
+                         alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits,
+                         gptq=not a.no_gptq, text=a.calib_text)
 
 
 def cmd_run(a) -> int:

@@ -36,19 +36,29 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(spec.round_half_up(w / s), -127, 127).astype(np.int8), s
 
 
-def quantize_int4_grouped(w: np.ndarray, group: int) -> tuple[IntLinear, np.ndarray]:
-    """Round-to-nearest int4 with integer group scales; returns the weight and per-channel scales."""
+def int4_channel_scales(w: np.ndarray, group: int) -> np.ndarray:
+    """Per-channel real scale: the largest group step of the row, spread over the uint8 group scale."""
     out_f, in_f = w.shape
     n_groups = -(-in_f // group)
-    pad = n_groups * group - in_f
-    wg = np.pad(w, ((0, 0), (0, pad))).reshape(out_f, n_groups, group)
-    gscale = np.abs(wg).max(axis=2) / 7.0  # real scale per group
-    ch = gscale.max(axis=1) / 255.0
-    ch = np.where(ch > 0, ch, 1.0)
-    gs = np.clip(spec.round_half_up(gscale / ch[:, None]), 1, 255)
-    step = (gs * ch[:, None])[:, :, None]
-    q = np.clip(spec.round_half_up(wg / step), -8, 7).reshape(out_f, -1)[:, :in_f]
-    return IntLinear(q.astype(np.int8), gs.astype(np.uint8), group), ch.astype(np.float64)
+    wg = np.pad(w, ((0, 0), (0, n_groups * group - in_f))).reshape(out_f, n_groups, group)
+    ch = (np.abs(wg).max(axis=2) / 7.0).max(axis=1) / 255.0
+    return np.where(ch > 0, ch, 1.0)
+
+
+def int4_group_codes(cols: np.ndarray, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize one group of columns (out, <= group) given the per-channel scales: (int4 q, uint8 gs)."""
+    gs = np.clip(spec.round_half_up(np.abs(cols).max(axis=1) / 7.0 / ch), 1, 255)
+    q = np.clip(spec.round_half_up(cols / (gs * ch)[:, None]), -8, 7)
+    return q.astype(np.int8), gs.astype(np.uint8)
+
+
+def quantize_int4_grouped(w: np.ndarray, group: int) -> tuple[IntLinear, np.ndarray]:
+    """Round-to-nearest int4 with integer group scales; returns the weight and per-channel scales."""
+    ch = int4_channel_scales(w, group)
+    parts = [int4_group_codes(w[:, g : g + group], ch) for g in range(0, w.shape[1], group)]
+    q = np.concatenate([p[0] for p in parts], axis=1)
+    gs = np.stack([p[1] for p in parts], axis=1)
+    return IntLinear(q, gs, group), ch.astype(np.float64)
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:

@@ -138,3 +138,13 @@ def test_cuda_executor_without_gpu_is_one_line(hf_checkpoint, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: tests/gpu covers the CUDA executor")
     _one_line_error(capsys, ["run", "--model", str(hf_checkpoint[0]), "--executor", "cuda", *FAST], "--executor cuda")
+
+
+@pytest.mark.parametrize("flag,method", [([], "GPTQ"), (["--no-gptq"], "round to nearest (half up)")])
+def test_int4_weight_method_is_recorded(hf_checkpoint, tmp_path, capsys, flag, method):
+    dest = tmp_path / "q"
+    assert main(["calibrate", "--model", str(hf_checkpoint[0]), "--bits", "w4a8", "--out", str(dest),
+                 "--calib-samples", "2", "--calib-len", "64", *flag]) == 0
+    cal = json.loads((dest / "manifest.json").read_text())["calibration"]
+    assert cal["gptq"] is (not flag) and cal["weights"].endswith(method if flag else "(percdamp 0.01)")
+    assert method in cal["weights"]

@@ -23,7 +23,7 @@ from gpu.ops import OUT_I8, OUT_I32, OUT_U8, DeviceLinear, ScanParams, to_device
 from qsim import spec
 from qsim.artifact import QuantizedModel
 from qsim.errors import QsimError
-from qsim.fixed.executor import State, Trace
+from qsim.fixed.executor import State, Trace, checked_tokens
 
 SAT_NAMES = ("residual", "u", "in_proj", "conv", "x_proj", "dt_proj", "state", "scan_out", "out_proj_in", "out_proj")
 DECODE_D_STATE = 16  # SCAN_N in decode.cu
@@ -171,12 +171,7 @@ class CudaExecutor:
         return result
 
     def _tokens(self, tokens) -> np.ndarray:
-        tokens = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
-        if tokens.size == 0:
-            raise QsimError("no tokens to run")
-        if tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
-            raise QsimError(f"token ids must lie in [0, {self.cfg.vocab_size})")
-        return tokens
+        return checked_tokens(tokens, self.cfg.vocab_size)
 
     # ------------------------------------------------------------------ prefill: whole rows
     def prefill(self, tokens, state: GpuState | None = None, trace: Trace | None = None):

@@ -21,6 +21,16 @@ from qsim.errors import QsimError
 BACKENDS = {"numpy": "qsim.fixed.ops", "numba": "qsim.fixed.ops_numba"}
 
 
+def checked_tokens(tokens, vocab_size: int) -> np.ndarray:
+    """Token ids as an int64 vector, refused when empty or outside the vocabulary (every executor)."""
+    tokens = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
+    if tokens.size == 0:
+        raise QsimError("no tokens to run")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise QsimError(f"token ids must lie in [0, {vocab_size})")
+    return tokens
+
+
 @dataclass
 class Trace:
     """Records intermediate integer tensors (per layer and name) and saturation counts.
@@ -152,11 +162,7 @@ class FixedExecutor:
 
     def prefill(self, tokens, state: State | None = None, trace: Trace | None = None):
         """Logits as int64 accumulators (L, vocab), and the state after the last token."""
-        tokens = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
-        if tokens.size == 0:
-            raise QsimError("no tokens to run")
-        if tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
-            raise QsimError(f"token ids must lie in [0, {self.cfg.vocab_size})")
+        tokens = checked_tokens(tokens, self.cfg.vocab_size)
         state = state or self.new_state()
         trace = trace if trace is not None else Trace(names=set())
         r = self._requant(trace, "residual", self.emb[tokens], self.emb_rq, spec.RESIDUAL_BITS)

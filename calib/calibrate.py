@@ -131,7 +131,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
         "u": a("u") / 127, "x": a("x_in") / 127, "z": a("z") / 127, "xz": max(a("x_in"), a("z")) / 127,
         "conv_pre": a("conv_pre") / 127, "xs": hook.ssm_input(i) / 127, "dtr": a("dtr") / 127,
         "B": a("B") / 127, "C": a("C") / 127, "xp": max(a("dtr"), a("B"), a("C")) / 127,
-        "dt_pre": a("dt_pre") / 127, "dt": a("dt") / 255, "sz": a("sz") / 127,
+        "dt_pre": a("dt_pre") / 127, "dt": a("dt") / spec.DT_MAX, "sz": a("sz") / 127,
         "h": a("h") / ((1 << (s.state_bits - 1)) - 1), "y": a("y") / ((1 << (spec.GATED_BITS - 1)) - 1),
         "yo": a("y_rot") / 127,
     }

@@ -121,7 +121,7 @@ def scan_set(p: dict, xs, dt, B, C, z, silu_z, start) -> tuple[dict, dict]:
         y[t: t + 1], h, nh, ny = ops.scan(xs[t: t + 1], dt[t: t + 1], B[t: t + 1], C[t: t + 1], sz[t: t + 1], h, p)
         hs[t] = h
         sat_h, sat_y = sat_h + nh, sat_y + ny
-    arrays = {"xs": (xs, np.int8), "dt": (dt, np.uint8), "B": (B, np.int8), "C": (C, np.int8), "z": (z, np.int8),
+    arrays = {"xs": (xs, np.int8), "dt": (dt, np.uint16), "B": (B, np.int8), "C": (C, np.int8), "z": (z, np.int8),
               "sz": (sz, np.int8), "start": (start, np.uint8), "silu_z": (silu_z, np.int8),
               "a_q": (p["a_q"], np.uint16), "Dq": (p["Dq"], np.int64), "exp_tab": (p["exp_tab"], np.uint16),
               "y": (y, np.int16), "h_final": (h, np.int32)}
@@ -163,7 +163,7 @@ def real_scan(model: str, layer: int, tokens: int):
 
 
 def edge_scan(model: str, layer: int):
-    """Real layer constants, crafted inputs: all-zero, dt = 0, dt = 255 with saturating state, random."""
+    """Real layer constants, crafted inputs: all-zero, dt = 0, dt = DT_MAX with saturating state, random."""
     ex, *_ = traced(model, REAL_TOKENS)
     di, n = ex.cfg.d_inner, ex.cfg.d_state
     P = ex.layers[layer]
@@ -178,13 +178,13 @@ def edge_scan(model: str, layer: int):
     seq(3, zi(3, di), zi(3, di), zi(3, n), zi(3, n), zi(3, di))
     seq(3, ri(3, di), zi(3, di), ri(3, n), ri(3, n), ri(3, di))  # dt = 0: no decay, no input
     full = lambda T, w, v: np.full((T, w), v, np.int64)  # noqa: E731
-    seq(4, full(4, di, 127), full(4, di, 255), full(4, n, 127), full(4, n, 127), full(4, di, 127))  # saturate
-    seq(4, full(4, di, -128), full(4, di, 255), full(4, n, 127), full(4, n, -128), full(4, di, -128))
-    seq(4, ri(4, di), ri(4, di, 0, 256), ri(4, n), ri(4, n), ri(4, di))
+    seq(4, full(4, di, 127), full(4, di, spec.DT_MAX), full(4, n, 127), full(4, n, 127), full(4, di, 127))  # saturate
+    seq(4, full(4, di, -128), full(4, di, spec.DT_MAX), full(4, n, 127), full(4, n, -128), full(4, di, -128))
+    seq(4, ri(4, di), ri(4, di, 0, spec.DT_MAX + 1), ri(4, n), ri(4, n), ri(4, di))
     cat = [np.concatenate([s[k] for s in seqs]) for k in range(1, 6)]
     start = np.concatenate([np.eye(1, s[0], dtype=np.int64)[0] for s in seqs])
     arrays, meta = scan_set(P["scan"], *cat[:4], cat[4], P["silu_z"], start)
-    meta["source"] = source(model, layer, inputs="crafted: zero (3), dt=0 (3), dt=255 saturating (4+4), random (4)")
+    meta["source"] = source(model, layer, inputs="crafted: zero (3), dt=0 (3), dt=DT_MAX saturating (4+4), random (4)")
     return arrays, meta
 
 
@@ -194,7 +194,7 @@ def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: 
     frac = int(rng.integers(9, 31))
     p = {"a_q": rng.integers(0, 65536, (d_inner, d_state)), "frac": frac,
          "m_h": int(rng.integers(1 << 30, 1 << 31)) if wide else int(rng.integers(1 << 14, 1 << 15)),
-         "s_h": int(rng.integers(30, 40)) if wide else int(rng.integers(8, 20)),
+         "s_h": int(rng.integers(37, 47)) if wide else int(rng.integers(15, 27)),  # dt is 15-bit
          "Dq": rng.integers(-(1 << 20), 1 << 20, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
          "s_y": 0, "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
     silu_z = tables.silu_table(0.05, 0.03)
@@ -253,12 +253,12 @@ def table_set(model: str):
         for name, tab in built.items():
             if not np.array_equal(tab, L["tables"][name]):
                 raise QsimError(f"golden: layer {i} table {name} differs from qsim.tables' rebuild")
-            arrays[f"l{i}_{name}"] = (tab, np.uint8 if name == "softplus_dt" else np.int8)
+            arrays[f"l{i}_{name}"] = (tab, np.uint16 if name == "softplus_dt" else np.int8)
         scales[f"l{i}"] = {k: sc[k] for k in ("conv_pre", "xs", "dt_pre", "dt", "z", "sz")}
     if not np.array_equal(arrays["exp2_frac"][0], tables.exp2_frac_table()):
         raise QsimError("golden: exp2_frac table differs from qsim.tables' rebuild")
     meta = {"kind": "tables", "source": source(model), "scales": scales,
-            "layout": "l{i}_silu_conv / l{i}_silu_z: int8 -> int8, l{i}_softplus_dt: int8 -> uint8, "
+            "layout": "l{i}_silu_conv / l{i}_silu_z: int8 -> int8, l{i}_softplus_dt: int8 -> uint16 (15-bit values), "
                       "indexed by q + 128; exp2_frac: Q15 2**(-i/256); rsqrt: round(2**19/sqrt(m)), m in [256, 1024)"}
     return arrays, meta
 

@@ -65,7 +65,7 @@ def synthetic_artifact(cfg: MambaConfig, bits: str = "w8a8", seed: int = 0, stat
     qm.tensors["embedding.q"] = eq
     qm.manifest["embedding"] = {"scale": s_emb, **multiplier_params(s_emb / s_res, "embedding")}
     sc = {k: a[k] / 127 for k in ("u", "x", "z", "conv_pre", "xs", "dtr", "B", "C", "dt_pre", "sz", "yo")}
-    sc.update(dt=a["dt"] / 255, h=a["h"] / ((1 << (state_bits - 1)) - 1), y=a["y"] / ((1 << (spec.GATED_BITS - 1)) - 1))
+    sc.update(dt=a["dt"] / spec.DT_MAX, h=a["h"] / ((1 << (state_bits - 1)) - 1), y=a["y"] / ((1 << (spec.GATED_BITS - 1)) - 1))
     for i in range(cfg.n_layer):
         qm.manifest["layers"].append(_layer(qm, rng, i, cfg, bp, sc, s_res, settings))
     gq, fnorm = norm_params(np.ones(dm, np.float32), s_res, a["u_f"] / 127, cfg.layer_norm_epsilon, "norm_f")

@@ -28,11 +28,13 @@ import numpy as np
 
 from qsim.errors import QsimError
 
-SPEC_VERSION = "1.0.0"
+SPEC_VERSION = "1.1.0"
 
 MULT_BITS = 15  # requantization multipliers live in [2**14, 2**15)
 RESIDUAL_BITS = 24  # residual stream width
 GATED_BITS = 16  # scan output y*SiLU(z), the Hadamard input
+DT_BITS = 15  # dt = softplus(dt_pre) is unsigned 15-bit: 8 bits put 3/4 of a long-tailed dt on codes 0-2
+DT_MAX = (1 << DT_BITS) - 1
 EXP_FRAC_BITS = 8  # the 2**-frac table has 2**EXP_FRAC_BITS entries
 DECAY_BITS = 15  # state decay exp(dt*A) as unsigned Q15 (1.0 == 2**15)
 RSQRT_TABLE_BITS = 19  # rsqrt table values are round(2**19 / sqrt(m)), m in [256, 1024)

@@ -34,8 +34,8 @@ def silu_table(s_in: float, s_out: float) -> np.ndarray:
 
 
 def softplus_table(s_in: float, s_out: float) -> np.ndarray:
-    """int8 -> uint8: softplus(q * s_in) in scale s_out (dt is non-negative)."""
-    return _quantized(softplus(INT8_CODES * s_in), s_out, 8, signed=False)
+    """int8 -> unsigned DT_BITS: softplus(q * s_in) in scale s_out (dt is non-negative)."""
+    return _quantized(softplus(INT8_CODES * s_in), s_out, spec.DT_BITS, signed=False)
 
 
 def exp2_frac_table() -> np.ndarray:

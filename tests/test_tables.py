@@ -1,6 +1,6 @@
 import numpy as np
 
-from qsim import tables
+from qsim import spec, tables
 from qsim.fixed.ops import rsqrt_normalize
 
 
@@ -13,8 +13,8 @@ def test_silu_table_within_half_lsb():
 
 
 def test_softplus_table_is_unsigned_and_saturates():
-    t = tables.softplus_table(0.1, 0.02)  # softplus(12.7) = 12.7 > 255 * 0.02
-    assert t.min() >= 0 and t.max() == 255
+    t = tables.softplus_table(0.1, 2e-4)  # softplus(12.7) = 12.7 > DT_MAX * 2e-4 = 6.55
+    assert t.min() >= 0 and t.max() == spec.DT_MAX == 2**15 - 1
     assert np.all(np.diff(t) >= 0)
 
 

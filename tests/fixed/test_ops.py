@@ -72,7 +72,7 @@ def test_decay_within_bound(seed, frac):
 
 
 def _scan_params(r, D, N, state_bits=24):
-    s = {"x": 0.03, "dt": 0.002, "B": 0.02, "C": 0.02, "z": 0.03}
+    s = {"x": 0.03, "dt": 0.5 / spec.DT_MAX, "B": 0.02, "C": 0.02, "z": 0.03}
     A = np.exp(r.uniform(0, 3, (D, N)))
     a_real = A / math.log(2) * s["dt"]
     frac = int(min(30, math.floor(math.log2(65535 / a_real.max()))))
@@ -93,7 +93,7 @@ def test_scan_tracks_float_scan(seed):
     r = np.random.default_rng(seed)
     D, N, L = 16, 16, 64
     p, s, A, Dreal = _scan_params(r, D, N)
-    xs, dt = r.integers(-127, 128, (L, D)), r.integers(0, 256, (L, D))
+    xs, dt = r.integers(-127, 128, (L, D)), r.integers(0, spec.DT_MAX + 1, (L, D))
     B, C, sz = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N)), r.integers(-20, 128, (L, D))
     y, h, sat_h, sat_y = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = np.zeros((D, N))
@@ -114,7 +114,7 @@ def test_scan_single_step_bound():
     r = np.random.default_rng(3)
     D, N = 8, 16
     p, s, A, Dreal = _scan_params(r, D, N)
-    xs, dt = r.integers(-127, 128, (1, D)), r.integers(0, 256, (1, D))
+    xs, dt = r.integers(-127, 128, (1, D)), r.integers(0, spec.DT_MAX + 1, (1, D))
     B, C, sz = r.integers(-127, 128, (1, N)), r.integers(-127, 128, (1, N)), r.integers(0, 128, (1, D))
     y, h, _, _ = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = (dt[0] * s["dt"] * xs[0] * s["x"])[:, None] * (B[0] * s["B"])

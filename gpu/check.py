@@ -111,7 +111,7 @@ def golden_scan(man: dict, a: dict, device) -> dict:
     p = ops.ScanParams.of({"a_q": a["a_q"], "Dq": a["Dq"], "exp_tab": a["exp_tab"], **c}, device)
     dev = lambda x, dt: ops.to_device(x, dt, device)  # noqa: E731
     xs, B, C, z = (dev(a[k], np.int8) for k in ("xs", "B", "C", "z"))
-    dt, silu_z = dev(a["dt"], np.uint8), dev(a["silu_z"], np.int16)
+    dt, silu_z = dev(a["dt"], np.int16), dev(a["silu_z"], np.int16)
     T, di, N = xs.shape[0], xs.shape[1], B.shape[1]
     cnt = torch.zeros(2, dtype=torch.int64, device=device)
     start = np.asarray(a["start"]).astype(bool)

@@ -19,7 +19,7 @@ import torch
 
 from gpu import ops, runtime
 from gpu.layout import HI_SHIFT, P1_MAX, XPROJ_CHUNK, hadamard_plan, lay_linear, outproj_chunk, roundup
-from gpu.ops import OUT_I8, OUT_I32, OUT_U8, DeviceLinear, ScanParams, to_device
+from gpu.ops import OUT_I8, OUT_I16, OUT_I32, DeviceLinear, ScanParams, to_device
 from qsim import spec
 from qsim.artifact import QuantizedModel
 from qsim.errors import QsimError
@@ -57,7 +57,7 @@ class _Workspace:
         e = lambda *shape, dtype: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
         self.r, self.out = e(nl + 1, dm, dtype=torch.int32), e(nl, dm, dtype=torch.int32)
         self.u, self.xz = e(nl + 1, dm, dtype=torch.int8), e(nl, 2 * di, dtype=torch.int8)
-        self.xs, self.p, self.dt = e(nl, di, dtype=torch.int8), e(nl, R, dtype=torch.int8), e(nl, di, dtype=torch.uint8)
+        self.xs, self.p, self.dt = e(nl, di, dtype=torch.int8), e(nl, R, dtype=torch.int8), e(nl, di, dtype=torch.int16)
         self.y, self.v = e(nl, di, dtype=torch.int16), e(nl, di, dtype=torch.int32)
         self.yhad = e(nl, di, dtype=torch.int32)
         self.yo, self.conv_pre = e(nl, di, dtype=torch.int8), e(nl, di, dtype=torch.int8)
@@ -210,7 +210,7 @@ class CudaExecutor:
             rec(trace, i, "xs", xs)
             p = ops.linear_requant(xs, P["x_proj"], *P["xp_rq"], 8, out_kind=OUT_I8, cnt=cnt("x_proj"))
             rec(trace, i, "x_proj", p)
-            dt = ops.linear_requant(p[:, :rk].contiguous(), P["dt_proj"], *P["dt_rq"].t, 8, out_kind=OUT_U8,
+            dt = ops.linear_requant(p[:, :rk].contiguous(), P["dt_proj"], *P["dt_rq"].t, 8, out_kind=OUT_I16,
                                     bias=P["dt_b"], lut=P["softplus_dt"], pre=dt_pre, cnt=cnt("dt_proj"))
             rec(trace, i, "dt_pre", dt_pre)
             rec(trace, i, "dt", dt)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from gpu import runtime
 from gpu.layout import HI_SHIFT, MM_MIN_ROWS, HadamardPlan, LinearLayout
 
-OUT_I8, OUT_U8, OUT_I32 = 0, 1, 2
-_OUT_DTYPE = {OUT_I8: torch.int8, OUT_U8: torch.uint8, OUT_I32: torch.int32}
+OUT_I8, OUT_I16, OUT_I32 = 0, 1, 2  # OUT_I16 carries dt (unsigned spec.DT_BITS <= 15 bits)
+_OUT_DTYPE = {OUT_I8: torch.int8, OUT_I16: torch.int16, OUT_I32: torch.int32}
 BLOCK = 256
 
 

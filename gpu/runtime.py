@@ -24,7 +24,8 @@ def spec_defines() -> list[str]:
     from qsim import spec
 
     return [f"-DQ_RESIDUAL_BITS={spec.RESIDUAL_BITS}", f"-DQ_GATED_BITS={spec.GATED_BITS}",
-            f"-DQ_DECAY_BITS={spec.DECAY_BITS}", f"-DQ_NORM_SHIFT={spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS}"]
+            f"-DQ_DECAY_BITS={spec.DECAY_BITS}", f"-DQ_DT_BITS={spec.DT_BITS}",
+            f"-DQ_NORM_SHIFT={spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS}"]
 
 
 def options() -> tuple[str, ...]:

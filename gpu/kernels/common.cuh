@@ -9,7 +9,8 @@
 // include path CuPy passes), fixed-width types spelled out, every kernel extern "C".
 #pragma once
 
-#if !defined(Q_RESIDUAL_BITS) || !defined(Q_GATED_BITS) || !defined(Q_DECAY_BITS) || !defined(Q_NORM_SHIFT)
+#if !defined(Q_RESIDUAL_BITS) || !defined(Q_GATED_BITS) || !defined(Q_DECAY_BITS) || !defined(Q_NORM_SHIFT) || \
+    !defined(Q_DT_BITS)
 #error "compile with the defines of gpu.runtime.spec_defines(): the spec's constants come from qsim.spec"
 #endif
 
@@ -17,6 +18,8 @@ typedef long long i64;
 typedef unsigned long long u64;
 typedef signed char i8;
 typedef unsigned char u8;
+typedef short dt_t;  // dt = softplus(dt_pre): unsigned Q_DT_BITS-bit values, read from an int16 table
+static_assert(Q_DT_BITS <= 15, "dt_t and scan_update's 32-bit decay product hold at most 15-bit dt");
 
 extern __shared__ int4 dyn_smem[];  // a kernel's dynamic shared memory, 16-byte aligned
 
@@ -103,10 +106,13 @@ __device__ __forceinline__ void conv_save(i8 *state, const i8 *x, int ldx, int K
 
 // ----------------------------------------------------------------------------- scan (ops.scan)
 // One state element h[d, n] after one token: Q15 decay exp(-dt |A|) by the 2**-frac table, plus
-// rshift_round(dt * x * B * m_h, s_h), saturated to state_bits (counted in nsat).
+// rshift_round(dt * x * B * m_h, s_h), saturated to state_bits (counted in nsat). dx = dt * x.
+// Bounds (dt < 2**15, a < 2**16, 9 <= frac <= 30): dt * a + 2**(frac - 9) < 2**31 + 2**21 overflows
+// int32 but not uint32 and is non-negative, so unsigned 32-bit equals ops.decay's int64 (and is
+// cheaper in the decode step); dx * b < 2**29 fits int32, times m_h < 2**31 needs i64.
 __device__ __forceinline__ i64 scan_update(int dt, int dx, int a, int b, i64 h, int frac, int m_h, int s_h,
                                            const int *exp_tab, int state_bits, unsigned &nsat) {
-  const int er = (dt * a + (1 << (frac - 9))) >> (frac - 8);  // dt < 2**8, a < 2**16: fits int32
+  const int er = (int)(((unsigned)dt * (unsigned)a + (1u << (frac - 9))) >> (frac - 8));
   const i64 decay = rshift_round(exp_tab[er & 255], min(er >> 8, 40));
   const i64 v = rshift_round(decay * h, Q_DECAY_BITS) + rshift_round((i64)(dx * b) * m_h, s_h);
   return sat_signed(v, state_bits, nsat);

@@ -177,7 +177,7 @@ INSTANTIATE(W4, w4)
 // memory rkp + 2 * SCAN_N + 4 * p1 bytes.
 extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int *xsh, int R, int rk, int rkp,
                                      i8 *p_out, const i8 *Wdt, const int *dt_b, int dtm, int dts,
-                                     const short *softplus, i8 *dtpre_out, u8 *dt_out, const i8 *xs,
+                                     const short *softplus, i8 *dtpre_out, dt_t *dt_out, const i8 *xs,
                                      const i8 *xz, const short *silu_z, i8 *sz_out, int *h, const unsigned short *a_q, int frac, int m_h,
                                      int s_h, const i64 *Dq, int m_y, int s_y, const int *exp_tab, int state_bits,
                                      short *y_out, int *v_out, int di, int had, u64 *c_xp, u64 *c_dt,
@@ -219,7 +219,7 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
   for (int c = DT_PF; c < nv; ++c) acc = dp4a4(__ldcs(wr + c), dtr4[c], acc);
   const int dt_pre = (int)requant((i64)acc + bias, dtm, dts, 8, n_dt), dtv = softplus[dt_pre + 128];
   dtpre_out[d] = (i8)dt_pre;
-  dt_out[d] = (u8)dtv;
+  dt_out[d] = (dt_t)dtv;
   const int sz = silu_z[zv + 128], dx = dtv * xsv;
   sz_out[d] = (i8)sz;
   int hn[N];

@@ -6,7 +6,7 @@
 // acc: int32 rows (stride lda). acc_hi: optional second accumulator of an int4 weight split as
 // hi * 2**hi_shift + lo (gpu.layout.split_int4): acc += acc_hi << hi_shift. bias: optional per
 // column. m, s: per column when per_col, else m[0], s[0]. lut: optional 256-entry table applied to
-// the int8 result (index q + 128), whose input is also written to pre (optional, int8, stride ldo). out_kind: 0 int8, 1 uint8, 2 int32 (out may be null for 2).
+// the int8 result (index q + 128), whose input is also written to pre (optional, int8, stride ldo). out_kind: 0 int8, 1 int16 (dt), 2 int32 (out may be null for 2).
 // resid: optional residual rows (stride ldr) updated in place, r = sat(r + q, bits).
 // Grid (ceil(cols / blockDim), rows).
 extern "C" __global__ void requant_rows(const int *acc, int lda, const int *acc_hi, int hi_shift, const int *bias,
@@ -28,7 +28,7 @@ extern "C" __global__ void requant_rows(const int *acc, int lda, const int *acc_
       q = lut[q + 128];
     }
     if (out_kind == 0) ((i8 *)out)[o] = (i8)q;
-    else if (out_kind == 1) ((u8 *)out)[o] = (u8)q;
+    else if (out_kind == 1) ((short *)out)[o] = (short)q;
     else if (out) ((int *)out)[o] = (int)q;
     if (resid) {
       int *r = resid + row * ldr + col;

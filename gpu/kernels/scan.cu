@@ -5,10 +5,10 @@
 // scan_update / scan_output (common.cuh) are shared with the fused decode step.
 #include "common.cuh"
 
-// xs, dt, z: rows of d_inner (strides ldxs, lddt, ldz); B, C: rows of N (stride ldbc, e.g. the
+// xs, dt (int16), z: rows of d_inner (strides ldxs, lddt, ldz); B, C: rows of N (stride ldbc, e.g. the
 // B and C columns of x_proj's output); silu_z: the SiLU(z) table; h: (di, N) int32 state, updated;
 // a_q: (di, N) uint16; y: (L, di) int16 output (stride ldy). Grid ceil(di * N / blockDim).
-extern "C" __global__ void scan_prefill(const i8 *xs, int ldxs, const u8 *dt, int lddt, const i8 *B, const i8 *C,
+extern "C" __global__ void scan_prefill(const i8 *xs, int ldxs, const dt_t *dt, int lddt, const i8 *B, const i8 *C,
                                         int ldbc, const i8 *z, int ldz, const short *silu_z, int *h,
                                         const unsigned short *a_q, int frac, int m_h, int s_h, const i64 *Dq,
                                         int m_y, int s_y, const int *exp_tab, int state_bits, short *y, int ldy,

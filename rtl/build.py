@@ -7,7 +7,10 @@ that check it.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
 from pathlib import Path
 
 from golden.generate import load
@@ -53,3 +56,10 @@ def properties(c) -> dict:
                 "cycles_per_token": c.cycles_per_token}
     return {"unit": "hadamard", "lanes": c.lanes, "n": c.n, "passes": c.passes, "pass_latency": c.pass_latency,
             "cycles_per_vector": c.cycles_per_vector}
+
+
+def stamp(command: str) -> dict:
+    """Command, UTC date and machine, stamped on every measurement under reports/rtl: where a figure came from."""
+    return {"command": command, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, "
+                       f"Python {platform.python_version()})"}

@@ -34,7 +34,9 @@ from amaranth.lib.wiring import In, Out
 from qsim import spec
 from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for, rshift_round, saturate
 
-CHANNEL = data.StructLayout({"x": signed(8), "dt": unsigned(8), "sz": signed(8)})
+# dt is spec.DT_BITS wide; the products it enters (dt*a, dt*x, (dt*x)*B*m_h) take their widths from their
+# operands (Pipeline.mul), so they stay exact for whatever width the spec sets
+CHANNEL = data.StructLayout({"x": signed(8), "dt": unsigned(spec.DT_BITS), "sz": signed(8)})
 MEM = 2  # memory data registered
 EXP = MEM + MUL_LATENCY  # exp-table index; (dt*x)*B
 DECAY = EXP + MUL_LATENCY  # 2**-frac by table (EXP + 1), rounded >> int (EXP + 3); decay*h and dBx*m_h

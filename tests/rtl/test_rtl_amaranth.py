@@ -13,9 +13,12 @@ from amaranth.hdl import Module, Signal  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 from rtl_vectors import hadamard_beats, scan_beats, unpack_state  # noqa: E402
 
+from golden.generate import scan_set  # noqa: E402
+from qsim import spec, tables  # noqa: E402
 from qsim.hw import units  # noqa: E402
 from rtl import stream  # noqa: E402
 from rtl.build import make_unit  # noqa: E402
+from rtl.scan_unit import ScanUnit  # noqa: E402
 
 
 def simulate(dut, sources, sink, n_out, gaps: float, after=None, seed: int = 0):
@@ -65,10 +68,8 @@ SCAN_CASES = [("scan_random_s16", 4, None), ("scan_random_s16", 16, None), ("sca
               ("scan_random_wide", 2, None), ("scan_edge_l0", 8, 8), ("scan_real_l0", 4, 16)]
 
 
-@pytest.mark.parametrize("gaps", [0.0, 0.4], ids=["burst", "gaps"])
-@pytest.mark.parametrize("name,lanes,channels", SCAN_CASES)
-def test_scan_unit_bit_exact(name, lanes, channels, gaps):
-    dut, manifest, arrays = make_unit("scan", lanes, name, channels)
+def check_scan(dut, arrays, channels, gaps, name):
+    """Stream a scan set through `dut`: y and the final state bit-exact, burst cycles equal to the model."""
     tokens, y_ref = scan_beats(arrays, channels)
     words = []
 
@@ -86,7 +87,34 @@ def test_scan_unit_bit_exact(name, lanes, channels, gaps):
     assert np.array_equal(h, arrays["h_final"][:channels]), f"{name}: final state differs"
     if not gaps:
         T = y_ref.shape[0]
-        assert t1 - t0 + 1 == dut.cycles(T) == units.scan_unit_cycles(lanes, dut.d_inner, dut.d_state, T)
+        assert t1 - t0 + 1 == dut.cycles(T) == units.scan_unit_cycles(dut.lanes, dut.d_inner, dut.d_state, T)
+
+
+@pytest.mark.parametrize("gaps", [0.0, 0.4], ids=["burst", "gaps"])
+@pytest.mark.parametrize("name,lanes,channels", SCAN_CASES)
+def test_scan_unit_bit_exact(name, lanes, channels, gaps):
+    dut, _, arrays = make_unit("scan", lanes, name, channels)
+    check_scan(dut, arrays, channels, gaps, name)
+
+
+@pytest.mark.parametrize("frac", [9, 30])
+def test_scan_unit_widest_products(frac):
+    """The spec's extremes together, which no golden set combines: dt*x*B = DT_MAX*128*128 times a 31-bit m_h
+    (near 2**60), dt*a_q near 2**31, a 28-bit state (saturating at frac 30); frac 9 and 30 span the exponent's
+    integer part from decay 0 to none."""
+    rng = np.random.default_rng(7)
+    D, N, T = 4, 8, 8
+    p = {"a_q": rng.choice([0, 1, 65535, *rng.integers(0, 65536, 8)], (D, N)), "frac": frac,
+         "m_h": (1 << 31) - 1, "s_h": 34, "Dq": rng.choice([-(1 << 26), (1 << 26) - 1], D),
+         "m_y": (1 << 15) - 1, "s_y": 40, "exp_tab": tables.exp2_frac_table(), "state_bits": 28}
+    full = lambda shape: rng.choice([-128, 127], shape)  # noqa: E731
+    dt = rng.choice([0, 1, spec.DT_MAX, spec.DT_MAX - 1, *rng.integers(0, spec.DT_MAX + 1, 4)], (T, D))
+    xs, B = full((T, D)), full((T, N))
+    assert ((dt * xs)[:, :, None] * B[:, None, :]).max() == spec.DT_MAX * 128 * 128
+    arrays, meta = scan_set(p, xs, dt, B, rng.integers(-128, 128, (T, N)), rng.integers(-128, 128, (T, D)),
+                            tables.silu_table(0.05, 0.03), np.eye(1, T, dtype=np.int64)[0])
+    arrays = {k: np.asarray(v, dtype=t) for k, (v, t) in arrays.items()}
+    check_scan(ScanUnit.from_golden(meta, arrays, 4), arrays, None, 0.0, f"widest products, frac {frac}")
 
 
 def test_scan_unit_recurrence_padding():

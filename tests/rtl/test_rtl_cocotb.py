@@ -2,7 +2,8 @@
 
 Each run streams golden sets through the unit (timed burst, then random valid
 gaps and back-pressure), and its measured cycles are merged into
-reports/rtl/cycles.json and held to the qsim.hw.units formulas.
+reports/rtl/cycles.json (stamped with the command, date and machine that
+measured them) and held to the qsim.hw.units formulas.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def merge_record(record: dict, path: Path = CYCLES) -> None:
 
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"], indirect=True)
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_unit_verilog(simulator, case):
+def test_unit_verilog(simulator, case, request):
     from cocotb_tools.runner import get_runner
 
-    from rtl.build import BUILD, make_unit, tag, write_verilog
+    from rtl.build import BUILD, make_unit, stamp, tag, write_verilog
 
     unit, lanes, sets, channels = CASES[case]
     comp, manifest, _ = make_unit(unit, lanes, sets[0], channels)
@@ -79,7 +80,8 @@ def test_unit_verilog(simulator, case):
                     results_xml=str(build_dir / "results.xml"), extra_env={"RTL_BENCH": json.dumps(bench)})
     except SystemExit as exc:  # cocotb_tools reports failed cocotb tests by exiting
         pytest.fail(f"cocotb bench failed on {simulator} (exit {exc.code}); see the log above")
-    record = {**json.loads(result.read_text()), "simulator": simulator}
+    record = {**json.loads(result.read_text()), "simulator": simulator,
+              **stamp(f"QSIM_REQUIRE_HW=1 python -m pytest '{request.node.nodeid}'")}
     merge_record(record)
     if unit == "scan":
         formula = units.scan_unit_cycles(lanes, comp.d_inner, comp.d_state, record["tokens"])

@@ -1,6 +1,7 @@
 """Target files: the shipped presets, the energy scaling rule, validation errors, the synthesis clock."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,15 @@ def test_asic_clock_ignores_synthesis_and_bad_synth_file_is_an_error(tmp_path):
     (reports / "rtl" / "synth.json").write_text("{not json")
     with pytest.raises(QsimError, match="synth.json"):
         with_synth_clock(load_target("ecp5-85f"), reports)
+
+
+def test_ecp5_preset_fits_the_multipliers_left_by_the_synthesized_units():
+    """156 18x18 multipliers on the LFE5U-85F (data sheet FPGA-DS-02012); the MAC array takes 9x9 halves."""
+    t = load_target("ecp5-85f")
+    synth = json.loads((Path(__file__).parents[2] / "reports" / "rtl" / "synth.json").read_text())
+    units: dict[str, int] = {}
+    for r in synth:
+        if r["part"] == t.part and r["lanes"] == {"scan": t.scan_lanes, "hadamard": t.hadamard_lanes}[r["unit"]]:
+            units[r["unit"]] = max(units.get(r["unit"], 0), r["dsp"])
+    assert set(units) == {"scan", "hadamard"}
+    assert math.ceil(t.mac_rows * t.mac_cols / 2) + units["scan"] + units["hadamard"] <= 156

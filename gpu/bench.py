@@ -189,6 +189,15 @@ def environment() -> dict:
             "sms": torch.cuda.get_device_properties(0).multi_processor_count, "versions": versions}
 
 
+def finish_row(r: dict, model: str, bandwidth_GBps: float) -> dict:
+    """The row with its model and, where it has both, its memory floor and TPOT / floor."""
+    r["model"] = model
+    if r.get("decode_bytes") and r.get("tpot_ms"):
+        r["floor_ms"] = r["decode_bytes"] / (bandwidth_GBps * 1e9) * 1e3
+        r["tpot_over_floor"] = r["tpot_ms"] / r["floor_ms"]
+    return r
+
+
 def evaluate(rows: list[dict]) -> dict:
     """The issue's targets on mamba-2.8b."""
     big = {r["config"]: r for r in rows if r["model"] == "mamba-2.8b" and r.get("tpot_ms")}
@@ -247,11 +256,7 @@ def main(argv=None) -> int:
             except Exception as exc:  # one configuration failing must not lose the others
                 rows = [{"config": conf, "error": f"{type(exc).__name__}: {exc}"[:500]}]
             for r in rows:
-                r["model"] = name
-                if r.get("decode_bytes") and r.get("tpot_ms"):
-                    r["floor_ms"] = r["decode_bytes"] / (report["read_bandwidth_GBps"] * 1e9) * 1e3
-                    r["tpot_over_floor"] = r["tpot_ms"] / r["floor_ms"]
-                report["results"].append(r)
+                report["results"].append(finish_row(r, name, report["read_bandwidth_GBps"]))
                 what = r["error"] if "error" in r else (
                     f"TTFT {r['ttft_ms'] or 0:8.2f} ms  TPOT {r['tpot_ms']:.3f} ms  "
                     f"floor {r.get('floor_ms', 0):.3f} ms  peak {r.get('peak_gib')} GiB")

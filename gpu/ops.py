@@ -50,7 +50,12 @@ class DeviceLinear:
         return cls(lay, up(lay.w), up(lay.gs), up(lay.hi), up(lay.lo))
 
     def decode_bytes(self) -> int:
-        return self.w.numel() * self.w.element_size() + (0 if self.gs is None else self.gs.numel())
+        """The weight's own bytes, without the layout's zero padding: the memory floor counts what the
+        model must read, not what a kernel chooses to."""
+        lay = self.lay
+        if lay.fmt == "i8":
+            return lay.n * lay.k
+        return (lay.n * lay.k + 1) // 2 + lay.n * -(-lay.k // lay.group)
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -209,6 +209,25 @@ def test_executor_prefill_and_steps_equal_the_reference(device, tiny_artifacts, 
     assert res["passed"], bad
 
 
+def test_last_only_prefill_is_the_last_row_of_the_full_one(device, tiny_artifacts):
+    """What gpu.bench times as TTFT: the prompt's last logits only, and the same state."""
+    from gpu.executor import CudaExecutor
+
+    qm = tiny_artifacts[1]["w8a8"]
+    ex = CudaExecutor(qm, device, sms=grid_sms(device))
+    ids = np.arange(5, 45) % 256
+    full, s_full = ex.prefill_device(ids)
+    last, s_last = ex.prefill_device(ids, last_only=True)
+    assert last.shape == (1, qm.config.vocab_size) and torch.equal(last[0], full[-1])
+    assert torch.equal(s_full.h, s_last.h) and torch.equal(s_full.conv, s_last.conv)
+    # the memory floor's bytes: at least every layer weight and the state, at most the artifact and the state
+    c = qm.config
+    state = c.n_layer * c.d_inner * (4 * c.d_state + c.d_conv - 1)
+    weights = sum(qm.t(f"layers.{i}.{n}.q").nbytes for i in range(c.n_layer)
+                  for n in ("in_proj", "x_proj", "dt_proj", "out_proj"))
+    assert weights + state < ex.decode_bytes() <= sum(a.nbytes for a in qm.tensors.values()) + state
+
+
 def test_decode_graph_replays_the_step(device, tiny_artifacts):
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")

@@ -131,7 +131,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
         "u": a("u") / 127, "x": a("x_in") / 127, "z": a("z") / 127, "xz": max(a("x_in"), a("z")) / 127,
         "conv_pre": a("conv_pre") / 127, "xs": hook.ssm_input(i) / 127, "dtr": a("dtr") / 127,
         "B": a("B") / 127, "C": a("C") / 127, "xp": max(a("dtr"), a("B"), a("C")) / 127,
-        "dt_pre": a("dt_pre") / 127, "dt": a("dt") / spec.DT_MAX, "sz": a("sz") / 127,
+        "dt_pre": a("dt_pre") / 127, "dt": a("dt") / spec.DT_MAX, "sz": a("sz") / spec.GATE_MAX,
         "h": a("h") / ((1 << (s.state_bits - 1)) - 1), "y": a("y") / ((1 << (spec.GATED_BITS - 1)) - 1),
         "yo": a("y_rot") / 127,
     }
@@ -166,7 +166,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
     out["tables"] = {
         "silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]).tolist(),
         "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]).tolist(),
-        "silu_z": tables.silu_table(sc["z"], sc["sz"]).tolist(),
+        "silu_z": tables.gate_table(sc["z"], sc["sz"]).tolist(),
     }
     out["scan"] = scan_params(qm, p, lw, sc, s)
     # out_proj input: y (int16) -> [Hadamard] -> int8; weights pre-multiplied by H^T / sqrt(N)
@@ -197,7 +197,8 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
     qm.tensors[f"{p}.A.q"] = a_q.astype(np.int32)
     qm.tensors[f"{p}.D.q"] = spec.round_half_up(lw["D"] * sc["xs"] / (sc["C"] * sc["h"])).astype(np.int64)
     h = spec.quantize_multiplier(sc["dt"] * sc["B"] * sc["xs"] / sc["h"], f"{p}.scan.dBx")
-    y = spec.quantize_multiplier(sc["C"] * sc["h"] * sc["sz"] / sc["y"], f"{p}.scan.y")
+    acc_unit = sc["C"] * sc["h"] * 2.0 ** spec.scan_acc_shift(s.state_bits)
+    y = spec.quantize_multiplier(acc_unit * sc["sz"] / sc["y"], f"{p}.scan.y")
     return {
         "a_frac_bits": frac,
         "a_saturated": int(np.count_nonzero(a_real * 2.0**frac > 65535)),

@@ -122,7 +122,7 @@ def scan_set(p: dict, xs, dt, B, C, z, silu_z, start) -> tuple[dict, dict]:
         hs[t] = h
         sat_h, sat_y = sat_h + nh, sat_y + ny
     arrays = {"xs": (xs, np.int8), "dt": (dt, np.uint16), "B": (B, np.int8), "C": (C, np.int8), "z": (z, np.int8),
-              "sz": (sz, np.int8), "start": (start, np.uint8), "silu_z": (silu_z, np.int8),
+              "sz": (sz, np.int16), "start": (start, np.uint8), "silu_z": (silu_z, np.int16),
               "a_q": (p["a_q"], np.uint16), "Dq": (p["Dq"], np.int64), "exp_tab": (p["exp_tab"], np.uint16),
               "y": (y, np.int16), "h_final": (h, np.int32)}
     if T * D * N <= PER_TOKEN_STATE_LIMIT:
@@ -197,7 +197,7 @@ def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: 
          "s_h": int(rng.integers(37, 47)) if wide else int(rng.integers(15, 27)),  # dt is 15-bit
          "Dq": rng.integers(-(1 << 20), 1 << 20, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
          "s_y": 0, "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
-    silu_z = tables.silu_table(0.05, 0.03)
+    silu_z = tables.gate_table(0.05, 6.5 / spec.GATE_MAX)
     T = tokens
     start = np.zeros(T, np.int64)
     start[[0, T // 2]] = 1
@@ -215,7 +215,7 @@ def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: 
             break
         p["s_y"] += 1
     meta["source"] = {"model": None, "layer": None, "inputs": f"numpy default_rng({seed}): random constants and "
-                      "inputs; silu_z = silu_table(0.05, 0.03)"}
+                      "inputs; silu_z = gate_table(0.05, 6.5 / GATE_MAX)"}
     return arrays, meta
 
 
@@ -254,16 +254,17 @@ def table_set(model: str):
         sc = L["scales"]
         built = {"silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]),
                  "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]),
-                 "silu_z": tables.silu_table(sc["z"], sc["sz"])}
+                 "silu_z": tables.gate_table(sc["z"], sc["sz"])}
         for name, tab in built.items():
             if not np.array_equal(tab, L["tables"][name]):
                 raise QsimError(f"golden: layer {i} table {name} differs from qsim.tables' rebuild")
-            arrays[f"l{i}_{name}"] = (tab, np.uint16 if name == "softplus_dt" else np.int8)
+            arrays[f"l{i}_{name}"] = (tab, {"softplus_dt": np.uint16, "silu_z": np.int16}.get(name, np.int8))
         scales[f"l{i}"] = {k: sc[k] for k in ("conv_pre", "xs", "dt_pre", "dt", "z", "sz")}
     if not np.array_equal(arrays["exp2_frac"][0], tables.exp2_frac_table()):
         raise QsimError("golden: exp2_frac table differs from qsim.tables' rebuild")
     meta = {"kind": "tables", "source": source(model), "scales": scales,
-            "layout": "l{i}_silu_conv / l{i}_silu_z: int8 -> int8, l{i}_softplus_dt: int8 -> uint16 (15-bit values), "
+            "layout": "l{i}_silu_conv: int8 -> int8, l{i}_silu_z: int8 -> int16, l{i}_softplus_dt: int8 -> uint16 "
+                      "(15-bit values), "
                       "indexed by q + 128; exp2_frac: Q15 2**(-i/256); rsqrt: round(2**19/sqrt(m)), m in [256, 1024)"}
     return arrays, meta
 

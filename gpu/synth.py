@@ -64,8 +64,9 @@ def synthetic_artifact(cfg: MambaConfig, bits: str = "w8a8", seed: int = 0, stat
     s_emb = a["emb"] / 127
     qm.tensors["embedding.q"] = eq
     qm.manifest["embedding"] = {"scale": s_emb, **multiplier_params(s_emb / s_res, "embedding")}
-    sc = {k: a[k] / 127 for k in ("u", "x", "z", "conv_pre", "xs", "dtr", "B", "C", "dt_pre", "sz", "yo")}
-    sc.update(dt=a["dt"] / spec.DT_MAX, h=a["h"] / ((1 << (state_bits - 1)) - 1), y=a["y"] / ((1 << (spec.GATED_BITS - 1)) - 1))
+    sc = {k: a[k] / 127 for k in ("u", "x", "z", "conv_pre", "xs", "dtr", "B", "C", "dt_pre", "yo")}
+    sc.update(dt=a["dt"] / spec.DT_MAX, sz=a["sz"] / spec.GATE_MAX, h=a["h"] / ((1 << (state_bits - 1)) - 1),
+              y=a["y"] / ((1 << (spec.GATED_BITS - 1)) - 1))
     for i in range(cfg.n_layer):
         qm.manifest["layers"].append(_layer(qm, rng, i, cfg, bp, sc, s_res, settings))
     gq, fnorm = norm_params(np.ones(dm, np.float32), s_res, a["u_f"] / 127, cfg.layer_norm_epsilon, "norm_f")
@@ -106,7 +107,7 @@ def _layer(qm, rng, i, cfg, bp, sc, s_res, settings) -> dict:
     out["dt_proj"] = {"w_scale": s_wdt, **multiplier_params(sc["dtr"] * s_wdt / sc["dt_pre"], f"{p}.dt_proj")}
     out["tables"] = {"silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]).tolist(),
                      "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]).tolist(),
-                     "silu_z": tables.silu_table(sc["z"], sc["sz"]).tolist()}
+                     "silu_z": tables.gate_table(sc["z"], sc["sz"]).tolist()}
     lw = {"A_log": np.log(np.tile(np.arange(1, n + 1, dtype=np.float64), (di, 1))), "D": np.ones(di)}
     out["scan"] = scan_params(qm, p, lw, sc, settings)
     out["out_in"] = multiplier_params(sc["y"] / sc["yo"] / (math.sqrt(di) if settings.hadamard else 1.0), f"{p}.out_in")

@@ -33,6 +33,11 @@ def silu_table(s_in: float, s_out: float) -> np.ndarray:
     return _quantized(silu(INT8_CODES * s_in), s_out, 8, signed=True)
 
 
+def gate_table(s_in: float, s_out: float) -> np.ndarray:
+    """int8 -> signed GATE_BITS: SiLU(z) for gating the scan output."""
+    return _quantized(silu(INT8_CODES * s_in), s_out, spec.GATE_BITS, signed=True)
+
+
 def softplus_table(s_in: float, s_out: float) -> np.ndarray:
     """int8 -> unsigned DT_BITS: softplus(q * s_in) in scale s_out (dt is non-negative)."""
     return _quantized(softplus(INT8_CODES * s_in), s_out, spec.DT_BITS, signed=False)

@@ -57,3 +57,11 @@ def test_exact_int_matmul_matches_int64_and_refuses_overflow():
     assert (spec.exact_int_matmul(a, b) == a @ b.T).all()
     with pytest.raises(QsimError):
         spec.exact_int_matmul(np.full((1, 4), 2**30), np.full((1, 4), 2**30))
+
+
+def test_scan_accumulator_fits_its_width_after_the_shift_for_every_state_width():
+    for sb in range(12, 29):
+        worst = (1 << (sb - 1)) * 128 * 16  # |h| * |C| * d_state
+        acc = spec.rshift_round(worst, spec.scan_acc_shift(sb))
+        assert 2 * acc <= 1 << (spec.SCAN_ACC_BITS - 1)  # half the range: D*x may add as much again
+        assert 2 * acc * spec.GATE_MAX * (1 << spec.MULT_BITS) < 1 << 62

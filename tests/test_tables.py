@@ -32,3 +32,10 @@ def test_rsqrt_normalization_accuracy():
     exact = 2.0**15 / np.sqrt(ss.astype(np.float64))
     assert np.all(shift >= 0)
     assert np.max(np.abs(approx / exact - 1)) < 2e-3  # 9-10 bit mantissa
+
+
+def test_gate_table_is_16_bit_and_within_half_an_lsb():
+    s_in, s_out = 0.05, 6.5 / spec.GATE_MAX
+    t = tables.gate_table(s_in, s_out)
+    assert t.shape == (256,) and t.max() <= spec.GATE_MAX and t.max() > 127
+    assert np.all(np.abs(t * s_out - tables.silu(np.arange(-128, 128) * s_in)) <= 0.5 * s_out + 1e-12)

@@ -90,7 +90,7 @@ def scan(xs, dt, B, C, sz, h, p: dict):
         dbx = spec.rshift_round((dt[t] * xs[t])[:, None] * B[t][None, :] * p["m_h"], p["s_h"])
         h, n = spec.saturate(spec.rshift_round(dA * h, spec.DECAY_BITS) + dbx, p["state_bits"])
         sat_h += n
-        acc = h @ C[t].astype(np.int64) + p["Dq"] * xs[t]
+        acc = spec.rshift_round(h @ C[t].astype(np.int64) + p["Dq"] * xs[t], spec.scan_acc_shift(p["state_bits"]))
         y[t], n = spec.requantize(acc * sz[t], p["m_y"], p["s_y"], spec.GATED_BITS)
         sat_y += n
     return y, h, sat_h, sat_y

@@ -128,7 +128,8 @@ def conv(x, conv_state, w, b):
     return _conv(np.ascontiguousarray(x, np.int64), conv_state, w, b)
 
 
-def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits):
+def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits,
+               acc_shift):
     L, D = xs.shape
     N = B.shape[1]
     h = h.copy()
@@ -151,7 +152,7 @@ def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, 
                 sat_h += c
                 h[d, n] = v
                 acc += C[t, n] * v
-            y[t, d], c = _sat(_rshift_round(acc * sz[t, d] * m_y, s_y), ylo, yhi)
+            y[t, d], c = _sat(_rshift_round(_rshift_round(acc, acc_shift) * sz[t, d] * m_y, s_y), ylo, yhi)
             sat_y += c
     return y, h, sat_h, sat_y
 
@@ -168,7 +169,7 @@ def scan(xs, dt, B, C, sz, h, p: dict):
     fn = _scan_parallel if xs.size * B.shape[1] >= PARALLEL_MIN_WORK else _scan_serial
     return fn(c(xs, np.int64), c(dt, np.int64), c(B, np.int64), c(C, np.int64), c(sz, np.int64), h,
                  p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"], p["exp_tab"],
-                 p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS)
+                 p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(p["state_bits"]))
 
 
 @_jit

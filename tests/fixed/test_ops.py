@@ -72,7 +72,7 @@ def test_decay_within_bound(seed, frac):
 
 
 def _scan_params(r, D, N, state_bits=24):
-    s = {"x": 0.03, "dt": 0.5 / spec.DT_MAX, "B": 0.02, "C": 0.02, "z": 0.03}
+    s = {"x": 0.03, "dt": 0.5 / spec.DT_MAX, "B": 0.02, "C": 0.02, "z": 3.8 / spec.GATE_MAX}
     A = np.exp(r.uniform(0, 3, (D, N)))
     a_real = A / math.log(2) * s["dt"]
     frac = int(min(30, math.floor(math.log2(65535 / a_real.max()))))
@@ -80,7 +80,8 @@ def _scan_params(r, D, N, state_bits=24):
     s["y"] = 64.0 / 32767
     Dreal = r.uniform(0.5, 1.5, D)
     mh, sh = spec.quantize_multiplier(s["dt"] * s["B"] * s["x"] / s["h"])
-    my, sy = spec.quantize_multiplier(s["C"] * s["h"] * s["z"] / s["y"])
+    s["acc"] = s["C"] * s["h"] * 2.0 ** spec.scan_acc_shift(state_bits)  # y's accumulator after its shift
+    my, sy = spec.quantize_multiplier(s["acc"] * s["z"] / s["y"])
     p = {"a_q": np.round(a_real * 2.0**frac).astype(np.int64), "frac": frac, "m_h": mh, "s_h": sh,
          "Dq": np.round(Dreal * s["x"] / (s["C"] * s["h"])).astype(np.int64), "m_y": my, "s_y": sy,
          "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
@@ -94,7 +95,7 @@ def test_scan_tracks_float_scan(seed):
     D, N, L = 16, 16, 64
     p, s, A, Dreal = _scan_params(r, D, N)
     xs, dt = r.integers(-127, 128, (L, D)), r.integers(0, spec.DT_MAX + 1, (L, D))
-    B, C, sz = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N)), r.integers(-20, 128, (L, D))
+    B, C, sz = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N)), r.integers(-20 * 258, spec.GATE_MAX + 1, (L, D))
     y, h, sat_h, sat_y = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = np.zeros((D, N))
     yf = np.empty((L, D))
@@ -115,12 +116,13 @@ def test_scan_single_step_bound():
     D, N = 8, 16
     p, s, A, Dreal = _scan_params(r, D, N)
     xs, dt = r.integers(-127, 128, (1, D)), r.integers(0, spec.DT_MAX + 1, (1, D))
-    B, C, sz = r.integers(-127, 128, (1, N)), r.integers(-127, 128, (1, N)), r.integers(0, 128, (1, D))
+    B, C, sz = r.integers(-127, 128, (1, N)), r.integers(-127, 128, (1, N)), r.integers(0, spec.GATE_MAX + 1, (1, D))
     y, h, _, _ = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = (dt[0] * s["dt"] * xs[0] * s["x"])[:, None] * (B[0] * s["B"])
     assert np.all(np.abs(h * s["h"] - hf) <= 0.5 * s["h"] + np.abs(hf) * 2.0**-14)
     yf = (hf @ (C[0] * s["C"]) + Dreal * xs[0] * s["x"]) * sz[0] * s["z"]
-    bound = (0.5 * s["h"] * np.abs(C[0] * s["C"]).sum() + 0.5 * s["C"] * s["h"] * np.abs(xs[0])) * sz[0] * s["z"]
+    bound = (0.5 * s["h"] * np.abs(C[0] * s["C"]).sum() + 0.5 * s["C"] * s["h"] * np.abs(xs[0])
+             + 0.5 * s["acc"]) * sz[0] * s["z"]
     assert np.all(np.abs(y[0] * s["y"] - yf) <= bound + 0.5 * s["y"] + np.abs(yf) * 2.0**-13)
 
 

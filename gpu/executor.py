@@ -61,7 +61,7 @@ class _Workspace:
         self.y, self.v = e(nl, di, dtype=torch.int16), e(nl, di, dtype=torch.int32)
         self.yhad = e(nl, di, dtype=torch.int32)
         self.yo, self.conv_pre = e(nl, di, dtype=torch.int8), e(nl, di, dtype=torch.int8)
-        self.dt_pre, self.sz = e(nl, di, dtype=torch.int8), e(nl, di, dtype=torch.int8)
+        self.dt_pre, self.sz = e(nl, di, dtype=torch.int8), e(nl, di, dtype=torch.int16)
         self.acc = e(nl, R + dm, dtype=torch.int32)  # x_proj then out_proj split-K sums, zeroed every step
         self.logits, self.tok = e(cfg.vocab_size, dtype=torch.int32), e(1, dtype=torch.int32)
 

@@ -136,7 +136,7 @@ class ScanParams:
 
 
 def scan(xs, dt, B, C, z, silu_z, h: torch.Tensor, p: ScanParams, cnt_state=None, cnt_y=None) -> torch.Tensor:
-    """ops.scan with sz = silu_z[z]: rows of xs, dt, z (di) and B, C (N) with any row strides;
+    """ops.scan with sz = silu_z[z] (an int16 table): rows of xs, dt, z (di) and B, C (N) with any row strides;
     h (di, N) int32 updated in place; returns y (L, di) int16."""
     L, di = xs.shape
     n = h.shape[1]

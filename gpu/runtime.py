@@ -24,8 +24,22 @@ def spec_defines() -> list[str]:
     from qsim import spec
 
     return [f"-DQ_RESIDUAL_BITS={spec.RESIDUAL_BITS}", f"-DQ_GATED_BITS={spec.GATED_BITS}",
-            f"-DQ_DECAY_BITS={spec.DECAY_BITS}", f"-DQ_DT_BITS={spec.DT_BITS}",
+            f"-DQ_DECAY_BITS={spec.DECAY_BITS}", f"-DQ_DT_BITS={spec.DT_BITS}", f"-DQ_GATE_BITS={spec.GATE_BITS}",
+            f"-DQ_SCAN_ACC_STATE_BITS={scan_acc_state_bits()}",
             f"-DQ_NORM_SHIFT={spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS}"]
+
+
+def scan_acc_state_bits() -> int:
+    """k with spec.scan_acc_shift(sb) == max(0, sb - k) for every state width an int32 state holds: the
+    kernels apply the rule in that form, since state_bits reaches them only at run time. Raises if
+    the spec's rule has another form."""
+    from qsim import spec
+
+    widths = range(1, 33)
+    k = max((sb for sb in widths if spec.scan_acc_shift(sb) == 0), default=0)
+    if any(spec.scan_acc_shift(sb) != max(0, sb - k) for sb in widths):
+        raise ValueError("spec.scan_acc_shift is not max(0, state_bits - k): change scan_output in common.cuh")
+    return k
 
 
 def options() -> tuple[str, ...]:

@@ -10,7 +10,7 @@
 #pragma once
 
 #if !defined(Q_RESIDUAL_BITS) || !defined(Q_GATED_BITS) || !defined(Q_DECAY_BITS) || !defined(Q_NORM_SHIFT) || \
-    !defined(Q_DT_BITS)
+    !defined(Q_DT_BITS) || !defined(Q_GATE_BITS) || !defined(Q_SCAN_ACC_STATE_BITS)
 #error "compile with the defines of gpu.runtime.spec_defines(): the spec's constants come from qsim.spec"
 #endif
 
@@ -20,6 +20,8 @@ typedef signed char i8;
 typedef unsigned char u8;
 typedef short dt_t;  // dt = softplus(dt_pre): unsigned Q_DT_BITS-bit values, read from an int16 table
 static_assert(Q_DT_BITS <= 15, "dt_t and scan_update's 32-bit decay product hold at most 15-bit dt");
+typedef short gate_t;  // sz = SiLU(z), the scan output's gate: signed Q_GATE_BITS-bit values
+static_assert(Q_GATE_BITS <= 16, "gate_t holds at most 16-bit gates");
 
 extern __shared__ int4 dyn_smem[];  // a kernel's dynamic shared memory, 16-byte aligned
 
@@ -118,9 +120,14 @@ __device__ __forceinline__ i64 scan_update(int dt, int dx, int a, int b, i64 h, 
   return sat_signed(v, state_bits, nsat);
 }
 
-// The gated output requantize((C.h + D x) * SiLU(z), m_y, s_y, GATED_BITS).
-__device__ __forceinline__ int scan_output(i64 ch, int xs, i64 dq, int sz, int m_y, int s_y, unsigned &nsat) {
-  return (int)requant((ch + dq * xs) * sz, m_y, s_y, Q_GATED_BITS, nsat);
+// The gated output requantize(rshift_round(C.h + D x, spec.scan_acc_shift(state_bits)) * SiLU(z), m_y,
+// s_y, GATED_BITS); scan_acc_shift(sb) is max(0, sb - Q_SCAN_ACC_STATE_BITS) (gpu.runtime checks the
+// form). C.h reaches 2**(state_bits + 11) (N <= 32, state_bits <= 28), so the sum stays 64-bit until
+// shifted; shifted it is at most about 2**24, and times a 16-bit gate and a 15-bit m_y below 2**55: i64 too.
+__device__ __forceinline__ int scan_output(i64 ch, int xs, i64 dq, int sz, int m_y, int s_y, int state_bits,
+                                           unsigned &nsat) {
+  const i64 acc = rshift_round(ch + dq * xs, max(0, state_bits - Q_SCAN_ACC_STATE_BITS));
+  return (int)requant(acc * sz, m_y, s_y, Q_GATED_BITS, nsat);
 }
 
 // ----------------------------------------------------------------------------- Hadamard (hadamard.fwht)

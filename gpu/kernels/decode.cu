@@ -178,8 +178,9 @@ INSTANTIATE(W4, w4)
 extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int *xsh, int R, int rk, int rkp,
                                      i8 *p_out, const i8 *Wdt, const int *dt_b, int dtm, int dts,
                                      const short *softplus, i8 *dtpre_out, dt_t *dt_out, const i8 *xs,
-                                     const i8 *xz, const short *silu_z, i8 *sz_out, int *h, const unsigned short *a_q, int frac, int m_h,
-                                     int s_h, const i64 *Dq, int m_y, int s_y, const int *exp_tab, int state_bits,
+                                     const i8 *xz, const gate_t *silu_z, gate_t *sz_out, int *h,
+                                     const unsigned short *a_q, int frac, int m_h, int s_h, const i64 *Dq, int m_y,
+                                     int s_y, const int *exp_tab, int state_bits,
                                      short *y_out, int *v_out, int di, int had, u64 *c_xp, u64 *c_dt,
                                      u64 *c_state, u64 *c_y) {
   constexpr int N = SCAN_N;
@@ -221,7 +222,7 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
   dtpre_out[d] = (i8)dt_pre;
   dt_out[d] = (dt_t)dtv;
   const int sz = silu_z[zv + 128], dx = dtv * xsv;
-  sz_out[d] = (i8)sz;
+  sz_out[d] = (gate_t)sz;
   int hn[N];
   i64 ch = 0;
 #pragma unroll
@@ -234,7 +235,7 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
 #pragma unroll
   for (int i = 0; i < N / 4; ++i)
     reinterpret_cast<int4 *>(h + d * N)[i] = make_int4(hn[4 * i], hn[4 * i + 1], hn[4 * i + 2], hn[4 * i + 3]);
-  const int yv = scan_output(ch, xsv, dq, sz, m_y, s_y, n_y);
+  const int yv = scan_output(ch, xsv, dq, sz, m_y, s_y, state_bits, n_y);
   y_out[d] = (short)yv;
   if (had) {  // block-uniform
     v_s[tid] = yv;

@@ -58,6 +58,15 @@ def test_kernel_sources_inline_the_common_header_once_and_take_the_spec_from_qsi
     assert f"-DQ_NORM_SHIFT={spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS}" in runtime.options()
 
 
+def test_gate_width_and_scan_accumulator_shift_reach_the_kernels_from_the_spec(monkeypatch):
+    k = runtime.scan_acc_state_bits()
+    assert [spec.scan_acc_shift(sb) for sb in (k, k + 1)] == [0, 1]
+    assert {f"-DQ_GATE_BITS={spec.GATE_BITS}", f"-DQ_SCAN_ACC_STATE_BITS={k}"} <= set(runtime.options())
+    monkeypatch.setattr(spec, "scan_acc_shift", lambda sb: sb // 2)  # a rule scan_output cannot apply
+    with pytest.raises(ValueError, match="scan_output"):
+        runtime.spec_defines()
+
+
 def test_kernel_arguments_are_typed_like_the_c_parameters():
     t = torch.zeros(4, dtype=torch.int32)
     assert runtime._arg(t) == np.uint64(t.data_ptr()) and runtime._arg(t).dtype == np.uint64

@@ -16,8 +16,8 @@ Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles
    5 exp-table index; (dt*x)*B            6 2**-frac by table     7-8 decay = table >> int, rounded
    8 decay*h, dBx*m_h                    12 both rounded
   13 h = sat(decay*h + dBx): written back; C*h
-  17-18 sum over lanes                   18 accumulate chunks (+ D*x)
-  19 *SiLU(z)   22 *m_y   26 rounded, saturated to int16, into the output FIFO
+  17-18 sum over lanes                   18 accumulate chunks (+ D*x + rounding half)
+  19 (acc >> scan_acc_shift) *SiLU(z)   22 *m_y   26 rounded, saturated to int16, into the output FIFO
 No stall inside: the issue stage holds off when the output FIFO could fill
 (credits), so back-pressure never reaches the pipeline registers.
 """
@@ -34,9 +34,9 @@ from amaranth.lib.wiring import In, Out
 from qsim import spec
 from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for, rshift_round, saturate
 
-# dt is spec.DT_BITS wide; the products it enters (dt*a, dt*x, (dt*x)*B*m_h) take their widths from their
-# operands (Pipeline.mul), so they stay exact for whatever width the spec sets
-CHANNEL = data.StructLayout({"x": signed(8), "dt": unsigned(spec.DT_BITS), "sz": signed(8)})
+# dt and the gate SiLU(z) take their widths from the spec; the products they enter (dt*a, dt*x, (dt*x)*B*m_h,
+# acc*sz*m_y) take theirs from their operands (Pipeline.mul), so they stay exact for whatever widths the spec sets
+CHANNEL = data.StructLayout({"x": signed(8), "dt": unsigned(spec.DT_BITS), "sz": signed(spec.GATE_BITS)})
 MEM = 2  # memory data registered
 EXP = MEM + MUL_LATENCY  # exp-table index; (dt*x)*B
 DECAY = EXP + MUL_LATENCY  # 2**-frac by table (EXP + 1), rounded >> int (EXP + 3); decay*h and dBx*m_h
@@ -178,19 +178,25 @@ class ScanUnit(wiring.Component):
         m.d.comb += [st_w.addr.eq(p.at(addr, WRITE_STAGE)), st_w.data.eq(Cat(hn)),
                      st_w.en.eq(p.at(v, WRITE_STAGE))]
 
-        # ---- C.h over lanes and chunks, plus D*x
+        # ---- C.h over lanes and chunks, plus D*x, narrowed by spec.scan_acc_shift (round half up). The half
+        # rides in with D*x, so the shift is a bit slice: no adder after the accumulator, no extra cycle.
         terms = [p.mul(C[j], hn[j], WRITE_STAGE, f"ch{j}") for j in range(L)]
         for s in range(WRITE_STAGE + MUL_LATENCY, ACC):
             terms = [p.reg(sum(terms[i:i + 4]), s + 1, f"sum{s}_{i}") for i in range(0, len(terms), 4)]
-        bound = self.d_state * 128 * (1 << (W - 1)) + int(np.abs(self.Dq).max()) * 128
+        shift = spec.scan_acc_shift(W)
+        half = 1 << (shift - 1) if shift else 0
+        bound = self.d_state * 128 * (1 << (W - 1)) + int(np.abs(self.Dq).max()) * 128 + half
+        dqx_half = p.reg(dqx + half, MEM + MUL_LATENCY + 1, "dqxh")
         acc = p.put(Signal(bits_for(-bound, bound), name="acc"), ACC + 1)
-        v_acc, first_acc, dqx_acc = p.at(v, ACC), p.at(first, ACC), p.at(dqx, ACC)  # (delay lines outside the If)
+        v_acc, first_acc, dqx_acc = p.at(v, ACC), p.at(first, ACC), p.at(dqx_half, ACC)  # (lines outside the If)
         with m.If(v_acc):
             m.d.sync += acc.eq(Mux(first_acc, dqx_acc, acc) + terms[0])
         done = p.reg(v_acc & p.at(last, ACC), ACC + 1, "done")
+        narrow = p.put(Signal(bits_for(-bound >> shift, bound >> shift), name="acc_narrow"), ACC + 1)
+        m.d.comb += narrow.eq(acc[shift:].as_signed())  # sized from the bound: what it drops above is sign
 
         # ---- gate, requantize, saturate
-        g = p.mul(p.mul(acc, sz, ACC + 1, "gate"), self.m_y, ACC + 1 + MUL_LATENCY, "gm")
+        g = p.mul(p.mul(narrow, sz, ACC + 1, "gate"), self.m_y, ACC + 1 + MUL_LATENCY, "gm")
         y = p.reg(saturate(rshift_round(g, self.s_y), signed(spec.GATED_BITS)), FIFO_STAGE, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]

@@ -101,19 +101,27 @@ def test_scan_unit_bit_exact(name, lanes, channels, gaps):
 def test_scan_unit_widest_products(frac):
     """The spec's extremes together, which no golden set combines: dt*x*B = DT_MAX*128*128 times a 31-bit m_h
     (near 2**60), dt*a_q near 2**31, a 28-bit state (saturating at frac 30); frac 9 and 30 span the exponent's
-    integer part from decay 0 to none."""
+    integer part from decay 0 to none. y's accumulator C.h + D*x (C follows B's signs, |D*x| up to C.h's
+    bound 2**38) passes 2**38: narrowed by 15 bits it needs 25 signed bits, before gates of -32768 and 32767
+    (the table saturates at both ends)."""
     rng = np.random.default_rng(7)
-    D, N, T = 4, 8, 8
+    D, N, T = 4, 16, 8
     p = {"a_q": rng.choice([0, 1, 65535, *rng.integers(0, 65536, 8)], (D, N)), "frac": frac,
-         "m_h": (1 << 31) - 1, "s_h": 34, "Dq": rng.choice([-(1 << 26), (1 << 26) - 1], D),
+         "m_h": (1 << 31) - 1, "s_h": 34, "Dq": rng.choice([-(1 << 31), (1 << 31) - 1], D),
          "m_y": (1 << 15) - 1, "s_y": 40, "exp_tab": tables.exp2_frac_table(), "state_bits": 28}
     full = lambda shape: rng.choice([-128, 127], shape)  # noqa: E731
     dt = rng.choice([0, 1, spec.DT_MAX, spec.DT_MAX - 1, *rng.integers(0, spec.DT_MAX + 1, 4)], (T, D))
     xs, B = full((T, D)), full((T, N))
     assert ((dt * xs)[:, :, None] * B[:, None, :]).max() == spec.DT_MAX * 128 * 128
-    arrays, meta = scan_set(p, xs, dt, B, rng.integers(-128, 128, (T, N)), rng.integers(-128, 128, (T, D)),
-                            tables.silu_table(0.05, 0.03), np.eye(1, T, dtype=np.int64)[0])
+    silu_z = tables.gate_table(0.05, 0.278 / (1 << 15))  # SiLU's minimum, -0.2785, just past -32768 LSBs
+    ends = [int(np.argmin(silu_z)) - 128, int(np.argmax(silu_z)) - 128]
+    z = rng.choice([*ends, *rng.integers(-128, 128, 4)], (T, D))
+    C = np.where((B > 0) == rng.choice([False, True], (T, 1)), -128, 127)  # B's signs, flipped on some tokens
+    arrays, meta = scan_set(p, xs, dt, B, C, z, silu_z, np.eye(1, T, dtype=np.int64)[0])
     arrays = {k: np.asarray(v, dtype=t) for k, (v, t) in arrays.items()}
+    acc = np.einsum("tdn,tn->td", arrays["h"].astype(np.int64), C) + p["Dq"] * xs
+    assert spec.scan_acc_shift(p["state_bits"]) == 15 and np.abs(spec.rshift_round(acc, 15)).max() > 1 << 23
+    assert {-(1 << 15), spec.GATE_MAX} <= set(arrays["sz"].ravel().tolist())
     check_scan(ScanUnit.from_golden(meta, arrays, 4), arrays, None, 0.0, f"widest products, frac {frac}")
 
 

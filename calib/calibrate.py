@@ -74,7 +74,7 @@ def norm_params(g: np.ndarray, s_res: float, s_out: float, eps: float, where: st
 
 def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHook) -> QuantizedModel:
     cfg, w = lm.config, lm.weights
-    di, n = cfg.d_inner, cfg.d_state
+    di = cfg.d_inner
     if s.hadamard and not hadamard.supported(di):
         raise QsimError(f"d_inner {di}: no integer Hadamard of that size; use --no-hadamard")
     res_abs = max(hook.absmax(i, "residual") for i in range(cfg.n_layer + 1))

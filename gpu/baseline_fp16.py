@@ -44,7 +44,7 @@ class Fp16Weights:
     layers: list
 
     @classmethod
-    def random(cls, cfg: MambaConfig, device, seed: int = 0) -> "Fp16Weights":
+    def random(cls, cfg: MambaConfig, device, seed: int = 0) -> Fp16Weights:
         """Mamba's initialisation (as qsim.weights.synthetic_weights), drawn on the device: 2.8 B
         parameters in a second."""
         g = torch.Generator(device).manual_seed(seed)
@@ -67,7 +67,7 @@ class Fp16Weights:
         return cls(cfg, emb, torch.ones(dm, **h), layers)
 
     @classmethod
-    def from_float(cls, cfg: MambaConfig, w, device) -> "Fp16Weights":
+    def from_float(cls, cfg: MambaConfig, w, device) -> Fp16Weights:
         """qsim.weights.MambaWeights (fp32 NumPy) in fp16 on the device."""
         t = lambda a, dtype=torch.float16: torch.as_tensor(a).to(device=device, dtype=dtype)  # noqa: E731
         layers = [Fp16Layer(t(L["norm"]), t(L["in_proj"]), t(L["conv_w"]), t(L["conv_b"]), t(L["x_proj"]),

@@ -30,7 +30,7 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
     if ref.shape != got.shape:
         return {"equal": False, "shape": list(ref.shape), "got_shape": list(got.shape)}
     bad = np.argwhere(ref != got)
-    out = {"equal": not len(bad), "shape": list(ref.shape), "mismatches": int(len(bad))}
+    out = {"equal": not len(bad), "shape": list(ref.shape), "mismatches": len(bad)}
     if len(bad):
         i = tuple(int(v) for v in bad[0])
         out.update(first=list(i), ref=int(ref[i]), got=int(got[i]), max_abs_diff=int(np.abs(ref - got).max()))

@@ -45,7 +45,7 @@ class DeviceLinear:
     lo: torch.Tensor | None
 
     @classmethod
-    def of(cls, lay: LinearLayout, device) -> "DeviceLinear":
+    def of(cls, lay: LinearLayout, device) -> DeviceLinear:
         up = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         return cls(lay, up(lay.w), up(lay.gs), up(lay.hi), up(lay.lo))
 
@@ -129,7 +129,7 @@ class ScanParams:
     state_bits: int
 
     @classmethod
-    def of(cls, p: dict, device) -> "ScanParams":
+    def of(cls, p: dict, device) -> ScanParams:
         return cls(to_device(p["a_q"], np.uint16, device), to_device(p["Dq"], np.int64, device),
                    to_device(p["exp_tab"], np.int32, device),
                    *(int(p[k]) for k in ("frac", "m_h", "s_h", "m_y", "s_y", "state_bits")))

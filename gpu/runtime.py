@@ -9,14 +9,14 @@ torch owns every buffer, and a CUDA graph captured by torch records every launch
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import lru_cache, cache
 from pathlib import Path
 
 import numpy as np
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
-_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.M)
-_ONCE = re.compile(r"^#pragma once[ \t]*\n", re.M)
+_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.MULTILINE)
+_ONCE = re.compile(r"^#pragma once[ \t]*\n", re.MULTILINE)
 
 
 def spec_defines() -> list[str]:
@@ -118,7 +118,7 @@ class Kernel:
         self.fn(grid, block, tuple(_arg(a) for a in args), shared, _stream(torch.cuda.current_stream().cuda_stream))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stream(ptr: int):
     import cupy
 

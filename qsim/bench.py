@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def bench(model: str, prefill: int, decode: int, require_weights: bool, json_pat
         "fixed_numba_w8a8": {"prefill_tok_s": prefill / t_fix_prefill, "decode_tok_s": decode / t_fix_decode},
         "transformers_fp32": {"prefill_tok_s": prefill / t_hf_prefill, "decode_tok_s": decode / t_hf_decode},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     r["ratio_prefill"] = r["fixed_numba_w8a8"]["prefill_tok_s"] / r["transformers_fp32"]["prefill_tok_s"]
     r["ratio_decode"] = r["fixed_numba_w8a8"]["decode_tok_s"] / r["transformers_fp32"]["decode_tok_s"]

@@ -44,11 +44,11 @@ class MambaConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
+    def from_dict(cls, d: dict) -> MambaConfig:
         return cls(**{k: d[k] for k in d if k in cls.__dataclass_fields__ and k != "extra_hf"})
 
     @classmethod
-    def from_hf(cls, hf: dict, where: str = "config.json") -> "MambaConfig":
+    def from_hf(cls, hf: dict, where: str = "config.json") -> MambaConfig:
         """Read a transformers `MambaConfig` dictionary."""
         if hf.get("model_type", "mamba") != "mamba":
             raise QsimError(f"{where}: model_type is {hf.get('model_type')!r}, qsim runs Mamba-1 ('mamba')")

@@ -9,7 +9,7 @@ out, u_f (layer == n_layer for the final norm).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -9,7 +9,7 @@ requantization that follows.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, cache
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def _paley(q: int) -> np.ndarray:
     return s + np.eye(q + 1, dtype=np.int64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def base_matrix(m: int) -> np.ndarray:
     if m == 1:
         return np.ones((1, 1), dtype=np.int64)

@@ -10,7 +10,7 @@ import platform
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -209,9 +209,9 @@ def run(opts: RunOptions) -> dict:
             quamba_sat[k] += v
         if qm is not None:
             for i in range(cfg.n_layer):
-                g = lambda n: np.concatenate(hook.seen[(i, n)])  # noqa: E731
-                qt = {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("scan"),
-                      "out_proj_in": g("out_proj_in")}
+                seen = {n: np.concatenate(hook.seen[(i, n)]) for n in ("x_in", "z", "scan", "out_proj_in")}
+                qt = {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1), "scan": seen["scan"],
+                      "out_proj_in": seen["out_proj_in"]}
                 for name in SQNR_TENSORS:
                     acc.tensor(("quamba", name, i), fl[i][name], qt[name])
         del hook
@@ -261,7 +261,7 @@ def run(opts: RunOptions) -> dict:
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
         "fixed_executor": opts.executor if fixed is not None else None,
         "wall_time_s": time.perf_counter() - t_start,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
     return report

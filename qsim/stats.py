@@ -9,7 +9,7 @@ magnitude per channel of one layer, where outlier channels stand out.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def stats(model: str, require_weights: bool, seq_len: int, eval_text: str, layer
         print(f"{i:>5} " + " ".join(cells))
     report = {"model": lm.name, "weights": "synthetic" if lm.synthetic else "checkpoint",
               "tokens": seq_len, "text": str(tpath), "per_layer": table,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "date": datetime.now(UTC).isoformat(timespec="seconds")}
     if plot_path:
         plot_channels(acts, layer, Path(plot_path), f"{lm.name} layer {layer}: largest magnitude per channel")
         report["plot"] = plot_path

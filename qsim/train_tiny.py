@@ -423,7 +423,7 @@ def main(argv=None) -> float:
           + (f"; peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB" if cuda else ""), flush=True)
     info = {
         "command": "python -m qsim.train_tiny " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date (UTC)": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M"),
         "device": f"{dev_name}, torch {torch.__version__}, Python {platform.python_version()}",
         "architecture": f"Mamba-1, d_model {CONFIG.d_model}, n_layer {CONFIG.n_layer}, d_state {CONFIG.d_state}, "
                         f"d_conv {CONFIG.d_conv}, expand {CONFIG.expand}, dt_rank {CONFIG.dt_rank}, byte vocabulary 256",

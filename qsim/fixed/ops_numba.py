@@ -18,7 +18,7 @@ from qsim.qweights import IntLinear
 
 _jit = numba.njit(cache=True, nogil=True)
 
-__all__ = ["lut", "linear", "prepare_linear", "requantize", "rmsnorm", "conv", "scan", "hadamard_rows"]
+__all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
 
 
 def prepare_linear(w: IntLinear):

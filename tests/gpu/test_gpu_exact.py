@@ -231,6 +231,24 @@ def test_last_only_prefill_is_the_last_row_of_the_full_one(device, tiny_artifact
     assert weights + state < ex.decode_bytes() <= sum(a.nbytes for a in qm.tensors.values()) + state
 
 
+def test_qsim_run_with_the_cuda_executor_reports_what_numba_does(device, hf_checkpoint, monkeypatch):
+    """`python -m qsim run --executor cuda`: the same fixed figures as the CPU executor, to the bit."""
+    from calib.calibrate import CalibSettings
+    from gpu.executor import CudaExecutor
+    from qsim import run as qrun
+
+    if device.type == "cpu":  # emulated kernels on torch CPU tensors
+        cpu_executor = qrun.fixed_executor
+        monkeypatch.setattr(qrun, "fixed_executor", lambda qm, name: CudaExecutor(qm, device, sms=1)
+                            if name == "cuda" else cpu_executor(qm, name))
+    opts = dict(model=str(hf_checkpoint[0]), seq_len=48, eval_seqs=2, calib=CalibSettings(samples=2, seq_len=64))
+    cpu, gpu = (qrun.run(qrun.RunOptions(executor=e, **opts)) for e in ("numba", "cuda"))
+    assert gpu["fixed_executor"] == "cuda" and cpu["fixed_executor"] == "numba"
+    assert "fixed" in cpu["nats_per_token"] and sum(cpu["saturation"]["fixed"].values()) > 0
+    for key in ("nats_per_token", "perplexity", "agreement_vs_float", "sqnr_db", "saturation"):
+        assert gpu[key] == cpu[key], key
+
+
 def test_decode_graph_replays_the_step(device, tiny_artifacts):
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")

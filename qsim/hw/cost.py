@@ -152,14 +152,13 @@ def stream(op: Op, bits: BitsPreset, target: Target, tokens: int, decode: bool,
 
 def state_bytes(op: Op, bits: BitsPreset, target: Target, tokens: int, decode: bool, state_resident: bool) -> int:
     """Off-chip state bytes of one instance."""
-    ab = bits.act_bits // 8
-    state = op.state * ab
+    state = op.state_bytes(bits)
     if state == 0 or state_resident:
         return 0
     if decode:
         return 2 * state
     groups = math.ceil(state / target.state_buffer_bytes)
-    return state + (groups - 1) * tokens * op.shared_in * ab
+    return state + (groups - 1) * tokens * op.shared_in * (bits.act_bits // 8)
 
 
 def compute_pj(op: Op, bits: BitsPreset, target: Target, tokens: int, reads: int) -> float:
@@ -183,7 +182,7 @@ def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: in
     ab = bits.act_bits // 8
     off, reads = stream(op, bits, target, tokens, decode, weights_resident)
     off += state_bytes(op, bits, target, tokens, decode, state_resident)
-    on = op.weight_bytes(bits) * reads + ((op.act_in + op.act_out) + 2 * op.state) * tokens * ab
+    on = op.weight_bytes(bits) * reads + ((op.act_in + op.act_out) * ab + 2 * op.state_bytes(bits)) * tokens
     c = compute_cycles(op, bits, target, tokens)
     m = off * target.clock_mhz * 1e6 / target.offchip_bytes_per_s
     tiles = max(1, math.ceil(off / (target.weight_buffer_bytes // 2)))

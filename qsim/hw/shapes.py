@@ -32,6 +32,9 @@ from qsim.weights import SHIPPED_MODELS
 
 GROUP_SCALE_BYTES = 2  # fp16 per-group and per-channel scales of int4 weights
 TENSOR_SCALE_BYTES = 4  # one fp32 scale per 8-bit tensor
+# the SSM state between tokens: the fixed datapath's 12-28-bit state (qsim.spec, 24 by default) in a 32-bit
+# word, as the GPU executor keeps it; fp32 in Mamba's own kernels
+SSM_STATE_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class Op:
     macs: multiply-accumulates on the MAC array; vector_elems: elements through
     the table units (element-wise lanes); lookups, mults, adds: table reads and
     element-wise arithmetic for energy; act_in/act_out: activation elements read
-    and written; state: recurrent elements kept between tokens; shared_in: the
+    and written; state: recurrent elements kept between tokens, at the activation
+    width unless state_word (the SSM state: SSM_STATE_BYTES each); shared_in: the
     scan inputs every channel group reads (B, C); scan: (d_inner, d_state) on the
     scan unit; hadamard: vector size on the Hadamard unit (its adds come from
     qsim.hw.units.hadamard_adds when costed).
@@ -84,6 +88,7 @@ class Op:
     act_in: int = 0
     act_out: int = 0
     state: int = 0
+    state_word: bool = False
     shared_in: int = 0
     scan: tuple[int, int] | None = None
     hadamard: int | None = None
@@ -93,6 +98,9 @@ class Op:
 
     def weight_elems(self) -> int:
         return sum(w.elems for w in self.weights)
+
+    def state_bytes(self, bits: BitsPreset) -> int:
+        return self.state * (SSM_STATE_BYTES if self.state_word else bits.act_bits // 8)
 
     def mac_format(self, bits: BitsPreset) -> str:
         """Operand format on the MAC array, e.g. 'w4a8'; the first weight is the one multiplied."""
@@ -129,8 +137,8 @@ class ModelShape:
         return self.weight_bytes(bits) + (0 if self.tied else self.embedding.nbytes(bits))
 
     def state_bytes(self, bits: BitsPreset) -> int:
-        """SSM state and conv windows of every layer, stored at the activation width."""
-        return sum(op.state for op in self.layer_ops) * bits.act_bits // 8 * self.n_layer
+        """SSM state (32-bit words) and conv windows (activation width) of every layer."""
+        return sum(op.state_bytes(bits) for op in self.layer_ops) * self.n_layer
 
 
 def _norm(d: int) -> Op:
@@ -182,7 +190,7 @@ def mamba1_shape(name: str, cfg: MambaConfig, source: str) -> ModelShape:
     d, di, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
     scan = Op("scan", lookups=di * n, mults=4 * di * n + 2 * di, adds=2 * di * n + di,
               weights=(Weight("A_log", di, n, "param"), Weight("D", di, 1, "param")),
-              act_in=2 * di + 2 * n, act_out=di, state=di * n, shared_in=2 * n, scan=(di, n))
+              act_in=2 * di + 2 * n, act_out=di, state=di * n, state_word=True, shared_in=2 * n, scan=(di, n))
     ops = (
         _norm(d),
         _linear("in_proj", d, 2 * di, "gptq"),
@@ -218,7 +226,8 @@ def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
     conv_ch = di + 2 * g * n
     scan = Op("scan", lookups=2 * heads, mults=heads + 3 * di * n + 2 * di, adds=2 * di * n + di + heads,
               weights=tuple(Weight(w, heads, 1, "param") for w in ("A_log", "D", "dt_bias")),
-              act_in=di + heads + 2 * g * n, act_out=di, state=di * n, shared_in=2 * g * n, scan=(di, n))
+              act_in=di + heads + 2 * g * n, act_out=di, state=di * n, state_word=True, shared_in=2 * g * n,
+              scan=(di, n))
     gating = Op("gating", vector_elems=2 * di, lookups=di + g, mults=4 * di, adds=di,
                 weights=(Weight("gated_norm.weight", di, 1, "param"),), act_in=2 * di, act_out=di)
     ops = (

@@ -105,6 +105,10 @@ def test_state_rule():
     # prefill: write the final state; 4 channel groups, 3 extra groups re-read B and C for 50 tokens
     assert state_bytes(op, W8A8, t, 50, decode=False, state_resident=False) == 1000 + 3 * 50 * 6
     assert state_bytes(op, FP16, t, 1, decode=True, state_resident=False) == 2 * 2000
+    word = Op("scan", state=1000, state_word=True, shared_in=6)  # the SSM state: 4 bytes whatever the preset
+    assert state_bytes(word, W8A8, t, 1, decode=True, state_resident=False) == 2 * 4000
+    assert state_bytes(word, FP16, t, 1, decode=True, state_resident=False) == 2 * 4000
+    assert state_bytes(word, W8A8, t, 50, decode=False, state_resident=False) == 4000 + 13 * 50 * 6
 
 
 def test_energy_is_counts_times_named_per_op_energies():

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("synth", help="yosys + nextpnr-ecp5 on each unit; figures to reports/rtl/")
     s.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock in MHz")
     s.add_argument("--lanes", type=int, help="build every unit with this many lanes instead")
+    s.add_argument("--seeds", type=int, default=3, help="place-and-route seeds 1..SEEDS; Fmax is the lowest")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         from rtl.build import BUILD, make_unit, properties, tag, write_verilog
@@ -35,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rtl import synth
 
+    if a.seeds < 1:
+        print(f"rtl synth: --seeds {a.seeds}: need at least one seed", file=sys.stderr)
+        return 2
     units = [(u, a.lanes or n, s) for u, n, s in synth.DEFAULT_UNITS]
-    return synth.main(units, a.freq)
+    return synth.main(units, a.freq, tuple(range(1, a.seeds + 1)))
 
 
 if __name__ == "__main__":

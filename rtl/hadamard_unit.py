@@ -30,7 +30,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import hadamard, spec
-from rtl.pipeline import MUL_LATENCY, Pipeline, rshift_round, saturate
+from rtl.pipeline import MUL_LATENCY, Pipeline, requantize
 
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 OUT_STAGE = 4 + MUL_LATENCY  # issue, data, data registered, butterfly, product, int8 into the FIFO
@@ -200,7 +200,7 @@ class HadamardUnit(wiring.Component):
         else:
             m.d.comb += mult.eq(self.m)
         out_v = pl.reg(res_v & is_out, D + 2, "out_v")
-        ys = [pl.reg(saturate(rshift_round(pl.mul(r, mult, D + 1, f"prod{j}"), self.s), signed(8)), OUT_STAGE,
+        ys = [pl.reg(requantize(pl.mul(r, mult, D + 1, f"prod{j}"), self.s, signed(8)), OUT_STAGE,
                      f"y{j}") for j, r in enumerate(res)]
         m.d.comb += [fifo.w_en.eq(pl.at(out_v, OUT_STAGE)), fifo.w_data.eq(Cat(*ys)),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]

@@ -4,7 +4,7 @@
 builds delay lines on demand, so a unit is written as "this value at stage k"
 and the alignment registers are never hand-counted. `mul` splits products into
 ECP5-DSP-sized (18x18 signed) pieces with registered operands and partial products: a fixed
-three-cycle latency whatever the widths, so a unit's depth does not depend on
+three-cycle latency whatever the widths (four when retimed), so a unit's depth does not depend on
 its constants (the cycle contract in qsim.hw.units has one latency per unit).
 """
 
@@ -33,6 +33,18 @@ def saturate(v, shape: Shape):
     lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
     low = v[:w].as_signed() if shape.signed else v[:w]
     return Mux(v > hi, Const(hi, shape), Mux(v < lo, Const(lo, shape), low))
+
+
+def requantize(v, s: int, shape: Shape):
+    """saturate(rshift_round(v, s), shape) in one shallow stage: the range checks compare v itself with the
+    bounds moved before the shift (r > hi iff v >= (hi+1) * 2**s - half, r < lo iff v < lo * 2**s - half), so
+    they run beside the rounding add instead of after it, and that add spans only the s + width bits it needs."""
+    w = shape.width
+    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
+    half = 1 << (s - 1) if s else 0
+    low = (v[:s + w] + half)[s:s + w]
+    low = low.as_signed() if shape.signed else low
+    return Mux(v >= ((hi + 1) << s) - half, Const(hi, shape), Mux(v < (lo << s) - half, Const(lo, shape), low))
 
 
 def pieces(v) -> list[tuple[int, object]]:
@@ -86,13 +98,17 @@ class Pipeline:
             line.append(d)
         return line[stage - src]
 
-    def mul(self, a, b, stage: int, name: str) -> Signal:
-        """a * b (operands taken at `stage`), valid at stage + MUL_LATENCY, in registered DSP-sized pieces."""
+    def mul(self, a, b, stage: int, name: str, retime: bool = False) -> Signal:
+        """a * b (operands taken at `stage`), valid at stage + MUL_LATENCY, in registered DSP-sized pieces.
+
+        retime: each partial product is registered twice, so placement can put one register beside its DSP and
+        the other beside the adder (a DSP sits in a fixed row, often far from the logic); one cycle more.
+        """
         a, b = (Const(x) if isinstance(x, int) else self.reg(self.at(x, stage), stage + 1, f"{name}_in{i}")
                 for i, x in enumerate((a, b)))  # input registers: the DSPs' inputs come straight from flip-flops
-        parts = [(oa + ob, self.reg(pa * pb, stage + 2, f"{name}_pp{oa}_{ob}"))
+        parts = [(oa + ob, self.at(self.reg(pa * pb, stage + 2, f"{name}_pp{oa}_{ob}"), stage + 2 + retime))
                  for oa, pa in pieces(a) for ob, pb in pieces(b)]
         total = sum((pp << off) if off else pp for off, pp in parts)
         width = a.shape().width + b.shape().width + (a.shape().signed != b.shape().signed)
         shape = signed(width) if (a.shape().signed or b.shape().signed) else unsigned(width)
-        return self.reg(total, stage + MUL_LATENCY, name, shape)
+        return self.reg(total, stage + MUL_LATENCY + retime, name, shape)

@@ -11,10 +11,11 @@ The layer's constants (a_q, Dq, frac, m_h, s_h, m_y, s_y) are elaboration
 parameters: ROMs and constant multipliers, one build per layer, which keeps
 the datapath free of configuration muxes.
 
-Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles):
-   0 issue: read state, a_q, Dq           2 memory data registered; e = dt*a, dt*x, Dq*x
-   5 exp-table index; (dt*x)*B            6 2**-frac by table     7-8 decay = table >> int, rounded
-   8 decay*h, dBx*m_h                    12 both rounded
+Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles unless retimed):
+   0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
+   2 memory data registered; e = dt*a, Dq*x                      4 (dt*x)*B
+   5 exp-table index                      6 2**-frac by table     7-8 decay = table >> int, rounded
+   7 dBx*m_h (retimed: 4 cycles)          8 decay*h              12 both rounded
   13 h = sat(decay*h + dBx): written back; C*h
   17-18 sum over lanes                   18 accumulate chunks (+ D*x + rounding half)
   19 (acc >> scan_acc_shift) *SiLU(z)   22 *m_y   26 rounded, saturated to int16, into the output FIFO
@@ -32,14 +33,22 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
-from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for, rshift_round, saturate
+from rtl.pipeline import (
+    MUL_LATENCY,
+    Pipeline,
+    bits_for,
+    requantize,
+    rshift_round,
+    saturate,
+)
 
 # dt and the gate SiLU(z) take their widths from the spec; the products they enter (dt*a, dt*x, (dt*x)*B*m_h,
 # acc*sz*m_y) take theirs from their operands (Pipeline.mul), so they stay exact for whatever widths the spec sets
 CHANNEL = data.StructLayout({"x": signed(8), "dt": unsigned(spec.DT_BITS), "sz": signed(spec.GATE_BITS)})
 MEM = 2  # memory data registered
-EXP = MEM + MUL_LATENCY  # exp-table index; (dt*x)*B
-DECAY = EXP + MUL_LATENCY  # 2**-frac by table (EXP + 1), rounded >> int (EXP + 3); decay*h and dBx*m_h
+EXP = MEM + MUL_LATENCY  # exp-table index
+DTXB = 1 + MUL_LATENCY  # (dt*x)*B
+DECAY = EXP + MUL_LATENCY  # 2**-frac by table (EXP + 1), rounded >> int (EXP + 3); decay*h
 ROUND = DECAY + MUL_LATENCY + 1  # both products rounded
 WRITE_STAGE = ROUND + 1  # h = sat(sum) written back; C*h
 ACC = WRITE_STAGE + MUL_LATENCY + 2  # two adder-tree stages (4 lanes each: up to 16 lanes), then accumulate
@@ -153,7 +162,7 @@ class ScanUnit(wiring.Component):
 
         # ---- memory data, registered (an ECP5 block RAM's clock-to-out leaves no time for logic after it)
         dqv = p.reg(dq_r.data, MEM, "dq", dq_shape)
-        dtx, dqx = p.mul(dt, x, MEM, "dtx"), p.mul(dqv, x, MEM, "dqx")
+        dtx, dqx = p.mul(dt, x, 1, "dtx"), p.mul(dqv, x, MEM, "dqx")  # dt*x from stage 1: not memory data
         hn = []
         for j in range(L):
             h_mem = p.reg(st_r.data[j * W:(j + 1) * W].as_signed(), MEM, f"hm{j}")
@@ -170,7 +179,8 @@ class ScanUnit(wiring.Component):
             half = Array(Const(0 if s == 0 else 1 << (s - 1), 17) for s in range(18))[ish]
             rounded = p.reg(tab + half, EXP + 2, f"rnd{j}", unsigned(17))  # add, then shift: a cycle each
             decay = p.reg(rounded >> p.at(ish, EXP + 2), DECAY, f"decay{j}", unsigned(DEC_BITS + 1))
-            dbx = p.mul(p.mul(dtx, B[j], EXP, f"dtxb{j}"), self.m_h, DECAY, f"dbx{j}")
+            # dBx does not depend on h: the cycle that dt*x gains by starting at stage 1 goes to retiming dBx*m_h
+            dbx = p.mul(p.mul(dtx, B[j], DTXB, f"dtxb{j}"), self.m_h, DTXB + MUL_LATENCY, f"dbx{j}", retime=True)
             dh = p.mul(decay, h, DECAY, f"dh{j}")
             dh_r = p.reg(rshift_round(dh, DEC_BITS), ROUND, f"dhr{j}", signed(W + 2))
             dbx_r = p.reg(rshift_round(dbx, self.s_h), ROUND, f"dbxr{j}")
@@ -197,7 +207,7 @@ class ScanUnit(wiring.Component):
 
         # ---- gate, requantize, saturate
         g = p.mul(p.mul(narrow, sz, ACC + 1, "gate"), self.m_y, ACC + 1 + MUL_LATENCY, "gm")
-        y = p.reg(saturate(rshift_round(g, self.s_y), signed(spec.GATED_BITS)), FIFO_STAGE, "y")
+        y = p.reg(requantize(g, self.s_y, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

@@ -9,7 +9,7 @@ torch owns every buffer, and a CUDA graph captured by torch records every launch
 from __future__ import annotations
 
 import re
-from functools import lru_cache, cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from calib.calibrate import RESIDUAL_HEADROOM, CalibSettings, multiplier_params, norm_params, set_requant_arrays, scan_params
+from calib.calibrate import (RESIDUAL_HEADROOM, CalibSettings, multiplier_params, norm_params, scan_params,
+                             set_requant_arrays)
 from qsim import spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
 from qsim.bits import preset

@@ -9,7 +9,7 @@ requantization that follows.
 
 from __future__ import annotations
 
-from functools import lru_cache, cache
+from functools import cache, lru_cache
 
 import numpy as np
 

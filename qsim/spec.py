@@ -38,6 +38,10 @@ DT_MAX = (1 << DT_BITS) - 1
 GATE_BITS = 16  # SiLU(z), the scan output's gate, is signed 16-bit: 8 bits cost ~1 dB of scan-output SQNR
 GATE_MAX = (1 << (GATE_BITS - 1)) - 1
 SCAN_ACC_BITS = 25  # y's accumulator C.h + D*x is narrowed to this before the gate (see scan_acc_shift)
+EXP_FRAC_BITS = 8  # the 2**-frac table has 2**EXP_FRAC_BITS entries
+DECAY_BITS = 15  # state decay exp(dt*A) as unsigned Q15 (1.0 == 2**15)
+RSQRT_TABLE_BITS = 19  # rsqrt table values are round(2**19 / sqrt(m)), m in [256, 1024)
+NORM_FRAC_BITS = 15  # RMSNorm's normalized value r/sqrt(sum r^2) in Q15
 
 
 def scan_acc_shift(state_bits: int) -> int:
@@ -48,10 +52,6 @@ def scan_acc_shift(state_bits: int) -> int:
     and acc * gate * m_y stays below 2**(24 + 15 + 15). The dropped bits lie far below one output
     LSB, whose size the largest gated values set."""
     return max(0, state_bits + 12 - SCAN_ACC_BITS)
-EXP_FRAC_BITS = 8  # the 2**-frac table has 2**EXP_FRAC_BITS entries
-DECAY_BITS = 15  # state decay exp(dt*A) as unsigned Q15 (1.0 == 2**15)
-RSQRT_TABLE_BITS = 19  # rsqrt table values are round(2**19 / sqrt(m)), m in [256, 1024)
-NORM_FRAC_BITS = 15  # RMSNorm's normalized value r/sqrt(sum r^2) in Q15
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:

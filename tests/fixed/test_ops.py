@@ -95,7 +95,8 @@ def test_scan_tracks_float_scan(seed):
     D, N, L = 16, 16, 64
     p, s, A, Dreal = _scan_params(r, D, N)
     xs, dt = r.integers(-127, 128, (L, D)), r.integers(0, spec.DT_MAX + 1, (L, D))
-    B, C, sz = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N)), r.integers(-20 * 258, spec.GATE_MAX + 1, (L, D))
+    B, C = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N))
+    sz = r.integers(-20 * 258, spec.GATE_MAX + 1, (L, D))
     y, h, sat_h, sat_y = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = np.zeros((D, N))
     yf = np.empty((L, D))

@@ -30,12 +30,14 @@ import torch
 
 from qsim.config import REGISTRY
 
-PLAIN_TORCH_GRAPH_MS = {"mamba-130m": 2.26, "mamba-2.8b": 7.94}  # toolchain.md, same kind of H100
+# measured by the project team on 2026-11-26, one H100 80GB HBM3, random weights, batch 1
+# (qsim/hw/SOURCES.md, "H100 plain PyTorch CUDA-graph decode step")
+PLAIN_TORCH_GRAPH_MS = {"mamba-130m": 2.26, "mamba-2.8b": 7.94}
 HF_TOKENS = {"mamba-130m": (1024, 16), "mamba-2.8b": (256, 8)}  # (prompt, generated) for transformers
 
 
 def read_bandwidth(gib: int = 2, iters: int = 10) -> float:
-    """Bytes/s of torch's sum over a `gib` GiB fp16 tensor (how toolchain.md measured it)."""
+    """Bytes/s of torch's sum over a `gib` GiB fp16 tensor (how the H100's 3.04 TB/s was measured)."""
     x = torch.ones(gib << 29, dtype=torch.float16, device="cuda")
     for _ in range(3):
         x.sum()
@@ -80,7 +82,7 @@ def bench_fp16(name, cfg, prompt, gen: int) -> list[dict]:
 
     w = Fp16Weights.random(cfg, "cuda")
     rows = [_fp16_model(w, prompt, gen), _plain_torch_step(w, gen)]
-    rows[1]["notes"] = f"toolchain.md measured {PLAIN_TORCH_GRAPH_MS.get(name)} ms on an H100"
+    rows[1]["notes"] = f"the project measured {PLAIN_TORCH_GRAPH_MS.get(name)} ms on an H100 80GB HBM3, 2026-11-26"
     for r in rows:
         r["decode_bytes"] = w.nbytes()
     return rows

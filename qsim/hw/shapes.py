@@ -5,7 +5,8 @@ a checkpoint folder's config.json). Mamba-2 shapes exist here only for
 estimation, before Mamba-2 numerics do. Every count is per token; one layer's
 list is repeated n_layer times, `lm_head` (with the final norm) runs once.
 
-Weight formats per `--bits` preset, following numerics.md (Quamba / Quamba2):
+Weight formats per `--bits` preset, following Quamba (arXiv 2410.13229), Quamba2 (arXiv 2503.22879)
+and their released code, github.com/enyac-group/Quamba (qsim/hw/SOURCES.md, "Weight formats"):
   role "gptq"   in_proj, out_proj, lm_head (and a tied embedding): the preset's
                 weight bits; int4 carries one fp16 scale per group of 128 inputs
                 plus one fp16 scale per output channel;
@@ -242,8 +243,9 @@ def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
     return _assemble(name, "mamba2", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source)
 
 
-_MAMBA2_SMALL = ("state-spaces/mamba2-{} config.json: d_state 128, headdim 64, ngroups 1, expand 2, "
-                 "vocab 50277 padded to a multiple of 16 (50288), tied embeddings; (d_model, layers) from numerics.md")
+_MAMBA2_SMALL = ("state-spaces/mamba2-{} config.json (Dao & Gu, arXiv 2405.21060): d_model, n_layer, "
+                 "d_state 128, headdim 64, ngroups 1, expand 2, vocab 50277 padded to a multiple of 16 (50288), "
+                 "tied embeddings")
 MAMBA2: dict[str, tuple[Mamba2Config, str]] = {
     **{f"mamba2-{size}": (Mamba2Config(d, layers, 50288), _MAMBA2_SMALL.format(size))
        for size, d, layers in (("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48),

@@ -13,7 +13,7 @@ import numpy as np
 
 from calib.gptq import gptq_int4
 from calib.observers import ObserverHook
-from qsim import float_model, hadamard, spec, tables
+from qsim import artifact_check, float_model, hadamard, spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
 from qsim.bits import BitsPreset
 from qsim.calib_settings import CalibSettings
@@ -195,13 +195,20 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
     frac = int(np.clip(math.floor(math.log2(65535.0 / amax)), 9, 30)) if amax > 0 else 30
     a_q = np.clip(spec.round_half_up(a_real * 2.0**frac), 0, 65535)
     qm.tensors[f"{p}.A.q"] = a_q.astype(np.int32)
-    qm.tensors[f"{p}.D.q"] = spec.round_half_up(lw["D"] * sc["xs"] / (sc["C"] * sc["h"])).astype(np.int64)
+    d_state = a_real.shape[1]
+    d_limit = spec.scan_dq_limit(d_state, s.state_bits)
+    if d_limit < 0:
+        raise QsimError(f"{p}: d_state {d_state} with state_bits {s.state_bits}: C.h alone can exceed the "
+                        f"{spec.SCAN_ACC_BITS}-bit scan accumulator of spec {spec.SPEC_VERSION}")
+    dq = spec.round_half_up(lw["D"] * sc["xs"] / (sc["C"] * sc["h"]))
+    qm.tensors[f"{p}.D.q"] = np.clip(dq, -d_limit, d_limit).astype(np.int64)  # keeps C.h + D*x in 25 bits
     h = spec.quantize_multiplier(sc["dt"] * sc["B"] * sc["xs"] / sc["h"], f"{p}.scan.dBx")
     acc_unit = sc["C"] * sc["h"] * 2.0 ** spec.scan_acc_shift(s.state_bits)
     y = spec.quantize_multiplier(acc_unit * sc["sz"] / sc["y"], f"{p}.scan.y")
     return {
         "a_frac_bits": frac,
         "a_saturated": int(np.count_nonzero(a_real * 2.0**frac > 65535)),
+        "d_clamped": int(np.count_nonzero(np.abs(dq) > d_limit)),
         "m_h": h[0], "s_h": h[1], "m_y": y[0], "s_y": y[1],
     }
 
@@ -209,4 +216,6 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
 def calibrate(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, tokens: np.ndarray, where: str) -> QuantizedModel:
     s.validate()
     hook = observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s, bits)
-    return build(lm, bits, s, hook)
+    qm = build(lm, bits, s, hook)
+    artifact_check.validate(qm)  # a calibration outside the spec's bounds fails here, not in an executor
+    return qm

@@ -1,10 +1,12 @@
 """Cut golden vector sets from the `fixed` NumPy reference, versioned with the spec.
 
 A set is a folder of `.npy` files plus `manifest.json` (spec version, source
-model and layer, constants, shape/dtype/sha256 per file). Sets are a pure
-function of (spec, model weights, calibration text): regenerating one must
-give the same bytes, which tests/golden checks, so a spec change shows up as a
-failing test and a new committed set rather than as silent drift.
+artifact and layer, constants, shape/dtype/sha256 per file). Sets are a pure
+function of (spec, committed quantized artifact): the real-layer sets are cut
+from qsim/artifacts/mamba-tiny-w8a8, never from a fresh float calibration, so
+regenerating one runs integer code only and gives the same bytes on every
+machine, which tests/golden checks. A spec change shows up as a failing test
+and a new committed set rather than as silent drift.
 
 Kinds:
   scan      per token xs, dt, B, C, z, sz (= silu_z table of z), start flags;
@@ -12,6 +14,7 @@ Kinds:
             manifest); outputs y (int16), final state h (and h per token when small)
   hadamard  int16 rows y, raw transform y_had, int8 yo = requantize(y_had, m, s, 8)
   tables    SiLU / softplus tables of each layer, exp2-frac and rsqrt tables
+  hadamard_matrices, decay, rounding   the spec's rules on their edges (qsim/SPEC.md)
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import math
 import json
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from qsim import hadamard, spec, tables
+from qsim.artifact import SHIPPED_ARTIFACTS
 from qsim.errors import QsimError
 from qsim.fixed import ops
 
@@ -37,64 +41,46 @@ HERE = Path(__file__).parent
 SETS = HERE / "sets"  # committed, small
 LARGE = HERE / "large"  # generated on demand, git-ignored (golden/.gitignore)
 TEXT = Path(__file__).parents[1] / "qsim" / "data" / "shakespeare" / "calib.txt"
-SYNTHETIC = "synthetic-d64"  # stand-in until the shipped mamba-tiny exists
-PREFERRED = "mamba-tiny"
+REPO = Path(__file__).parents[1]
+ARTIFACT = SHIPPED_ARTIFACTS / "mamba-tiny-w8a8"  # the committed contract the real-layer sets are cut from
 REAL_TOKENS, LARGE_TOKENS = 16, 64
 WINDOW_OFFSET = 4096  # byte offset of the prompt in calib.txt (away from the header)
 PER_TOKEN_STATE_LIMIT = 1 << 16  # store h after every token when T*D*N is at most this
 
 
-# ---------------------------------------------------------------- the model
-def default_model() -> str:
-    from qsim.weights import SHIPPED_MODELS
-
-    return PREFERRED if (SHIPPED_MODELS / PREFERRED).is_dir() else SYNTHETIC
+# ---------------------------------------------------------------- the artifact
+def relative(path: Path) -> str:
+    """A path as the manifests record it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 @lru_cache(maxsize=2)
-def calibrated(model: str):
-    """(LoadedModel, QuantizedModel, token ids) for `model`; the calibration is cheap and deterministic."""
-    from calib.calibrate import CalibSettings, calibrate
-    from qsim import tokenizer, weights
-    from qsim.bits import preset
-    from qsim.config import MambaConfig
+def quantized(folder: str):
+    """(QuantizedModel, prompt token ids) from an artifact on disk: integer data only, no float calibration.
 
-    if model == SYNTHETIC:
-        cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=256)
-        lm = weights.LoadedModel(SYNTHETIC, cfg, weights.synthetic_weights(cfg), "synthetic",
-                                 f"seeded synthetic weights (seed {weights.SYNTHETIC_SEED})",
-                                 f"synthetic:{weights.SYNTHETIC_SEED}", None)
-    else:
-        lm = weights.resolve(model, require_weights=True)
-    toks = tokenizer.for_model(lm.folder, lm.config.vocab_size).encode(TEXT.read_text())
-    settings = CalibSettings(samples=8, seq_len=256)
-    qm = calibrate(lm, preset("w8a8"), settings, toks, str(TEXT))
-    return lm, qm, toks, settings
+    The prompt is the bytes of calib.txt (byte tokens: ids below 256 are valid for every vocabulary here)."""
+    from qsim import artifact, tokenizer
+
+    qm = artifact.load(Path(folder))
+    toks = tokenizer.for_model(None, qm.config.vocab_size).encode(TEXT.read_text())
+    return qm, toks
 
 
-def source(model: str, layer=None, **extra) -> dict:
-    lm, qm, _, settings = calibrated(model)
-    return {"model": lm.name, "model_source": lm.source, "weights_sha256": lm.sha256, "layer": layer,
-            "calibration": {**asdict(settings), "bits": "w8a8", "text": str(TEXT.relative_to(TEXT.parents[2]))},
-            **extra}
-
-
-def scan_constants(qm, i: int) -> dict:
-    """The layer's scan parameters exactly as FixedExecutor builds them."""
-    L = qm.layer(i)
-    sc = L["scan"]
-    return {"a_q": qm.t(f"layers.{i}.A.q").astype(np.int64), "frac": sc["a_frac_bits"],
-            "m_h": sc["m_h"], "s_h": sc["s_h"], "Dq": qm.t(f"layers.{i}.D.q").astype(np.int64),
-            "m_y": sc["m_y"], "s_y": sc["s_y"], "exp_tab": np.asarray(qm.manifest["tables"]["exp2_frac"], np.int64),
-            "state_bits": qm.manifest["state_bits"]}
+def source(folder: str, layer=None, **extra) -> dict:
+    qm, _ = quantized(folder)
+    m = qm.manifest
+    return {"artifact": relative(Path(folder)), "artifact_weights_sha256": m["weights_sha256"],
+            "model": m["model"]["name"], "model_weights_sha256": m["model"]["weights_sha256"], "layer": layer,
+            "prompt": f"{relative(TEXT)} from byte {WINDOW_OFFSET}", **extra}
 
 
 @lru_cache(maxsize=4)
-def traced(model: str, tokens: int):
+def traced(folder: str, tokens: int):
     """Trace of a prefill over `tokens` bytes of calib.txt from the zero state."""
     from qsim.fixed.executor import FixedExecutor, Trace
 
-    _, qm, toks, _ = calibrated(model)
+    qm, toks = quantized(folder)
     window = toks[WINDOW_OFFSET: WINDOW_OFFSET + tokens]
     ex = FixedExecutor(qm, "numpy")
     trace = Trace()
@@ -146,8 +132,8 @@ def hadamard_set(y, m: int, s: int) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------- the sets
-def real_scan(model: str, layer: int, tokens: int):
-    ex, trace, state, window = traced(model, tokens)
+def real_scan(folder: str, layer: int, tokens: int):
+    ex, trace, state, window = traced(folder, tokens)
     di, n, rk = ex.cfg.d_inner, ex.cfg.d_state, ex.cfg.dt_rank
     xz, xp = trace.get(layer, "xz"), trace.get(layer, "x_proj")
     P = ex.layers[layer]
@@ -158,13 +144,13 @@ def real_scan(model: str, layer: int, tokens: int):
     if not np.array_equal(arrays["y"][0], trace.get(layer, "y")) or \
             not np.array_equal(arrays["h_final"][0], state.h[layer]):
         raise QsimError(f"golden: scan of layer {layer} disagrees with the executor's trace")
-    meta["source"] = source(model, layer, tokens=window.tolist())
+    meta["source"] = source(folder, layer, tokens=window.tolist())
     return arrays, meta
 
 
-def edge_scan(model: str, layer: int):
+def edge_scan(folder: str, layer: int):
     """Real layer constants, crafted inputs: all-zero, dt = 0, dt = DT_MAX with saturating state, random."""
-    ex, *_ = traced(model, REAL_TOKENS)
+    ex, *_ = traced(folder, REAL_TOKENS)
     di, n = ex.cfg.d_inner, ex.cfg.d_state
     P = ex.layers[layer]
     rng = np.random.default_rng(1)
@@ -184,20 +170,21 @@ def edge_scan(model: str, layer: int):
     cat = [np.concatenate([s[k] for s in seqs]) for k in range(1, 6)]
     start = np.concatenate([np.eye(1, s[0], dtype=np.int64)[0] for s in seqs])
     arrays, meta = scan_set(P["scan"], *cat[:4], cat[4], P["silu_z"], start)
-    meta["source"] = source(model, layer, inputs="crafted: zero (3), dt=0 (3), dt=DT_MAX saturating (4+4), random (4)")
+    meta["source"] = source(folder, layer, inputs="crafted: zero (3), dt=0 (3), dt=DT_MAX saturating (4+4), random (4)")
     return arrays, meta
 
 
 def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: int, wide: bool):
     """Random constants within the spec's bounds; `wide` takes a 31-bit multiplier with shift 0."""
     rng = np.random.default_rng(seed)
+    dq_max = min(1 << 20, spec.scan_dq_limit(d_state, state_bits))  # y's accumulator stays within the spec
     frac = int(rng.integers(9, 31))
     p = {"a_q": rng.integers(0, 65536, (d_inner, d_state)), "frac": frac,
          "m_h": int(rng.integers(1 << 30, 1 << 31)) if wide else int(rng.integers(1 << 14, 1 << 15)),
          "s_h": int(rng.integers(37, 47)) if wide else int(rng.integers(15, 27)),  # dt is 15-bit
-         "Dq": rng.integers(-(1 << 20), 1 << 20, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
+         "Dq": rng.integers(-dq_max, dq_max + 1, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
          "s_y": 0, "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
-    silu_z = tables.gate_table(0.05, 6.5 / spec.GATE_MAX)
+    silu_z = np.asarray(quantized(str(ARTIFACT))[0].layer(0)["tables"]["silu_z"], np.int64)  # integer data
     T = tokens
     start = np.zeros(T, np.int64)
     start[[0, T // 2]] = 1
@@ -215,17 +202,17 @@ def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: 
             break
         p["s_y"] += 1
     meta["source"] = {"model": None, "layer": None, "inputs": f"numpy default_rng({seed}): random constants and "
-                      "inputs; silu_z = gate_table(0.05, 6.5 / GATE_MAX)"}
+                      "inputs; silu_z = layer 0's table of the committed artifact"}
     return arrays, meta
 
 
-def real_hadamard(model: str, layer: int, tokens: int):
-    ex, trace, _, window = traced(model, tokens)
+def real_hadamard(folder: str, layer: int, tokens: int):
+    ex, trace, _, window = traced(folder, tokens)
     m, s = ex.layers[layer]["out_in_rq"]
     arrays, meta = hadamard_set(trace.get(layer, "y"), m, s)
     if not np.array_equal(arrays["yo"][0], trace.get(layer, "yo")):
         raise QsimError(f"golden: Hadamard of layer {layer} disagrees with the executor's trace")
-    meta["source"] = source(model, layer, tokens=window.tolist())
+    meta["source"] = source(folder, layer, tokens=window.tolist())
     return arrays, meta
 
 
@@ -236,7 +223,7 @@ def random_hadamard(seed: int, n: int, vectors: int):
     edge = np.stack([np.zeros(n), np.full(n, hi), np.full(n, lo), np.where(np.arange(n) % 2, lo, hi)])
     y = np.concatenate([edge, rng.integers(lo, hi + 1, (vectors, n)),
                         rng.integers(-4000, 4000, (vectors, n))]).astype(np.int64)
-    m, s = spec.quantize_multiplier(127 / (1 << 15) / n ** 0.5 * 8, f"golden n={n}")
+    m, s = spec.quantize_multiplier(127 / (1 << 15) / math.sqrt(n) * 8, f"golden n={n}")  # IEEE-exact ops only
     arrays, meta = hadamard_set(y, m, s)
     meta["source"] = {"model": None, "layer": None,
                       "inputs": f"4 edge rows, {vectors} full-range and {vectors} small random rows "
@@ -244,52 +231,107 @@ def random_hadamard(seed: int, n: int, vectors: int):
     return arrays, meta
 
 
-def table_set(model: str):
-    _, qm, _, _ = calibrated(model)
-    arrays = {"exp2_frac": (np.asarray(qm.manifest["tables"]["exp2_frac"]), np.uint16),
-              "rsqrt": (np.asarray(qm.manifest["tables"]["rsqrt"]), np.uint16)}
+def table_set(folder: str):
+    """The spec's fixed tables (integer-defined) and every layer's tables as the artifact stores them."""
+    qm, _ = quantized(folder)
+    arrays = {"exp2_frac": (tables.exp2_frac_table(), np.uint16), "rsqrt": (tables.rsqrt_table(), np.uint16)}
+    widths = {"silu_conv": np.int8, "softplus_dt": np.uint16, "silu_z": np.int16}
     scales = {}
     for i in range(qm.config.n_layer):
         L = qm.layer(i)
-        sc = L["scales"]
-        built = {"silu_conv": tables.silu_table(sc["conv_pre"], sc["xs"]),
-                 "softplus_dt": tables.softplus_table(sc["dt_pre"], sc["dt"]),
-                 "silu_z": tables.gate_table(sc["z"], sc["sz"])}
-        for name, tab in built.items():
-            if not np.array_equal(tab, L["tables"][name]):
-                raise QsimError(f"golden: layer {i} table {name} differs from qsim.tables' rebuild")
-            arrays[f"l{i}_{name}"] = (tab, {"softplus_dt": np.uint16, "silu_z": np.int16}.get(name, np.int8))
-        scales[f"l{i}"] = {k: sc[k] for k in ("conv_pre", "xs", "dt_pre", "dt", "z", "sz")}
-    if not np.array_equal(arrays["exp2_frac"][0], tables.exp2_frac_table()):
-        raise QsimError("golden: exp2_frac table differs from qsim.tables' rebuild")
-    meta = {"kind": "tables", "source": source(model), "scales": scales,
+        for name, dtype in widths.items():
+            arrays[f"l{i}_{name}"] = (np.asarray(L["tables"][name], np.int64), dtype)
+        scales[f"l{i}"] = {k: L["scales"][k] for k in ("conv_pre", "xs", "dt_pre", "dt", "z", "sz")}
+    meta = {"kind": "tables", "source": source(folder), "scales": scales,
             "layout": "l{i}_silu_conv: int8 -> int8, l{i}_silu_z: int8 -> int16, l{i}_softplus_dt: int8 -> uint16 "
-                      "(15-bit values), "
-                      "indexed by q + 128; exp2_frac: Q15 2**(-i/256); rsqrt: round(2**19/sqrt(m)), m in [256, 1024)"}
+                      "(15-bit values), indexed by q + 128 (artifact data; scales informative); "
+                      "exp2_frac: Q15 2**(-i/256); rsqrt: round(2**19/sqrt(m)), m in [256, 1024)"}
     return arrays, meta
 
 
-def catalog(model: str, large: bool = False) -> dict:
+def hadamard_matrix_set():
+    """The base matrices (which Paley construction, which signs) and two Kronecker products (which order)."""
+    sizes = (2, 12, 20, 24, 40)
+    arrays = {f"h{n}": (hadamard.matrix(n), np.int8) for n in sizes}
+    meta = {"kind": "hadamard_matrices", "dims": {"n": list(sizes)},
+            "source": {"model": None, "layer": None, "inputs": "qsim.hadamard.matrix(n): y = x @ h{n}.T"}}
+    return arrays, meta
+
+
+def decay_set():
+    """The decay at the corners of its domain: frac 9 and 30, dt and a_q 0 and full scale, shifts 16-18, 40, > 40."""
+    one = 1 << spec.DECAY_BITS
+    rows = [(0, 65535, 9), (spec.DT_MAX, 0, 30), (spec.DT_MAX, 65535, 9), (spec.DT_MAX, 65535, 30),
+            (1, 1, 9), (1, 1, 30), (1, 255, 9), (1, 256, 9), (1, 257, 9)]
+    for frac in (9, 20, 30):  # integer part k = 15 ... 18, 39 ... 41: fraction 0 and 255/256
+        for k in (15, 16, 17, 18, 39, 40, 41):
+            for f256 in (0, 255):
+                e = (k * 256 + f256) << (frac - 8)
+                if e <= spec.DT_MAX * 65535:
+                    dt = min(spec.DT_MAX, max(1, -(-e // 65535)))
+                    rows.append((dt, e // dt, frac))
+    rng = np.random.default_rng(7)
+    rows += [(int(d), int(a), int(f)) for d, a, f in zip(rng.integers(0, spec.DT_MAX + 1, 64),
+                                                        rng.integers(0, 65536, 64), rng.integers(9, 31, 64))]
+    dt, a_q, frac = (np.array(c, np.int64) for c in zip(*rows))
+    exp_tab = tables.exp2_frac_table()
+    dA = np.array([ops.decay(dt[j: j + 1], a_q[j: j + 1], int(frac[j]), exp_tab)[0, 0] for j in range(len(rows))])
+    if dA.min() < 0 or dA.max() > one:
+        raise QsimError("golden: decay left [0, 2**15]")
+    arrays = {"dt": (dt, np.uint16), "a_q": (a_q, np.uint16), "frac": (frac, np.uint8), "decay": (dA, np.uint16)}
+    meta = {"kind": "decay", "dims": {"rows": len(rows)},
+            "source": {"model": None, "layer": None, "inputs": "corner cases, then default_rng(7)"},
+            "layout": "decay[j] = spec decay of (dt[j], a_q[j], frac[j]) with the spec's exp2_frac table"}
+    return arrays, meta
+
+
+def rounding_set():
+    """rshift_round, requantize and quantize_multiplier on their edges (ties of both signs, carries, S = 0)."""
+    v = np.concatenate([np.arange(-9, 10), [-(1 << 62) + 1, (1 << 62) - 1]]).astype(np.int64)
+    shifts = np.array([0, 1, 2, 3, 61], np.int64)
+    rs = np.stack([spec.rshift_round(v, s) for s in shifts])
+    acc = np.array([-(1 << 31), -1000, -516, -2, -1, 0, 1, 2, 10, 509, 1000, (1 << 31) - 1], np.int64)
+    rq = np.stack([spec.requantize(acc, m, s, 8)[0] for m, s in ((1, 2), (3, 1), (16384, 15), (32767, 20))])
+    reals = np.array([1.0, 0.5, 0.75, 3.0, 2.0**-40, 32767.5 / 2**15, 32767.75 / 2**15, 16383.5,
+                      16384.0, 16384.5, 123456.5, 2.0**31 - 1, 0.1, 1 / 3, 1e-12], np.float64)
+    ms = np.array([spec.quantize_multiplier(float(r)) for r in reals], np.int64)
+    arrays = {"v": (v, np.int64), "shifts": (shifts, np.uint8), "rshift_round": (rs, np.int64),
+              "acc": (acc, np.int64), "requant_int8": (rq, np.int8), "reals": (reals, np.float64),
+              "multiplier": (ms[:, 0], np.int64), "shift": (ms[:, 1], np.uint8)}
+    meta = {"kind": "rounding",
+            "source": {"model": None, "layer": None, "inputs": "hand-picked edges"},
+            "layout": "rshift_round[i, j] = rshift_round(v[j], shifts[i]); requant_int8[i] = requantize(acc, M, S, 8) "
+                      "for (M, S) in (1, 2), (3, 1), (16384, 15), (32767, 20); (multiplier, shift)[j] = "
+                      "quantize_multiplier(reals[j])"}
+    return arrays, meta
+
+
+def catalog(folder: str | Path = ARTIFACT, large: bool = False) -> dict:
     """Name -> zero-argument builder of every set (committed, or the large on-demand ones)."""
-    n_layer = calibrated(model)[1].config.n_layer
+    folder = str(folder)
+    qm, _ = quantized(folder)
+    n_layer, model = qm.config.n_layer, qm.manifest["model"]["name"]
     if large:
-        return {**{f"scan_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_scan(model, i, LARGE_TOKENS))
+        return {**{f"scan_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_scan(folder, i, LARGE_TOKENS))
                    for i in range(n_layer)},
-                **{f"hadamard_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_hadamard(model, i, LARGE_TOKENS))
+                **{f"hadamard_{model}_l{i}_t{LARGE_TOKENS}": (lambda i=i: real_hadamard(folder, i, LARGE_TOKENS))
                    for i in range(n_layer)},
                 "hadamard_random_n1536": lambda: random_hadamard(4, 1536, 16)}
     last = n_layer - 1
     return {
-        "scan_real_l0": lambda: real_scan(model, 0, REAL_TOKENS),
-        f"scan_real_l{last}": lambda: real_scan(model, last, REAL_TOKENS),
-        "scan_edge_l0": lambda: edge_scan(model, 0),
+        "scan_real_l0": lambda: real_scan(folder, 0, REAL_TOKENS),
+        f"scan_real_l{last}": lambda: real_scan(folder, last, REAL_TOKENS),
+        "scan_edge_l0": lambda: edge_scan(folder, 0),
         "scan_random_s16": lambda: random_scan(2, 8, 16, 8, 16, False),
         "scan_random_wide": lambda: random_scan(3, 4, 8, 8, 28, True),
-        "hadamard_real_l0": lambda: real_hadamard(model, 0, REAL_TOKENS),
-        f"hadamard_real_l{last}": lambda: real_hadamard(model, last, REAL_TOKENS),
+        "hadamard_real_l0": lambda: real_hadamard(folder, 0, REAL_TOKENS),
+        f"hadamard_real_l{last}": lambda: real_hadamard(folder, last, REAL_TOKENS),
         "hadamard_random_n64": lambda: random_hadamard(5, 64, 6),
         "hadamard_random_n192": lambda: random_hadamard(6, 192, 6),
-        "tables": lambda: table_set(model),
+        "hadamard_matrices": hadamard_matrix_set,
+        "decay": decay_set,
+        "rounding": rounding_set,
+        "tables": lambda: table_set(folder),
     }
 
 
@@ -344,24 +386,18 @@ def load(name: str, root: Path = SETS) -> tuple[dict, dict[str, np.ndarray]]:
     return manifest, arrays
 
 
-def committed_model(root: Path = SETS) -> str | None:
-    """The model the committed sets were cut from (they are regenerated from the same one)."""
-    path = root / "scan_real_l0" / "manifest.json"
-    return json.loads(path.read_text())["source"]["model"] if path.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m golden", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help=f"{PREFERRED} (default when shipped) or {SYNTHETIC}")
+    ap.add_argument("--artifact", type=Path, default=ARTIFACT,
+                    help=f"quantized artifact to cut the real-layer sets from (default {relative(ARTIFACT)})")
     ap.add_argument("--large", action="store_true", help=f"write the large sets to {LARGE} instead")
     ap.add_argument("--out", type=Path, help="folder to write into (default golden/sets or golden/large)")
     ap.add_argument("--check", action="store_true", help="regenerate in memory and compare with the stored sets")
     ap.add_argument("--only", nargs="*", help="set names to build")
     a = ap.parse_args(argv)
     root = a.out or (LARGE if a.large else SETS)
-    model = a.model or (committed_model(root) if a.check else None) or default_model()
     try:
-        sets = catalog(model, a.large)
+        sets = catalog(a.artifact, a.large)
         bad = 0
         for name, build in sets.items():
             if a.only and name not in a.only:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsim import spec
+from qsim import artifact_check, spec
 from qsim.config import MambaConfig
 from qsim.errors import QsimError
 from qsim.qweights import IntLinear, pack_int4, unpack_int4
@@ -26,6 +26,7 @@ from qsim.qweights import IntLinear, pack_int4, unpack_int4
 FORMAT = "qsim-quantized-model"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+SHIPPED_ARTIFACTS = Path(__file__).parent / "artifacts"  # committed artifacts: the contract as data
 
 
 @dataclass
@@ -118,4 +119,9 @@ def load(folder: Path) -> QuantizedModel:
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as exc:
         raise QsimError(f"{wpath}: corrupt safetensors file ({exc})") from None
-    return QuantizedModel(manifest, tensors)
+    qm = QuantizedModel(manifest, tensors)
+    try:
+        artifact_check.validate(qm)
+    except QsimError as exc:
+        raise QsimError(f"{folder}: {exc}") from None
+    return qm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qsim import spec
 from qsim.errors import QsimError
 
 
@@ -23,5 +24,6 @@ class CalibSettings:
             raise QsimError(f"calibration: samples and length must be >= 1 (got {self.samples}, {self.seq_len})")
         if not 0.0 < self.alpha <= 1.0:
             raise QsimError(f"--alpha {self.alpha}: must be in (0, 1]")
-        if not 12 <= self.state_bits <= 28:
-            raise QsimError(f"--state-bits {self.state_bits}: must be in [12, 28] (int64 products stay exact)")
+        if not spec.STATE_BITS_MIN <= self.state_bits <= spec.STATE_BITS_MAX:
+            raise QsimError(f"--state-bits {self.state_bits}: must be in [{spec.STATE_BITS_MIN}, "
+                            f"{spec.STATE_BITS_MAX}] (int64 products stay exact)")

@@ -1,9 +1,11 @@
 """NumPy reference ops of the `fixed` datapath: readable, vectorised, the definition.
 
 Every function returns int64 arrays and, where it saturates, the number of
-clamped values. Bounds (all products below 2**62): residual r < 2**23,
-r*r summed over d_model <= 2560 < 2**58, state h < 2**27 (state_bits <= 28),
-C.h + D*x < 2**35, times SiLU(z) (int8) and a 15-bit multiplier < 2**58.
+clamped values. qsim/SPEC.md states each rule; qsim.artifact_check proves,
+when an artifact loads, that every product here stays below 2**62 (e.g.
+residual r < 2**23 so r*r summed over d_model stays below 2**62; state
+|h| <= 2**27; y's narrowed accumulator fits 25 bits, times the int16 SiLU(z)
+gate and m_y).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsim import hadamard, spec
+from qsim.errors import QsimError
 from qsim.qweights import IntLinear
 
 
@@ -71,10 +74,14 @@ def lut(q, table):
 
 
 def decay(dt, a_q, frac, exp_tab):
-    """Q15 exp(-dt*|A|): E = dt*a in Q(frac), rounded to 8 fraction bits, 2**-frac by table, >> int."""
+    """Q15 exp(-dt*|A|) in [0, 2**15]: E = dt*a in Q(frac), rounded to 8 fraction bits; its fraction
+    indexes the 2**-f table, its integer part k shifts the entry right, rounded, by min(k, 40)."""
+    if not spec.A_FRAC_MIN <= frac <= spec.A_FRAC_MAX:
+        raise QsimError(f"decay: frac {frac} outside [{spec.A_FRAC_MIN}, {spec.A_FRAC_MAX}]")
     e = dt.astype(np.int64)[:, None] * a_q
-    er = np.right_shift(e + (1 << (frac - 9)), frac - 8)
-    return spec.rshift_round(exp_tab[er & 255], np.minimum(np.right_shift(er, 8), 40))
+    er = spec.rshift_round(e, frac - spec.EXP_FRAC_BITS)
+    k = np.minimum(np.right_shift(er, spec.EXP_FRAC_BITS), spec.DECAY_SHIFT_CAP)
+    return spec.rshift_round(exp_tab[er & ((1 << spec.EXP_FRAC_BITS) - 1)], k)
 
 
 def scan(xs, dt, B, C, sz, h, p: dict):

@@ -66,7 +66,7 @@ def scan_dq_limit(d_state: int, state_bits: int) -> int:
     """Largest |Dq| for which y's narrowed accumulator rshift_round(C.h + Dq*x, scan_acc_shift) fits
     SCAN_ACC_BITS signed bits for every int8 C and x and every state; -1 when none does (d_state too large)."""
     k = scan_acc_shift(state_bits)
-    room = ((1 << (SCAN_ACC_BITS - 1)) << k) - ((1 << k) >> 1) - d_state * (1 << (state_bits - 1)) * 128
+    room = ((1 << (SCAN_ACC_BITS - 1)) << k) - ((1 << k) >> 1) - d_state * (1 << (state_bits - 1)) * 128 - 1
     return room // 128 if room > 0 else -1
 
 

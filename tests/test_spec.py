@@ -65,3 +65,26 @@ def test_scan_accumulator_fits_its_width_after_the_shift_for_every_state_width()
         acc = spec.rshift_round(worst, spec.scan_acc_shift(sb))
         assert 2 * acc <= 1 << (spec.SCAN_ACC_BITS - 1)  # half the range: D*x may add as much again
         assert 2 * acc * spec.GATE_MAX * (1 << spec.MULT_BITS) < 1 << 62
+
+
+def test_round_half_up_is_exact_on_doubles():
+    """floor(v + 0.5) in doubles rounds the sum first: 0.49999999999999994 + 0.5 == 1.0."""
+    v = np.array([0.49999999999999994, -0.5, 0.5, -1.5, 2.5, -2.4999999999999996, 2.0**52 + 1, -(2.0**52) - 1])
+    assert spec.round_half_up(v).tolist() == [0, 0, 1, -1, 3, -2, 2.0**52 + 1, -(2.0**52) - 1]
+
+
+@pytest.mark.parametrize("real, expect", [
+    (1.0, (16384, 14)), (32767.5 / 2**15, (16384, 14)), (32767.25 / 2**15, (32767, 15)), (16383.5, (32767, 1)), (16384.5, (16385, 0)),
+    (2.0**31 - 1, (2**31 - 1, 0)), (2.0**-40, (16384, 54)), (0.49999999999999994, (32768 // 2, 15)),
+])
+def test_quantize_multiplier_rounds_the_exact_value_and_carries(real, expect):
+    """The carry case (M rounds to 2**15) halves M and drops one shift; S = 0 rounds the ratio itself."""
+    assert spec.quantize_multiplier(real) == expect
+
+
+def test_scan_dq_limit_is_the_largest_dq_that_fits():
+    for n, sb in ((16, 24), (16, 12), (8, 28), (16, 16)):
+        k, lim = spec.scan_acc_shift(sb), spec.scan_dq_limit(n, sb)
+        worst = lambda dq: spec.rshift_round(n * (1 << (sb - 1)) * 128 + dq * 128, k)  # noqa: E731
+        assert worst(lim) < 1 << (spec.SCAN_ACC_BITS - 1) <= worst(lim + 1)
+    assert spec.scan_dq_limit(32, 24) == -1  # C.h alone overflows 25 bits

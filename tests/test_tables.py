@@ -39,3 +39,13 @@ def test_gate_table_is_16_bit_and_within_half_an_lsb():
     t = tables.gate_table(s_in, s_out)
     assert t.shape == (256,) and t.max() <= spec.GATE_MAX and t.max() > 127
     assert np.all(np.abs(t * s_out - tables.silu(np.arange(-128, 128) * s_in)) <= 0.5 * s_out + 1e-12)
+
+
+def test_fixed_tables_are_the_nearest_integers_of_their_real_values():
+    """The integer definitions (no floats) give round-half-up of the real value: checked against float64
+    with a margin, since no entry lies within 1e-6 of a tie (so the comparison itself is portable)."""
+    exact = [(tables.exp2_frac_table(), 2.0**15 * np.exp2(-np.arange(256) / 256)),
+             (tables.rsqrt_table(), 2.0**19 / np.sqrt(np.arange(256, 1024)))]
+    for t, real in exact:
+        assert np.all(np.abs(t - real) <= 0.5)
+        assert np.abs(np.abs(real - np.floor(real)) - 0.5).min() > 1e-6

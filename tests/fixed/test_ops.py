@@ -60,12 +60,19 @@ def test_conv_silu_within_bound(seed):
 @settings(max_examples=50, deadline=None)
 @given(SEEDS, st.integers(9, 24))
 def test_decay_within_bound(seed, frac):
+    """dt over its whole unsigned 15-bit range: 0, 1 and DT_MAX always, two uniform and three
+    log-uniform draws. Half the exponents a_q are uniform over uint16 (mostly E = dt*a/2**frac past
+    the shift cap: decay 0); half are aimed at E spread over [0, 38.4], where 2**-E is not yet lost."""
     r = np.random.default_rng(seed)
-    a_q = r.integers(0, 65536, (8, 16))
-    dt = r.integers(0, 256, 8)
+    dt = np.concatenate([[0, 1, spec.DT_MAX], r.integers(0, spec.DT_MAX + 1, 2),
+                         np.exp2(r.uniform(0, 15, 3)).astype(np.int64)])
+    targets = r.permuted(np.tile(np.linspace(0.5, 38, 8), (8, 1)), axis=1) + r.uniform(-0.4, 0.4, (8, 8))
+    aimed = np.clip(np.round(targets * 2.0**frac / np.maximum(dt, 1)[:, None]), 0, 65535).astype(np.int64)
+    a_q = np.concatenate([r.integers(0, 65536, (8, 8)), aimed], axis=1)
     got = ops.decay(dt, a_q, frac, tables.exp2_frac_table()) / 2.0**15
     e = dt[:, None] * a_q / 2.0**frac
     true = np.exp2(-e)
+    assert np.count_nonzero((true > 2.0**-15) & (true < 1)) >= 2  # table and shift exercised (dt = 1 row)
     # E rounded to 1/256 (relative 2**-9 ln 2), table rounding, then a rounded shift
     bound = true * (2.0**-9 * math.log(2)) + 2.0**-16 + 2.0**-16
     assert np.all(np.abs(got - true) <= bound + 1e-15)

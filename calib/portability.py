@@ -4,9 +4,10 @@ Calibration runs float code (BLAS, numpy's SIMD loops, torch), whose last bits
 depend on the CPU, the library's code path and the thread count, so artifacts
 from two machines can differ (qsim/SPEC.md, section 14); the integer contract
 does not depend on it because golden sets come from a committed artifact. What
-may differ is bounded by this rule, measured on mamba-tiny w8a8 under five
-environments (numpy SIMD off, OpenBLAS Prescott/Sandybridge kernels, one thread,
-all at once; scales moved by at most 6.5e-7 relative, Dq by 8 units of 2.6e7):
+may differ is bounded by this rule, set from mamba-tiny w8a8 under the seven
+environments of tests/numeric_envs.py (scales moved by at most 9.1e-7 relative,
+integers by one unit plus at most 6.0e-7 of their magnitude, e.g. Dq by 12 of
+2.6e7; a 15-bit multiplier by one unit):
 
 * every real (a scale) within SCALE_REL relative;
 * every integer rounded from a real within 1 unit plus INT_REL relative;

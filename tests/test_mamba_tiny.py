@@ -25,10 +25,20 @@ def test_shipped_checkpoint_matches_transformers():
 
 
 def test_default_run_is_mamba_tiny_offline_within_quality_bar(tmp_path, capsys):
+    """w8a8 stays within a few millinats of float on these settings (2 x 256 bytes, 4 calibration samples).
+
+    Measured (nats/byte): float 1.2814, fixed 1.2824 (+0.0010), quamba 1.2847 (+0.0034). Changing
+    only the calibration samples (2, 8), eval sequences (8) or length (512) gave gaps of
+    fixed -0.0003..+0.0023 and quamba -0.0016..+0.0055. Allowances: fixed +0.005 (0.001 plus 0.004,
+    the gap README reports over 32 x 1024 and 3x the largest deviation above, 0.0013); quamba
+    +0.008 (0.0034 plus twice its largest upward deviation, 0.0021). Dropping the Hadamard costs
+    fixed +0.018 and quamba +0.035, so these bounds catch it.
+    """
     p = tmp_path / "r.json"
     assert main(["run", "--eval-seqs", "2", "--seq-len", "256", "--calib-samples", "4", "--json", str(p)]) == 0
     r = json.loads(p.read_text())
     assert r["model"] == "mamba-tiny" and r["weights"] == "checkpoint" and r["accuracy_meaningful"]
     assert r["tokenizer"] == "bytes"
     assert r["nats_per_token"]["float"] <= 1.75
-    assert r["nats_per_token"]["fixed"] <= r["nats_per_token"]["float"] + 0.1  # w8a8 stays close to float
+    nats = r["nats_per_token"]
+    assert nats["fixed"] <= nats["float"] + 0.005 and nats["quamba"] <= nats["float"] + 0.008, nats

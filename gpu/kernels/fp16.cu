@@ -54,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     ss += v * v;
     if (blockIdx.x == 0) r_out[j] = v;
   }
-  const float inv = rsqrtf(block_sum(ss, scratch) / dm + eps);
+  const float inv = rsqrtf(block_sum(ss, scratch) / (float)dm + eps);
   for (int j = threadIdx.x; j < Kp; j += blockDim.x)
     x_s[j] = __float2half(j < dm ? r_s[j] * inv * __half2float(g[j]) : 0.f);
   __syncthreads();

@@ -1,7 +1,12 @@
-"""Two backends for the kernel tests: `cuda` (a GPU through CuPy; skipped, saying why, where there
-is none) and `emu` (the same kernel sources and launch code on the CPU emulator, tests/gpu/emu)."""
+"""Backends for the kernel tests: `cuda` (a GPU through CuPy; skipped, saying why, where there is
+none) and the same kernel sources and launch code on the CPU emulator (tests/gpu/emu) as an
+emulated H100: `emu` runs blocks and threads in their natural order, `emu-shuffled` in orders
+shuffled by a fixed seed, so a result that depends on the order fails in one of them.
+QSIM_EMU_SANITIZE=1 builds the emulated kernels with ASan and UBSan (test_gpu_sanitizers.py)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -9,23 +14,24 @@ import torch
 import cuda_emulator
 from gpu import runtime
 
+SHUFFLE_SEED = 1
+
 
 @pytest.fixture(scope="session")
-def emu_kernels():
+def emu_available():
     why = cuda_emulator.unavailable()
     if why:
         pytest.skip(f"CPU emulator unavailable: {why}")
-    return cuda_emulator.EmuKernels()
 
 
-@pytest.fixture(params=["cuda", "emu"])
+@pytest.fixture(params=["cuda", "emu", "emu-shuffled"])
 def device(request, monkeypatch) -> torch.device:
     if request.param == "cuda":
         why = runtime.unavailable()
         if why:
             pytest.skip(f"no GPU here: {why}")
         return torch.device("cuda")
-    kernels = request.getfixturevalue("emu_kernels")
-    monkeypatch.setattr(runtime, "kernels", lambda: kernels)
+    request.getfixturevalue("emu_available")
+    cuda_emulator.install(monkeypatch, SHUFFLE_SEED if request.param == "emu-shuffled" else 0,
+                          sanitize=os.environ.get("QSIM_EMU_SANITIZE") == "1")
     return torch.device("cpu")
-

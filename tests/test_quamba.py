@@ -26,7 +26,9 @@ stage's bound is local):
 The gated scan output's pre-quantization value is internal to the hook, so its
 int8 codes are compared with the reference's codes: a code may differ only by
 one and only where the reference's x/s lies within the rotation's rounding
-bound (4 u |x/s|) of a rounding tie; such flips are counted and reported.
+bound (4 u |x/s|) of a rounding tie, so the flips are at most the elements in that
+band (measured: 0 flips; uniform fractional parts would predict 2.5 in the band).
+With teacher forcing a flip cannot propagate, so the logits bound stays local.
 Exact ties (rare in float data) are tested separately with crafted inputs.
 """
 
@@ -158,8 +160,8 @@ def _close(name, got, ref, bound):
     got = t64(got)
     err = (got - ref).abs()
     bad = err > bound
-    assert not bad.any(), (f"{name}: {int(bad.sum())} of {bad.numel()} elements outside the bound; worst "
-                           f"|diff| {float(err[bad].max()):.3g} vs bound {float(bound[bad].min() if bound.dim() else bound):.3g}")
+    assert not bad.any(), (f"{name}: {int(bad.sum())} of {bad.numel()} elements outside the bound; "
+                           f"worst |diff| {float(err[bad].max()):.3g}")
 
 
 def _quantized(tap, layer, name, s):
@@ -209,7 +211,7 @@ def test_quamba_forward_matches_reference_stage_by_stage(traced):
 
     emb = w["emb"][torch.from_numpy(tokens)]
     _close("embedding", x_of(0, "residual"), emb, U * emb.abs())
-    flips = clipped_xs = 0
+    clipped_xs = 0
     for i, lw in enumerate(w["layers"]):
         sc = qm.layer(i)["scales"]
         for name in SCALE_KEY:
@@ -262,14 +264,14 @@ def test_quamba_forward_matches_reference_stage_by_stage(traced):
         rot = y16 @ H.T / math.sqrt(di)
         s = sc["yo"]
         code = torch.round(v(i, "y") / s)
-        assert (v(i, "y") - code * s).abs().max() <= U * 128 * s, f"{i}: out_proj input is not int8 x scale"
+        # int8 code x fp32(s), rounded to fp32: |s32 - s| <= u s, then one product rounding
+        assert (v(i, "y") - code * s).abs().max() <= 2 * 128 * U * s, f"{i}: out_proj input is not int8 x scale"
         want = torch.round(rot / s).clamp(-128, 127)
         band = 4 * U * (rot / s).abs()
         near_tie = ((rot / s - torch.floor(rot / s) - 0.5).abs() <= band) & ((rot / s).abs() < 127.5)
         diff = code != want
         assert not (diff & ~near_tie).any() and (code - want).abs().max() <= 1, (
             f"{i}: {int((diff & ~near_tie).sum())} out_proj input codes differ away from a rounding tie")
-        flips += int(diff.sum())
         unrot = v(i, "y") @ H / math.sqrt(di)
         _close(f"{i} out_proj_in record", hook.seen[(i, "out_proj_in")][0], unrot,
                3 * U * (v(i, "y").abs() @ H.abs() / math.sqrt(di)))
@@ -288,7 +290,6 @@ def test_quamba_forward_matches_reference_stage_by_stage(traced):
     _close("logits", logits, ufq @ w["lm_head"].T, matmul_bound(ufq, w["lm_head"]))
     # the percentile scale clips: the clamp is exercised, and counted as the reference counts it
     assert hook.saturation["xs"] == clipped_xs > 0
-    assert flips <= 2, f"{flips} out_proj input codes flipped at near-ties"
 
 
 def test_rounding_ties_go_to_even_at_every_point(traced):

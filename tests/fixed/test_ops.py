@@ -159,3 +159,20 @@ def test_int4_group_linear_equals_effective_weight_product():
     step = lin.gs[:, np.arange(300) // 128] * ch[:, None]
     assert np.all(np.abs(deq - w) <= 0.5 * step + 1e-6)
     assert np.array_equal(ops.linear(x, IntLinear(lin.q)), x @ lin.q.T.astype(np.int64))
+
+
+def test_decay_is_unsigned_16_bit_and_refuses_frac_outside_the_spec():
+    """dA = 2**15 (1.0, which needs 16 bits) at a zero exponent; every shift >= 17 gives 0, so caps of 17 and 40
+    agree; a frac outside [9, 30] is a clear error, not numpy's negative shift count."""
+    import pytest
+
+    from qsim.errors import QsimError
+
+    tab = tables.exp2_frac_table()
+    assert ops.decay(np.array([0]), np.array([65535]), 9, tab)[0, 0] == 1 << spec.DECAY_BITS
+    for k in range(17, 42):
+        assert spec.rshift_round(tab, k).max() == 0
+    assert spec.rshift_round(tab, 16).max() == 1
+    for frac in (8, 31, 0):
+        with pytest.raises(QsimError, match=f"frac {frac}"):
+            ops.decay(np.array([1]), np.array([1]), frac, tab)

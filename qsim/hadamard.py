@@ -1,8 +1,10 @@
 """Integer Hadamard transforms of size m * 2**k, m in {1, 12, 20}.
 
 H_m for m = 12 and 20 come from Paley's first construction (q = 11, 19, both
-prime and 3 mod 4); larger sizes are the Kronecker product H_m (x) H_{2**k}
-with Sylvester's H_{2**k}. On integers the transform is exact (additions and
+prime and 3 mod 4) with Q[i][j] = chi(j - i), a first row of +1 and a first
+column of -1 below it, plus I; larger sizes are the Kronecker product
+H_m (x) H_{2**k} with Sylvester's H_{2**k} (qsim/SPEC.md, section 10, writes
+H_12 out; golden/sets/hadamard_matrices pins them). On integers the transform is exact (additions and
 subtractions only); the 1/sqrt(N) normalisation is folded into the
 requantization that follows.
 """

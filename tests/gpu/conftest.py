@@ -1,7 +1,7 @@
 """Backends for the kernel tests: `cuda` (a GPU through CuPy; skipped, saying why, where there is
 none) and the same kernel sources and launch code on the CPU emulator (tests/gpu/emu) as an
-emulated H100: `emu` runs blocks and threads in their natural order, `emu-shuffled` in orders
-shuffled by a fixed seed, so a result that depends on the order fails in one of them.
+emulated H100: `emu` runs blocks and threads in their natural order, `emu-shuffled` and
+`emu-shuffled-2` in orders shuffled by fixed seeds, so a result that depends on the order fails.
 QSIM_EMU_SANITIZE=1 builds the emulated kernels with ASan and UBSan (test_gpu_sanitizers.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 import cuda_emulator
 from gpu import runtime
 
-SHUFFLE_SEED = 1
+SEEDS = {"emu": 0, "emu-shuffled": 1, "emu-shuffled-2": 2}
+SANITIZE = os.environ.get("QSIM_EMU_SANITIZE") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -22,16 +23,17 @@ def emu_available():
     why = cuda_emulator.unavailable()
     if why:
         pytest.skip(f"CPU emulator unavailable: {why}")
+    cuda_emulator.prebuild(SANITIZE)
 
 
 @pytest.fixture(params=["cuda", "emu", "emu-shuffled"])
 def device(request, monkeypatch) -> torch.device:
+    """A test may choose other backends by parametrizing `device` indirectly."""
     if request.param == "cuda":
         why = runtime.unavailable()
         if why:
             pytest.skip(f"no GPU here: {why}")
         return torch.device("cuda")
     request.getfixturevalue("emu_available")
-    cuda_emulator.install(monkeypatch, SHUFFLE_SEED if request.param == "emu-shuffled" else 0,
-                          sanitize=os.environ.get("QSIM_EMU_SANITIZE") == "1")
+    cuda_emulator.install(monkeypatch, SEEDS[request.param], SANITIZE)
     return torch.device("cpu")

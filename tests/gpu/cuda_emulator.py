@@ -20,6 +20,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -89,9 +91,8 @@ def compile_flags(sanitize: bool) -> list[str]:
     return [*_FLAGS, *(SANITIZE if sanitize else []), "-fPIC", "-shared", *runtime.spec_defines()]
 
 
-@cache
-def build(module: str, cuda: str, sanitize: bool = False) -> ctypes.CDLL:
-    """The CUDA text `cuda` as a library of `emu_<kernel>` launchers (cached on disk by content)."""
+def compile_library(module: str, cuda: str, sanitize: bool = False) -> Path:
+    """The CUDA text `cuda` built as a library of `emu_<kernel>` launchers, cached on disk by content."""
     code = emulated(cuda)
     code += "\nstatic std::string emu_err;\n"
     code += 'extern "C" const char *emu_error() { return emu_err.c_str(); }\n'
@@ -111,12 +112,25 @@ def build(module: str, cuda: str, sanitize: bool = False) -> ctypes.CDLL:
         cache_dir.mkdir(exist_ok=True)
         src = cache_dir / f"{module}-{key}.cpp"
         src.write_text(code)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")  # concurrent test processes build side by side
+        tmp = lib.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent builds side by side
         res = subprocess.run(["g++", *flags, str(src), "-o", str(tmp)], capture_output=True, text=True)
         if res.returncode:
             raise RuntimeError(f"{module} does not build in the emulator:\n{res.stderr}")
         tmp.replace(lib)
-    dll = ctypes.CDLL(str(lib))
+    return lib
+
+
+def prebuild(sanitize: bool = False) -> None:
+    """Builds every gpu/kernels module at once: with a cold cache the tests wait for the slowest
+    build, not for the sum."""
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(lambda p: compile_library(p.stem, runtime.source(p), sanitize),
+                      sorted(runtime.KERNEL_DIR.glob("*.cu"))))
+
+
+@cache
+def build(module: str, cuda: str, sanitize: bool = False) -> ctypes.CDLL:
+    dll = ctypes.CDLL(str(compile_library(module, cuda, sanitize)))
     dll.emu_error.restype = ctypes.c_char_p
     dll.emu_limits(ctypes.c_size_t(H100.shared_memory_per_block))
     return dll

@@ -212,6 +212,41 @@ def test_executor_prefill_and_steps_equal_the_reference(device, tiny_artifacts, 
     assert res["passed"], bad
 
 
+@pytest.fixture(scope="module")
+def mamba_tiny():
+    """The shipped trained checkpoint (d_model 256, d_inner 512, 5 layers), calibrated W8A8."""
+    from calib.calibrate import CalibSettings, calibrate
+    from qsim.bits import preset
+    from qsim.text import read_text
+    from qsim.tokenizer import for_model
+    from qsim.weights import resolve
+
+    text, _ = read_text("shakespeare/calib.txt")
+    tokens = for_model(None, 256).encode(text[:100_000])
+    return calibrate(resolve("mamba-tiny", require_weights=True), preset("w8a8"),
+                     CalibSettings(samples=2, seq_len=128), tokens, "calib.txt")
+
+
+@pytest.mark.parametrize("device", ["cuda", "emu-shuffled-2"], indirect=True)
+def test_a_256_token_prompt_on_the_devices_grids_equals_the_reference(device, mamba_tiny):
+    """The device's own multiprocessor count sizes the decode grids (132 on the emulated H100, as on
+    a real one), and the prompt spans many blocks of every prefill kernel: every traced tensor, the
+    state and the saturation counts equal FixedExecutor(numpy)'s. A third block and thread order."""
+    from gpu.check import compare_model
+    from gpu.executor import CudaExecutor
+    from qsim.text import read_text
+    from qsim.tokenizer import for_model
+
+    ex = CudaExecutor(mamba_tiny, device)
+    assert ex.sms == torch.cuda.get_device_properties(device).multi_processor_count
+    text, _ = read_text("shakespeare/valid.txt")
+    tokens = for_model(None, 256).encode(text[5000: 5000 + 256 + 2])
+    res = compare_model(mamba_tiny, tokens, 2, ex)
+    parts = (res["prefill"]["tensors"], res["steps"])
+    bad = {k: v for part in parts for k, v in part.items() if not v.get("equal", True)}
+    assert res["prefill_tokens"] == 256 and res["passed"], bad
+
+
 def test_last_only_prefill_is_the_last_row_of_the_full_one(device, tiny_artifacts):
     """What gpu.bench times as TTFT: the prompt's last logits only, and the same state."""
     from gpu.executor import CudaExecutor

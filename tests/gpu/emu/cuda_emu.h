@@ -32,7 +32,7 @@
 #include <utility>
 #include <vector>
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/common_interface_defs.h>
+#include <sanitizer/asan_interface.h>
 #endif
 #if !defined(__x86_64__)
 #error "the CUDA emulator's fiber switch is x86-64 assembly"
@@ -108,13 +108,16 @@ emu_switch:
 )");
 
 namespace emu {
-// AddressSanitizer must be told about every stack switch, or it reports false errors.
+// AddressSanitizer must be told about every stack switch, and that a reused stack holds no frames
+// (the redzones of frames that never returned stay poisoned), or it reports false errors.
 #if defined(__SANITIZE_ADDRESS__)
 inline void asan_start(void **fake, const void *bottom, size_t size) { __sanitizer_start_switch_fiber(fake, bottom, size); }
 inline void asan_finish(void *fake, const void **bottom, size_t *size) { __sanitizer_finish_switch_fiber(fake, bottom, size); }
+inline void asan_clear(void *p, size_t size) { __asan_unpoison_memory_region(p, size); }
 #else
 inline void asan_start(void **, const void *, size_t) {}
 inline void asan_finish(void *, const void **, size_t *) {}
+inline void asan_clear(void *, size_t) {}
 #endif
 
 enum { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
@@ -135,6 +138,7 @@ struct Fiber {
     tid = t;
     state = RUN;
     parity = 0;
+    asan_clear(stack.data(), stack.size());
     auto top = reinterpret_cast<uintptr_t>(stack.data() + stack.size()) & ~uintptr_t(15);
     void **frame = reinterpret_cast<void **>(top) - 8;
     std::fill(frame, frame + 8, nullptr);

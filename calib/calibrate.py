@@ -12,7 +12,7 @@ from dataclasses import asdict
 import numpy as np
 
 from calib.gptq import gptq_int4
-from calib.observers import ObserverHook
+from calib.observers import RANGE_GRID_BITS, ObserverHook
 from qsim import artifact_check, float_model, hadamard, spec, tables
 from qsim.artifact import FORMAT, QuantizedModel
 from qsim.bits import BitsPreset
@@ -22,6 +22,7 @@ from qsim.progress import progress
 from qsim.qweights import IntLinear, quantize_int4_grouped, quantize_int8
 from qsim.weights import LoadedModel
 
+PROCEDURE = 2  # bumped when the same settings calibrate differently (2: ranges snapped to a grid); in the cache key
 LOG2E = 1.0 / math.log(2.0)
 RESIDUAL_HEADROOM = 2.0  # the residual format leaves 1 bit above the calibrated range
 
@@ -87,8 +88,10 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHoo
             "bits": asdict(bits),
             "calibration": {
                 **asdict(s),
+                "procedure": PROCEDURE,
                 "observers": "absmax per tensor; SSM input: "
-                + (f"alpha={s.alpha} quantile of |x| per sample, averaged" if s.percentile else "absmax"),
+                + (f"alpha={s.alpha} quantile of |x| per sample, averaged" if s.percentile else "absmax")
+                + f"; every range snapped up to {RANGE_GRID_BITS} significant bits",
                 "weights": "int8 per tensor, round to nearest (half up); int4 per group of "
                 f"{bits.group_size} with uint8 group scales and a per-channel scale, "
                 + ("GPTQ on the float calibration inputs (percdamp 0.01)" if hook.hessians is not None

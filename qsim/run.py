@@ -47,8 +47,10 @@ def cache_root() -> Path:
 
 
 def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, calib_sha: str) -> str:
+    from calib.calibrate import PROCEDURE
+
     blob = json.dumps({"model": lm.name, "weights": lm.sha256, "bits": bits.name, "calib": asdict(calib),
-                       "calib_text": calib_sha, "spec": spec.SPEC_VERSION}, sort_keys=True)
+                       "calib_text": calib_sha, "spec": spec.SPEC_VERSION, "procedure": PROCEDURE}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -2,8 +2,9 @@
 
 The committed artifact qsim/artifacts/mamba-tiny-w8a8 was cut with the command in its README; here the
 same calibration runs again in subprocesses under each numeric environment and must stay within
-calib.portability's rule of the committed bytes (on the machine that cut it, the default environment
-reproduces them exactly). The integer contract does not depend on this: golden sets come from the
+calib.portability's rule of the committed bytes. Snapped ranges (calib.observers.snap_range) make them
+identical in every environment on the machine that cut it; elsewhere a range may straddle a grid point,
+which the rule still bounds. The integer contract does not depend on this: golden sets come from the
 committed artifact."""
 
 from __future__ import annotations

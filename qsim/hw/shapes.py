@@ -14,9 +14,9 @@ and their released code, github.com/enyac-group/Quamba (qsim/hw/SOURCES.md, "Wei
                 W8A8 in Quamba2's Mamba-1 W4A8);
   role "param"  conv weights, biases, A_log, D, norm weights: 8-bit with
                 8-bit activations, else 16-bit.
-Every 8-bit tensor carries one fp32 scale. State (SSM state and conv window)
-is stored at the activation width between tokens, as Quamba does (int8
-between calls); the fixed datapath's wider in-unit state never leaves the unit.
+Every 8-bit tensor carries one fp32 scale. Between tokens the SSM state is
+stored as 32-bit words (SSM_STATE_BYTES: the fixed datapath's 24-bit state,
+fp32 in Mamba's kernels) and the conv window at the activation width.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ the identity gives the `float` numerics (equal to transformers'
 MambaForCausalLM), observers give calibration, fake-quantizers give `quamba`.
 Names: residual, u, x_in, z, conv_pre, xs, dtr, B, C, dt_pre, dt, sz, h, y,
 out, u_f (layer == n_layer for the final norm).
+A layer may carry `out_smooth` (d_inner, > 0): the gated scan output is divided
+by it before `y`, as SmoothQuant-SSM and MambaQuant smooth out_proj's input.
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ def mixer(cfg: MambaConfig, w: dict, u: np.ndarray, layer: int, act: Hook) -> np
     y, hmax = selective_scan(xs, dt, A, B, C, w["D"])
     act(layer, "h", hmax)
     sz = _apply(act, layer, "sz", silu(z))
-    yg = _apply(act, layer, "y", (y * sz).astype(np.float32))
+    yg = (y * sz).astype(np.float32)
+    if "out_smooth" in w:  # a recipe's per-channel smoothing of out_proj's input (its columns carry the factor)
+        yg = yg / w["out_smooth"]
+    yg = _apply(act, layer, "y", yg)
     return _apply(act, layer, "out", yg @ w["out_proj"].T)
 
 

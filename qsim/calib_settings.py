@@ -18,10 +18,17 @@ class CalibSettings:
     state_bits: int = 24
     gptq: bool = True  # int4 weights by GPTQ (Quamba2's recipe); False: round to nearest
     text: str = "shakespeare/calib.txt"
+    method: str = "quamba"  # the recipe (calib.recipes); it may turn percentile, hadamard and gptq off
+    smooth_alpha: float = 0.5  # migration strength of the smoothing recipes: s = max|X|^a / max|W|^(1-a)
 
     def validate(self) -> None:
         if self.samples < 1 or self.seq_len < 1:
             raise QsimError(f"calibration: samples and length must be >= 1 (got {self.samples}, {self.seq_len})")
+        from calib.recipes import get
+
+        get(self.method)
+        if not 0.0 < self.smooth_alpha < 1.0:
+            raise QsimError(f"--smooth-alpha {self.smooth_alpha}: must be in (0, 1)")
         if not 0.0 < self.alpha <= 1.0:
             raise QsimError(f"--alpha {self.alpha}: must be in (0, 1]")
         if not spec.STATE_BITS_MIN <= self.state_bits <= spec.STATE_BITS_MAX:

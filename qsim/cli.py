@@ -38,6 +38,16 @@ def _calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hadamard", action="store_true", help="no rotation before out_proj")
     p.add_argument("--state-bits", type=int, default=d.state_bits, help="fixed-point SSM state width")
     p.add_argument("--no-gptq", action="store_true", help="int4 weights by round-to-nearest instead of GPTQ")
+    p.add_argument("--method", default=d.method,
+                   help="quantization recipe: " + ", ".join(_recipe_names()) + f" (default {d.method})")
+    p.add_argument("--smooth-alpha", type=float, default=d.smooth_alpha,
+                   help="migration strength of smoothquant and mambaquant (default %(default)s)")
+
+
+def _recipe_names() -> list[str]:
+    from calib.recipes import registry
+
+    return list(registry())
 
 
 def _calib_options(a):
@@ -45,7 +55,7 @@ def _calib_options(a):
 
     return CalibSettings(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
                          alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits,
-                         gptq=not a.no_gptq, text=a.calib_text)
+                         gptq=not a.no_gptq, text=a.calib_text, method=a.method, smooth_alpha=a.smooth_alpha)
 
 
 def cmd_run(a) -> int:

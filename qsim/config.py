@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from qsim.errors import QsimError
 
 
 @dataclass(frozen=True)
 class MambaConfig:
+    family: ClassVar[str] = "mamba"  # the architecture; recipes name the families they apply to
+
     d_model: int
     n_layer: int
     vocab_size: int

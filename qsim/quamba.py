@@ -53,6 +53,7 @@ def dequant_weights(qm: QuantizedModel) -> MambaWeights:
             "A_log": (qm.t(f"{p}.quamba.A_log") * qa["A_log"]).astype(np.float32),
             "D": (qm.t(f"{p}.quamba.D") * qa["D"]).astype(np.float32),
             "out_proj": dequant_linear(qm, f"{p}.out_proj"),
+            **({"out_smooth": qm.t(f"{p}.out_smooth")} if f"{p}.out_smooth" in qm.tensors else {}),
         })
     norm_f = (qm.t("norm_f.g") * m["final_norm"]["g_scale"]).astype(np.float32)
     return MambaWeights(emb, norm_f, dequant_linear(qm, "lm_head"), layers)

@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,12 +55,19 @@ def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, calib_
 
 
 def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, dest: Path) -> None:
-    """Calibrate and write the artifact to dest (atomically)."""
-    from calib.calibrate import calibrate
+    """Rewrite the model by the recipe, calibrate it and write the artifact to dest (atomically)."""
+    from calib import recipes
+    from calib.calibrate import calibrate, sample_windows
 
+    recipe = recipes.get(calib.method)
+    calib = recipe.settings(calib)
     text, path = read_text(calib.text)
     tokens = for_model(lm.folder, lm.config.vocab_size).encode(text)
-    qm = calibrate(lm, bits, calib, tokens, str(path))
+    calib.validate()
+    rewritten, notes = recipe.apply(lm, calib, sample_windows(tokens, calib.samples, calib.seq_len, str(path)))
+    qm = calibrate(rewritten, bits, calib, tokens, str(path))
+    qm.manifest["recipe"] = {"name": recipe.name, "summary": recipe.summary, "source": recipe.source,
+                             "rewrites": notes}
     artifact.save(qm, dest)
 
 
@@ -162,8 +169,11 @@ def fixed_executor(qm: artifact.QuantizedModel, name: str):
 
 
 def run(opts: RunOptions) -> dict:
+    from calib.recipes import effective
+
     t_start = time.perf_counter()
     bits = preset(opts.bits)
+    opts = replace(opts, calib=effective(opts.calib))
     if opts.seq_len < 2 or opts.eval_seqs < 1:
         raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
     lm = resolve(opts.model, opts.require_weights)
@@ -249,6 +259,7 @@ def run(opts: RunOptions) -> dict:
         "artifact": str(path) if path else None,
         "artifact_cached": cached,
         "calibration": asdict(opts.calib) if qm is not None else None,
+        "recipe": qm.manifest.get("recipe") if qm is not None else None,
         "eval": {"text": str(tpath), "sequences": opts.eval_seqs, "seq_len": opts.seq_len,
                  "tokens_evaluated": acc.count},
         "nats_per_token": {k: acc.nll[k] / acc.count for k in numerics},

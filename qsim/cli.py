@@ -1,4 +1,4 @@
-"""`python -m qsim`: run, calibrate, bench, stats, golden, estimate, report.
+"""`python -m qsim`: run, compare, calibrate, bench, stats, golden, estimate, report.
 
 Every failure caused by input becomes one line on stderr and exit status 2.
 """
@@ -25,11 +25,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-weights", action="store_true", help="fail instead of using synthetic weights")
 
 
-def _calib_args(p: argparse.ArgumentParser) -> None:
+def _calib_args(p: argparse.ArgumentParser, one_method: bool = True) -> None:
     from qsim.calib_settings import CalibSettings
 
     d = CalibSettings()
-    p.add_argument("--bits", default="w8a8", help="fp16, w8a8, w4a8 or w4a16")
+    p.add_argument("--bits", default="w8a8",
+                   help="fp16, w8a8, w4a8 or w4a16" + ("" if one_method else " (or a comma-separated list)"))
     p.add_argument("--calib-samples", type=int, default=d.samples)
     p.add_argument("--calib-len", type=int, default=d.seq_len)
     p.add_argument("--calib-text", default=d.text, help="shipped split or a UTF-8 text file")
@@ -38,8 +39,9 @@ def _calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hadamard", action="store_true", help="no rotation before out_proj")
     p.add_argument("--state-bits", type=int, default=d.state_bits, help="fixed-point SSM state width")
     p.add_argument("--no-gptq", action="store_true", help="int4 weights by round-to-nearest instead of GPTQ")
-    p.add_argument("--method", default=d.method,
-                   help="quantization recipe: " + ", ".join(_recipe_names()) + f" (default {d.method})")
+    if one_method:
+        p.add_argument("--method", default=d.method,
+                       help="quantization recipe: " + ", ".join(_recipe_names()) + f" (default {d.method})")
     p.add_argument("--smooth-alpha", type=float, default=d.smooth_alpha,
                    help="migration strength of smoothquant and mambaquant (default %(default)s)")
 
@@ -53,24 +55,50 @@ def _recipe_names() -> list[str]:
 def _calib_options(a):
     from qsim.calib_settings import CalibSettings
 
+    d = CalibSettings()
     return CalibSettings(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
                          alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits,
-                         gptq=not a.no_gptq, text=a.calib_text, method=a.method, smooth_alpha=a.smooth_alpha)
+                         gptq=not a.no_gptq, text=a.calib_text, method=getattr(a, "method", d.method),
+                         smooth_alpha=a.smooth_alpha)
+
+
+def _run_options(a):
+    from qsim.run import RunOptions
+
+    return RunOptions(model=a.model, bits=a.bits, seq_len=a.seq_len, eval_seqs=a.eval_seqs,
+                      eval_text=a.eval_text, executor=a.executor, require_weights=a.require_weights,
+                      artifact=getattr(a, "artifact", None), cache=not a.no_cache, calib=_calib_options(a))
 
 
 def cmd_run(a) -> int:
     from qsim.fileio import write_json_atomic
     from qsim.report_text import run_table
-    from qsim.run import RunOptions, run
+    from qsim.run import run
 
-    opts = RunOptions(model=a.model, bits=a.bits, seq_len=a.seq_len, eval_seqs=a.eval_seqs,
-                      eval_text=a.eval_text, executor=a.executor, require_weights=a.require_weights,
-                      artifact=a.artifact, cache=not a.no_cache, calib=_calib_options(a))
-    report = run(opts)
+    report = run(_run_options(a))
     report["command"] = "python -m qsim " + " ".join(a.argv)
     print(run_table(report))
     if a.json:
         write_json_atomic(Path(a.json), report)
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from qsim.compare import CompareOptions, compare, parse_alphas, table
+    from qsim.fileio import write_json_atomic
+
+    opts = CompareOptions(run=_run_options(a), bits=tuple(a.bits.split(",")),
+                          methods=tuple(m for m in a.methods.split(",") if m), alphas=parse_alphas(a.alphas),
+                          target=a.target, prompt_len=a.prompt_len)
+    result = compare(opts)
+    result["command"] = "python -m qsim " + " ".join(a.argv)
+    print(table(result))
+    if a.json:
+        write_json_atomic(Path(a.json), result)
+    if a.plot:
+        from qsim.compare_plot import plot
+
+        plot(result, Path(a.plot))
     return 0
 
 
@@ -102,6 +130,15 @@ def cmd_stats(a) -> int:
     return 0
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-seqs", type=int, default=4)
+    p.add_argument("--eval-text", default="shakespeare/valid.txt")
+    p.add_argument("--executor", default="numba", choices=["numba", "numpy", "cuda"],
+                   help="what runs the fixed numerics: Numba, the NumPy reference, or the CUDA kernels")
+    p.add_argument("--no-cache", action="store_true", help="recalibrate even when a cached artifact exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -109,15 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="float vs quamba vs fixed on one model")
     _model_args(r)
     _calib_args(r)
-    r.add_argument("--seq-len", type=int, default=256)
-    r.add_argument("--eval-seqs", type=int, default=4)
-    r.add_argument("--eval-text", default="shakespeare/valid.txt")
-    r.add_argument("--executor", default="numba", choices=["numba", "numpy", "cuda"],
-                   help="what runs the fixed numerics: Numba, the NumPy reference, or the CUDA kernels")
+    _eval_args(r)
     r.add_argument("--artifact", help="use this quantized-model folder instead of calibrating")
-    r.add_argument("--no-cache", action="store_true", help="recalibrate even when a cached artifact exists")
     r.add_argument("--json", help="write the machine-readable report here")
     r.set_defaults(func=cmd_run)
+
+    from qsim.compare import DEFAULT_METHODS
+
+    k = sub.add_parser("compare", help="quantization recipes side by side: accuracy and hardware cost")
+    _model_args(k)
+    _calib_args(k, one_method=False)
+    _eval_args(k)
+    k.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated recipes (" + ", ".join(_recipe_names()) + ")")
+    k.add_argument("--alphas", help="comma-separated SSM-input percentiles in (0, 1] for the clipping recipes")
+    k.add_argument("--target", default="asic-28nm", help="cost-model preset or target .toml (default asic-28nm)")
+    k.add_argument("--prompt-len", type=int, default=1024, help="prefill length for the cost model")
+    k.add_argument("--json", help="write the comparison here")
+    k.add_argument("--plot", help="PNG: KL against decode energy per token, Pareto front marked")
+    k.set_defaults(func=cmd_compare)
 
     c = sub.add_parser("calibrate", help="write a quantized-model artifact")
     _model_args(c)

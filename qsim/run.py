@@ -135,7 +135,7 @@ class _Accumulator:
 
 
 def _float_tensors(rec: _Recorder, i: int) -> dict[str, np.ndarray]:
-    g = lambda n: np.concatenate(rec.seen[(i, n)])  # noqa: E731
+    g = lambda n: np.concatenate(rec.seen[(i, n)])
     return {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("y"), "out_proj_in": g("y")}
 
 
@@ -148,6 +148,13 @@ def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
     if qm.manifest["hadamard"]:
         yo = hadamard.fwht_float_t(yo) / math.sqrt(di)
     return {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo}
+
+
+def datapath_features(qm: artifact.QuantizedModel) -> dict[str, bool]:
+    """What the artifact's recipe needs at run time beyond the base datapath (the cost model charges it)."""
+    n = qm.config.n_layer
+    return {"online_hadamard": bool(qm.manifest["hadamard"]),
+            "scan_out_per_channel": any(f"layers.{i}.out_smooth" in qm.tensors for i in range(n))}
 
 
 def fixed_executor(qm: artifact.QuantizedModel, name: str):
@@ -260,6 +267,7 @@ def run(opts: RunOptions) -> dict:
         "artifact_cached": cached,
         "calibration": asdict(opts.calib) if qm is not None else None,
         "recipe": qm.manifest.get("recipe") if qm is not None else None,
+        "datapath_features": datapath_features(qm) if qm is not None else None,
         "eval": {"text": str(tpath), "sequences": opts.eval_seqs, "seq_len": opts.seq_len,
                  "tokens_evaluated": acc.count},
         "nats_per_token": {k: acc.nll[k] / acc.count for k in numerics},

@@ -21,8 +21,16 @@ from __future__ import annotations
 import numpy as np
 
 from calib.recipes import Recipe
-from calib.recipes.fuse import (as_f32, check_orthogonal, copy_model, fold_norms, random_hadamard, rotate_residual,
-                                smooth_out_proj, smoothing_factors)
+from calib.recipes.fuse import (
+    as_f32,
+    check_orthogonal,
+    copy_model,
+    fold_norms,
+    random_hadamard,
+    rotate_residual,
+    smooth_out_proj,
+    smoothing_factors,
+)
 from calib.recipes.observe import channel_stats
 
 SEED = 0
@@ -80,12 +88,12 @@ def transform(lm, s, windows):
     lm = smooth_bc(lm, st.layers("B", nl), st.layers("C", nl))
     lm, spread = smooth_out_proj(lm, st.layers("y", nl), s.smooth_alpha)
     return lm, [
-        f"norm weights folded; residual stream rotated by R1 = K H (order {cfg.d_model}, KLT of the pooled "
-        "normalized residual)",
+        (f"norm weights folded; residual stream rotated by R1 = K H (order {cfg.d_model}, KLT of the pooled "
+        "normalized residual)"),
         f"dt path rotated by R_dt = K_dt H (order {cfg.dt_rank})",
         "B and C balanced through the scan (s4 = sqrt(max|B| / max|C|) per state)",
-        f"out_proj input smoothed (alpha {s.smooth_alpha}; max/min factor up to {spread.max():.3g}), then the "
-        "online Hadamard",
+        (f"out_proj input smoothed (alpha {s.smooth_alpha}; max/min factor up to {spread.max():.3g}), then the "
+        "online Hadamard"),
     ]
 
 

@@ -20,8 +20,8 @@ ROTATION_SEED = 0
 def rotate_residual_stream(lm, s, windows):
     q = random_hadamard(lm.config.d_model, ROTATION_SEED, f"{lm.name}: residual rotation")
     return rotate_residual(fold_norms(lm), q), [
-        f"norm weights folded; residual stream rotated by a randomized Hadamard (order {lm.config.d_model}, "
-        f"seed {ROTATION_SEED})"]
+        (f"norm weights folded; residual stream rotated by a randomized Hadamard (order {lm.config.d_model}, "
+        f"seed {ROTATION_SEED})")]
 
 
 PAPER = "Chiang et al., Quamba, ICLR 2025 (arXiv 2410.13229)"

@@ -27,7 +27,8 @@ def estimate_command(args: argparse.Namespace) -> int:
     if args.prompt_len < 1:
         raise QsimError(f"--prompt-len must be at least 1, got {args.prompt_len}")
     target = with_synth_clock(load_target(args.target), Path(args.reports))
-    est = estimate(model_shape(args.model), preset(args.bits), target, args.prompt_len)
+    est = estimate(model_shape(args.model), preset(args.bits), target, args.prompt_len,
+                   online_hadamard=not args.no_online_hadamard, scan_out_per_channel=args.scan_out_per_channel)
     print(estimate_text(est))
     if args.json:
         write_json_atomic(Path(args.json), estimate_dict(est))
@@ -60,6 +61,10 @@ def add_parsers(subparsers) -> None:
                    help=f"{', '.join(model_names())}, or a folder with a Mamba config.json")
     p.add_argument("--target", default="asic-28nm",
                    help=f"preset ({', '.join(preset_names())}) or a target .toml file (default asic-28nm)")
+    p.add_argument("--no-online-hadamard", action="store_true",
+                   help="a recipe without the online Hadamard before out_proj (RTN, SmoothQuant)")
+    p.add_argument("--scan-out-per-channel", action="store_true",
+                   help="a recipe whose scan output multiplier is per channel (smoothing of out_proj's input)")
     p.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
     p.set_defaults(func=estimate_command)
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from qsim.bits import BitsPreset
-from qsim.hw.shapes import ModelShape, Op
+from qsim.hw.shapes import ModelShape, Op, RecipeFeatures
 from qsim.hw.target import Target
 from qsim.hw.units import hadamard_adds, hadamard_unit_cycles, scan_unit_cycles
 
@@ -29,7 +29,15 @@ RULES = (
     "per tile of half the weight buffer); if the whole model fits the weight buffer it stays resident and "
     "decode reads no weights off-chip",
     "activations: kept on chip when an op's input and output for all tokens fit the activation buffer, "
-    "else read and written off-chip once (plus the re-reads of the weight-tiles-outside order)",
+    "else read and written off-chip once (plus the re-reads of the weight-tiles-outside order); each tensor at "
+    "its own width (with 8-bit activations: dt 15-bit in 16, the SiLU(z) gate and y 16-bit, the residual "
+    "24-bit in 3 bytes, as qsim.spec gives them; otherwise the preset's activation width)",
+    "weights include the integer datapath's per-layer tables (silu_conv, softplus_dt, silu_z: 256 entries at "
+    "their entry widths) and constants (one 32-bit word each: eps_int, frac, every multiplier/shift pair; the "
+    "scan output's pair once per layer, or once per channel with scan_out_per_channel), so decode streams and "
+    "reads them like weights",
+    "recipe features: online_hadamard runs the Hadamard unit before out_proj, else an out_in requantization on "
+    "the table units (8-bit activations) or nothing (16-bit)",
     "state: resident when every layer's state fits the state buffer; otherwise decode reads and writes each "
     "layer's state, and prefill writes the final state and runs the scan in channel groups that fit the "
     "state buffer, each extra group re-reading B and C",
@@ -102,6 +110,7 @@ class Estimate:
     bits: BitsPreset
     target: Target
     prompt_len: int
+    features: RecipeFeatures
     weights_resident: bool
     state_resident: bool
     prefill: PhaseCost
@@ -134,16 +143,16 @@ def stream(op: Op, bits: BitsPreset, target: Target, tokens: int, decode: bool,
     token chunks outside (weights re-read once per chunk of tokens whose activations fit the
     activation buffer) or weight tiles outside (inputs re-read once per tile of half the buffer).
     """
-    ab = bits.act_bits // 8
     w = op.weight_bytes(bits)
-    a_in, a_out = op.act_in * tokens * ab, op.act_out * tokens * ab
+    in_b, out_b = op.act_bytes(bits)
+    a_in, a_out = in_b * tokens, out_b * tokens
     spill = a_in + a_out if a_in + a_out > target.act_buffer_bytes else 0
     if decode and weights_resident:
         return spill, 1
     half = target.weight_buffer_bytes // 2
     if w <= half:
         return w + spill, 1
-    per_token = (op.act_in + op.act_out) * ab
+    per_token = in_b + out_b
     chunks = math.ceil(tokens / max(1, target.act_buffer_bytes // per_token)) if per_token else 1
     token_outer = w * chunks + spill
     weight_outer = w + a_in * math.ceil(w / half) + a_out
@@ -179,10 +188,9 @@ def compute_pj(op: Op, bits: BitsPreset, target: Target, tokens: int, reads: int
 
 def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: int, decode: bool,
             weights_resident: bool, state_resident: bool) -> OpCost:
-    ab = bits.act_bits // 8
     off, reads = stream(op, bits, target, tokens, decode, weights_resident)
     off += state_bytes(op, bits, target, tokens, decode, state_resident)
-    on = op.weight_bytes(bits) * reads + ((op.act_in + op.act_out) * ab + 2 * op.state_bytes(bits)) * tokens
+    on = op.weight_bytes(bits) * reads + (sum(op.act_bytes(bits)) + 2 * op.state_bytes(bits)) * tokens
     c = compute_cycles(op, bits, target, tokens)
     m = off * target.clock_mhz * 1e6 / target.offchip_bytes_per_s
     tiles = max(1, math.ceil(off / (target.weight_buffer_bytes // 2)))
@@ -201,9 +209,14 @@ def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: in
     )
 
 
-def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: int) -> Estimate:
-    """Prefill of prompt_len tokens and one decode step of `shape` at `bits` on `target`."""
-    weights_resident = shape.weight_bytes(bits) <= target.weight_buffer_bytes
+def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: int, *,
+             online_hadamard: bool = True, scan_out_per_channel: bool = False) -> Estimate:
+    """Prefill of prompt_len tokens and one decode step of `shape` at `bits` on `target`.
+
+    online_hadamard: the recipe transforms y by a Hadamard before out_proj (Quamba, QuaRot; not RTN or
+    SmoothQuant); scan_out_per_channel: its scan output multiplier is per channel (d_inner words)."""
+    features = RecipeFeatures(online_hadamard, scan_out_per_channel)
+    weights_resident = shape.weight_bytes(bits, features) <= target.weight_buffer_bytes
     state_resident = shape.state_bytes(bits) <= target.state_buffer_bytes
     clock_hz = target.clock_mhz * 1e6
 
@@ -212,9 +225,9 @@ def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: in
         costs = tuple(
             op_cost(op, k, bits, target, 1 if op is shape.lm_head else tokens, decode,
                     weights_resident, state_resident)
-            for op, k in shape.ops(bits)
+            for op, k in shape.ops(bits, features)
         )
         return PhaseCost(name, tokens, clock_hz, costs)
 
-    return Estimate(shape, bits, target, prompt_len, weights_resident, state_resident,
+    return Estimate(shape, bits, target, prompt_len, features, weights_resident, state_resident,
                     phase("prefill", prompt_len), phase("decode", 1))

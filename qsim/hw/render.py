@@ -53,6 +53,8 @@ def estimate_header(e: Estimate) -> list[str]:
         f"({'resident' if e.state_resident else 'streamed'}; state buffer {t.state_buffer_bytes / MB:.4g} MB), "
         f"off-chip {t.offchip_bytes_per_s / 1e9:g} GB/s",
         f"energy {t.energy.name} x{t.energy.scale:.4g}: {SCALING_RULE}; {t.scaling_source}",
+        f"recipe online Hadamard before out_proj: {'yes' if e.features.online_hadamard else 'no'}; scan output "
+        f"multiplier: {'per channel' if e.features.scan_out_per_channel else 'per layer'}",
     ]
 
 
@@ -92,6 +94,7 @@ def estimate_dict(e: Estimate) -> dict:
         "model": m.name, "model_source": m.source, "family": m.family, "bits": e.bits.name,
         "target": t.name, "target_file": t.origin, "clock_mhz": t.clock_mhz, "clock_source": t.clock_source,
         "prompt_len": e.prompt_len,
+        "online_hadamard": e.features.online_hadamard, "scan_out_per_channel": e.features.scan_out_per_channel,
         "weight_bytes": m.weight_bytes(e.bits), "state_bytes": m.state_bytes(e.bits),
         "weights_resident": e.weights_resident, "state_resident": e.state_resident,
         "energy_table": {"name": t.energy.name, "source": t.energy.source, "scale": t.energy.scale,

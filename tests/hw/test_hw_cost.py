@@ -12,7 +12,7 @@ from qsim.bits import PRESETS
 from qsim.config import MambaConfig
 from qsim.errors import QsimError
 from qsim.hw.cost import compute_cycles, estimate, op_cost, overlapped_cycles, state_bytes, stream
-from qsim.hw.shapes import Op, Weight, mamba1_shape
+from qsim.hw.shapes import Act, Op, Weight, mamba1_shape
 from qsim.hw.target import load_target
 from qsim.hw.units import scan_unit_cycles
 
@@ -28,7 +28,8 @@ def toy_target(**changes):
 
 
 # a 64 -> 64 matmul: 4096 int8 weights + one fp32 scale = 4100 bytes
-TOY = Op("toy", macs=64 * 64, mults=64, weights=(Weight("w", 64, 64, "gptq"),), act_in=64, act_out=64)
+TOY = Op("toy", macs=64 * 64, mults=64, weights=(Weight("w", 64, 64, "gptq"),), act_in=(Act("a", 64),),
+         act_out=(Act("b", 64),))
 TOY_BYTES = 64 * 64 + 4
 
 
@@ -166,7 +167,7 @@ def test_hadamard_only_in_quantized_presets():
     names = {b: [o.name for o in estimate(shape, PRESETS[b], toy_target(), 4).decode.ops] for b in PRESETS}
     assert "hadamard" not in names["fp16"]
     assert all("hadamard" in names[b] for b in ("w8a8", "w4a8", "w4a16"))
-    assert names["w8a8"] == ["norm", "in_proj", "conv", "x_proj", "dt_proj", "scan", "gating", "hadamard",
+    assert names["w8a8"] == ["norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard",
                              "out_proj", "lm_head"]
 
 
@@ -180,3 +181,58 @@ def test_hadamard_energy_counts_the_units_adds_and_odd_sizes_fail_only_when_quan
     assert estimate(odd, FP16, t, 4).decode.cycles > 0
     with pytest.raises(QsimError, match="112"):
         estimate(odd, W8A8, t, 4)
+
+
+def _decode_ops(est):
+    return {o.name: o for o in est.decode.ops}
+
+
+def test_onchip_traffic_counts_each_tensor_at_its_width():
+    shape = mamba1_shape("tiny", TINY, "test")
+    di, n = TINY.d_inner, TINY.d_state
+    big = toy_target(weight_buffer_bytes=1 << 24, act_buffer_bytes=1 << 24, state_buffer_bytes=1 << 24)
+    scan = _decode_ops(estimate(shape, W8A8, big, 4))["scan"]
+    weights = di * n + 4 + di + 4 + 3 * 4  # A_log, D: int8 + an fp32 scale each; frac, (m_h, s_h), (m_y, s_y)
+    acts = di + 2 * di + 2 * n + 2 * di + 2 * di  # xs, dt (16-bit), B, C, sz (16-bit); y out (16-bit)
+    state = 2 * 4 * di * n  # read and written, 32-bit words
+    assert scan.onchip_bytes == TINY.n_layer * (weights + acts + state)
+    silu_z = _decode_ops(estimate(shape, W8A8, big, 4))["silu_z"]
+    assert silu_z.onchip_bytes == TINY.n_layer * (2 * 256 + di + 2 * di)
+
+
+def test_tables_stream_with_the_weights_in_decode():
+    shape = mamba1_shape("tiny", TINY, "test")
+    t = toy_target(weight_buffer_bytes=2048, act_buffer_bytes=1 << 24, state_buffer_bytes=1 << 24)
+    est = estimate(shape, W8A8, t, 4)
+    assert not est.weights_resident and est.state_resident
+    assert sum(o.offchip_bytes for o in est.decode.ops) == shape.weight_bytes(W8A8)
+    silu_z = _decode_ops(est)["silu_z"]
+    assert silu_z.offchip_bytes == TINY.n_layer * 2 * 256  # its table is all the op reads from off-chip
+
+
+def test_no_online_hadamard_requantizes_y_on_the_table_units():
+    shape = mamba1_shape("tiny", TINY, "test")
+    t = toy_target()
+    with_h = estimate(shape, W8A8, t, 8)
+    without = estimate(shape, W8A8, t, 8, online_hadamard=False)
+    assert not with_h.features.scan_out_per_channel and not without.features.online_hadamard
+    out_in = _decode_ops(without)["out_in"]
+    di = TINY.d_inner
+    assert "hadamard" not in _decode_ops(without) and "out_in" not in _decode_ops(with_h)
+    assert out_in.compute_cycles == TINY.n_layer * math.ceil(di / t.table_units)
+    assert out_in.compute_pj == pytest.approx(TINY.n_layer * di * t.energy["int32_mult"])  # no Hadamard adds
+    assert out_in.onchip_bytes == TINY.n_layer * (4 + 2 * di + di)
+    assert without.decode.energy_j < with_h.decode.energy_j
+    fp16 = estimate(shape, FP16, t, 8, online_hadamard=False)
+    assert [o.name for o in fp16.decode.ops] == [o.name for o in estimate(shape, FP16, t, 8).decode.ops]
+
+
+def test_per_channel_scan_output_multiplier_costs_memory_not_compute():
+    shape = mamba1_shape("tiny", TINY, "test")
+    t = toy_target(weight_buffer_bytes=2048)
+    base = _decode_ops(estimate(shape, W8A8, t, 8))["scan"]
+    per_channel = _decode_ops(estimate(shape, W8A8, t, 8, scan_out_per_channel=True))["scan"]
+    extra = TINY.n_layer * (TINY.d_inner - 1) * 4  # d_inner 32-bit words instead of one, read once per token
+    assert per_channel.onchip_bytes - base.onchip_bytes == extra
+    assert per_channel.offchip_bytes - base.offchip_bytes == extra  # streamed weights: the words come with them
+    assert (per_channel.compute_cycles, per_channel.compute_pj) == (base.compute_cycles, base.compute_pj)

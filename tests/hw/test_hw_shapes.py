@@ -8,7 +8,7 @@ import pytest
 from qsim.bits import PRESETS
 from qsim.config import REGISTRY, MambaConfig
 from qsim.errors import QsimError
-from qsim.hw.shapes import Weight, model_names, model_shape
+from qsim.hw.shapes import RecipeFeatures, Weight, model_names, model_shape
 
 W8A8, W4A8, W4A16, FP16 = (PRESETS[b] for b in ("w8a8", "w4a8", "w4a16", "fp16"))
 
@@ -56,7 +56,8 @@ def test_mamba2_8b_shapes():
     shape = model_shape("mamba2-8b")
     d, di, n, g, heads = 4096, 8192, 128, 8, 8192 // 64
     ops = {op.name: op for op in shape.layer_ops}
-    assert shape.n_layer == 56 and set(ops) == {"norm", "in_proj", "conv", "scan", "gating", "hadamard", "out_proj"}
+    assert shape.n_layer == 56 and set(ops) == {"norm", "in_proj", "conv", "scan", "gating", "hadamard", "out_in",
+                                                "out_proj"}
     assert ops["in_proj"].macs == d * (2 * di + 2 * g * n + heads)
     assert ops["conv"].macs == (di + 2 * g * n) * 4
     assert ops["scan"].state == di * n
@@ -81,3 +82,52 @@ def test_checkpoint_folder_with_config(tmp_path):
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(QsimError, match="mamba2-8b"):
         model_shape("mamba-9b")
+
+
+def test_tensors_between_ops_take_the_spec_widths_with_8_bit_activations():
+    cfg = REGISTRY["mamba-130m"].config
+    d, di, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
+    ops = {op.name: op for op in model_shape("mamba-130m").layer_ops}
+    # qsim.spec: dt uint15 and the gate SiLU(z) int16 (2 bytes each), y int16, the residual int24 (3 bytes)
+    assert ops["dt_proj"].act_bytes(W8A8) == (r, 2 * di)
+    assert ops["silu_z"].act_bytes(W8A8) == (di, 2 * di)
+    assert ops["scan"].act_bytes(W8A8) == (di + 2 * di + 2 * n + 2 * di, 2 * di)
+    assert ops["hadamard"].act_bytes(W8A8) == ops["out_in"].act_bytes(W8A8) == (2 * di, di)
+    assert ops["norm"].act_bytes(W8A8) == (3 * d, d)
+    assert ops["out_proj"].act_bytes(W4A8) == (di, 3 * d)
+    assert ops["in_proj"].act_bytes(W8A8) == (d, 2 * di)
+    # 16-bit activations: every tensor two bytes
+    assert ops["scan"].act_bytes(FP16) == (2 * (3 * di + 2 * n), 2 * di)
+    assert ops["norm"].act_bytes(W4A16) == (2 * d, 2 * d)
+
+
+def test_per_layer_tables_and_constants_count_as_weight_bytes_with_8_bit_activations():
+    shape = model_shape("mamba-130m")
+    # silu_conv 256 x 1 byte, softplus_dt and silu_z 256 x 2 bytes; 32-bit constants: norm eps and (m, s),
+    # conv, dt_proj and out_in (m, s), scan frac, (m_h, s_h) and (m_y, s_y)
+    per_layer = 256 + 2 * 256 + 2 * 256 + 4 * (2 + 1 + 1 + 3 + 1)
+    final_norm = 4 * 2
+
+    def params(b):
+        return sum(w.nbytes(b) * k for op, k in shape.ops(b) for w in op.weights if w.role != "table")
+
+    assert shape.weight_bytes(W8A8) == params(W8A8) + per_layer * shape.n_layer + final_norm
+    assert shape.weight_bytes(FP16) == params(FP16)  # no integer datapath, no tables
+    tables = {w.name: w.nbytes(W8A8) for op in shape.layer_ops for w in op.weights if w.role == "table"}
+    assert (tables["silu_conv"], tables["softplus_dt"], tables["silu_z"], tables["scan.out_mult"]) == (256, 512, 512, 4)
+
+
+def test_recipe_features_pick_the_ops():
+    shape = model_shape("mamba-130m")
+    di = shape.d_inner
+
+    def names(b, **f):
+        return [op.name for op, _ in shape.ops(b, RecipeFeatures(**f))]
+
+    assert "hadamard" in names(W8A8) and "out_in" not in names(W8A8)
+    assert "out_in" in names(W8A8, online_hadamard=False) and "hadamard" not in names(W8A8, online_hadamard=False)
+    assert not {"hadamard", "out_in"} & set(names(W4A16, online_hadamard=False))  # fp16 y goes straight in
+    assert not {"hadamard", "out_in"} & set(names(FP16))
+    per_channel = RecipeFeatures(scan_out_per_channel=True)
+    assert shape.weight_bytes(W8A8, per_channel) - shape.weight_bytes(W8A8) == (di - 1) * 4 * shape.n_layer
+    assert shape.weight_bytes(FP16, per_channel) == shape.weight_bytes(FP16)

@@ -15,6 +15,7 @@ from qsim.fileio import write_json_atomic
 from qsim.hw.measured import REPORTS
 
 DEFAULT_PROMPT_LEN = 1024  # the prompt issue 5's GPU benchmark and Quamba's profiler use
+REPORT_MODEL = "mamba-2.8b"
 
 
 def estimate_command(args: argparse.Namespace) -> int:
@@ -37,9 +38,13 @@ def estimate_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from qsim.hw.report import build
+    from qsim.hw.report import build, provenance
 
-    for path in build(Path(args.reports), Path(args.out), args.model, args.bits, args.prompt_len):
+    defaults = {"model": REPORT_MODEL, "bits": "w8a8", "prompt_len": DEFAULT_PROMPT_LEN, "reports": str(REPORTS),
+                "out": str(REPORTS / "hw")}
+    made = provenance(["report"] + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items()
+                                    if str(getattr(args, k)) != str(v)])
+    for path in build(Path(args.reports), Path(args.out), args.model, args.bits, args.prompt_len, made):
         print(f"wrote {path}")
     return 0
 
@@ -70,6 +75,6 @@ def add_parsers(subparsers) -> None:
 
     r = subparsers.add_parser("report", parents=[common],
                               help="regenerate reports/hw: summary, breakdown, latency, Pareto and RTL plots")
-    r.add_argument("--model", default="mamba-2.8b", help="model of the per-operation breakdown (default mamba-2.8b)")
+    r.add_argument("--model", default=REPORT_MODEL, help=f"model of the per-operation breakdown (default {REPORT_MODEL})")
     r.add_argument("--out", default=str(REPORTS / "hw"), help="output folder (default reports/hw)")
     r.set_defaults(func=report_command)

@@ -62,9 +62,16 @@ def _gpu_rows(entry: dict, source: str, prompt_len: int, where: str | None = Non
     return rows
 
 
-def published_comparisons(path: Path = PUBLISHED) -> list[Comparison]:
+def read_published(path: Path = PUBLISHED) -> dict:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise QsimError(f"{path}: bad published-figures file ({type(exc).__name__}: {exc})") from None
+
+
+def published_comparisons(path: Path = PUBLISHED) -> list[Comparison]:
+    raw = read_published(path)
+    try:
         sources = raw["sources"]
         rows = []
         for e in raw.get("gpu", []):
@@ -75,7 +82,7 @@ def published_comparisons(path: Path = PUBLISHED) -> list[Comparison]:
             rows.append(Comparison(sources[e["source"]], target.name, e["model"], e["bits"], e["method"],
                                    "decode tokens/s", float(e["decode_tokens_per_s"]), est.decode.tokens_per_s))
         return rows
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise QsimError(f"{path}: bad published-figures file ({type(exc).__name__}: {exc})") from None
 
 

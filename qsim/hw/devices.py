@@ -25,6 +25,7 @@ class Device:
     measured_gb_per_s: float | None
     memory_gb: float
     peak_tops: dict[str, float]  # dense tensor-core rate: "fp16" (TFLOP/s) and "int8" (TOP/s)
+    alu_tops: float  # CUDA-core instruction rate, T ops/s: cores x boost clock (datasheet FP32 FLOP/s / 2)
     sources: str
 
     @property
@@ -40,19 +41,20 @@ class Device:
 DEVICES: dict[str, Device] = {
     d.name: d
     for d in (
-        Device("h100-sxm", "NVIDIA H100 SXM 80GB HBM3", 3350.0, 3040.0, 80.0, {"fp16": 798.0, "int8": 1979.0},
+        Device("h100-sxm", "NVIDIA H100 SXM 80GB HBM3", 3350.0, 3040.0, 80.0, {"fp16": 798.0, "int8": 1979.0}, 33.5,
                "bandwidth: NVIDIA H100 Tensor Core GPU datasheet (SXM) 3.35 TB/s, measured read 3.04 TB/s "
                "(torch sum over 2 GiB fp16 on one H100 80GB HBM3, project measurement 2026-11-26); fp16: bf16 "
                "dense matmul 798 TFLOP/s measured by the project on the same kind of H100; int8: datasheet "
-               "3958 TOP/s with sparsity, dense 1979 TOP/s (qsim/hw/SOURCES.md, h100-sxm)"),
-        Device("a5000", "NVIDIA RTX A5000 24GB GDDR6", 768.0, None, 24.0, {"fp16": 111.1, "int8": 222.2},
+               "3958 TOP/s with sparsity, dense 1979 TOP/s; ALU: datasheet FP32 67 TFLOP/s, 33.5 T instructions/s "
+               "(qsim/hw/SOURCES.md, h100-sxm)"),
+        Device("a5000", "NVIDIA RTX A5000 24GB GDDR6", 768.0, None, 24.0, {"fp16": 111.1, "int8": 222.2}, 13.9,
                "bandwidth 768 GB/s and 24 GB GDDR6 from the NVIDIA RTX A5000 datasheet; tensor rates from the same "
-               "datasheet (222.2 TFLOP/s fp16 with sparsity, halved for dense; int8 dense at twice fp16 on Ampere) "
-               "(qsim/hw/SOURCES.md, a5000)"),
-        Device("orin-nano-8g", "NVIDIA Jetson Orin Nano 8GB", 68.0, None, 8.0, {"fp16": 10.0, "int8": 20.0},
+               "datasheet (222.2 TFLOP/s fp16 with sparsity, halved for dense; int8 dense at twice fp16 on Ampere); "
+               "ALU: 8192 CUDA cores, FP32 27.8 TFLOP/s, 13.9 T instructions/s (qsim/hw/SOURCES.md, a5000)"),
+        Device("orin-nano-8g", "NVIDIA Jetson Orin Nano 8GB", 68.0, None, 8.0, {"fp16": 10.0, "int8": 20.0}, 0.64,
                "NVIDIA Jetson Orin Nano Series data sheet: 128-bit LPDDR5 68 GB/s, 20 INT8 TOPS dense (40 sparse); "
                "~10 TFLOP/s fp16 dense derived as half the int8 rate, not a datasheet figure; 8 GB shared with "
-               "the CPU (qsim/hw/SOURCES.md, orin-nano-8g)"),
+               "the CPU; ALU: 1024 CUDA cores at 625 MHz, 0.64 T instructions/s (qsim/hw/SOURCES.md, orin-nano-8g)"),
     )
 }
 

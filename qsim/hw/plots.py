@@ -115,3 +115,30 @@ def rtl_cycles(points: list[tuple[str, int, int]], path: Path) -> Path:
            title="RTL cycles against model cycles")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def latency_fit(rows: list[tuple[str, str, float, float, float]], targets: dict[str, float], path: Path) -> Path:
+    """Roofline (hollow) and leave-one-out prediction (filled) against the published figure, log-log,
+    with y = x and each metric's target band; rows are (device, metric, published, roofline, loo)."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    markers = {"TPOT": "o", "TTFT": "s"}
+    for i, dev in enumerate(sorted({r[0] for r in rows})):
+        color = plt.get_cmap("tab10")(i)
+        for metric, marker in markers.items():
+            pts = [r for r in rows if r[0] == dev and r[1] == metric]
+            if pts:
+                ax.scatter([r[2] for r in pts], [r[3] for r in pts], marker=marker, facecolors="none",
+                           edgecolors=color, label=f"{dev} {metric} roofline")
+                ax.scatter([r[2] for r in pts], [r[4] for r in pts], marker=marker, color=color,
+                           label=f"{dev} {metric} latency model (leave-one-out)")
+    values = [v for r in rows for v in r[2:]]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="prediction = published")
+    for (metric, band), style in zip(targets.items(), ("--", ":")):
+        for f in (1 - band, 1 + band):
+            ax.plot([lo, hi], [lo * f, hi * f], "k", ls=style, lw=0.7,
+                    label=f"{metric} target ±{band:.0%}" if f > 1 else None)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="published latency, ms",
+           ylabel="predicted latency, ms", title="GPU latency model against published figures")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -16,37 +16,37 @@ from qsim.hw.units import hadamard_adds, hadamard_unit_cycles, scan_unit_cycles
 
 RULES = (
     "layers and operations run one after another; one layer's operation list repeats n_layer times",
-    "compute cycles of an op = the slowest of its engines, which run as one pipeline: "
+    ("compute cycles of an op = the slowest of its engines, which run as one pipeline: "
     "ceil(MACs / (rows*cols*rate[format])) on the MAC array, ceil(elements / table_units) on the table units, "
-    "scan_unit_cycles and hadamard_unit_cycles (qsim/hw/units.py)",
+    "scan_unit_cycles and hadamard_unit_cycles (qsim/hw/units.py)"),
     "memory cycles = off-chip bytes * clock / off-chip bandwidth",
-    "overlap: off-chip data streams in tiles of half the weight buffer, double-buffered; "
+    ("overlap: off-chip data streams in tiles of half the weight buffer, double-buffered; "
     "cycles = max(compute, memory) + min(compute, memory) / tiles (the first tile's load, or the last tile's "
-    "compute, is not overlapped); tiles = max(1, ceil(off-chip bytes / (weight buffer / 2)))",
-    "weights: read from off-chip once per pass when an op's weights fit half the weight buffer; otherwise the "
+    "compute, is not overlapped); tiles = max(1, ceil(off-chip bytes / (weight buffer / 2)))"),
+    ("weights: read from off-chip once per pass when an op's weights fit half the weight buffer; otherwise the "
     "cheaper of two loop orders: token chunks outside (weights re-read once per chunk of tokens whose input and "
     "output activations fit the activation buffer) or weight tiles outside (inputs re-read from off-chip once "
     "per tile of half the weight buffer); if the whole model fits the weight buffer it stays resident and "
-    "decode reads no weights off-chip",
-    "activations: kept on chip when an op's input and output for all tokens fit the activation buffer, "
+    "decode reads no weights off-chip"),
+    ("activations: kept on chip when an op's input and output for all tokens fit the activation buffer, "
     "else read and written off-chip once (plus the re-reads of the weight-tiles-outside order); each tensor at "
     "its own width (with 8-bit activations: dt 15-bit in 16, the SiLU(z) gate and y 16-bit, the residual "
-    "24-bit in 3 bytes, as qsim.spec gives them; otherwise the preset's activation width)",
-    "weights include the integer datapath's per-layer tables (silu_conv, softplus_dt, silu_z: 256 entries at "
+    "24-bit in 3 bytes, as qsim.spec gives them; otherwise the preset's activation width)"),
+    ("weights include the integer datapath's per-layer tables (silu_conv, softplus_dt, silu_z: 256 entries at "
     "their entry widths) and constants (one 32-bit word each: eps_int, frac, every multiplier/shift pair; the "
     "scan output's pair once per layer, or once per channel with scan_out_per_channel), so decode streams and "
-    "reads them like weights",
-    "recipe features: online_hadamard runs the Hadamard unit before out_proj, else an out_in requantization on "
-    "the table units (8-bit activations) or nothing (16-bit)",
-    "state: resident when every layer's state fits the state buffer; otherwise decode reads and writes each "
+    "reads them like weights"),
+    ("recipe features: online_hadamard runs the Hadamard unit before out_proj, else an out_in requantization on "
+    "the table units (8-bit activations) or nothing (16-bit)"),
+    ("state: resident when every layer's state fits the state buffer; otherwise decode reads and writes each "
     "layer's state, and prefill writes the final state and runs the scan in channel groups that fit the "
-    "state buffer, each extra group re-reading B and C",
+    "state buffer, each extra group re-reading B and C"),
     "prefill computes the final norm and lm_head for the last token only",
-    "energy = MACs x MAC energy of the op's format (w8a8: int8 mult + int32 add; w4a8: int4x8 mult + int32 add; "
+    ("energy = MACs x MAC energy of the op's format (w8a8: int8 mult + int32 add; w4a8: int4x8 mult + int32 add; "
     "16-bit activations: fp16 mult + fp32 add) + element-wise mults/adds (int32 with 8-bit activations, "
     "fp32 with 16-bit) + table lookups + on-chip buffer bytes (weights per read, activations, state read and "
     "written per token) + off-chip bytes; int4 weights with 16-bit activations add one fp16 dequantizing "
-    "multiply per weight read; every entry scaled from its named table by the rule of qsim/hw/energy.py",
+    "multiply per weight read; every entry scaled from its named table by the rule of qsim/hw/energy.py"),
 )
 
 

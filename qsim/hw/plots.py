@@ -6,13 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from qsim.hw.compare import Comparison
+from qsim.hw.cost import Estimate
 
-from qsim.hw.compare import Comparison  # noqa: E402
-from qsim.hw.cost import Estimate  # noqa: E402
+plt.switch_backend("Agg")
 
 
 def _save(fig, path: Path) -> Path:

@@ -48,13 +48,13 @@ def estimate_header(e: Estimate) -> list[str]:
         f"model  {m.name} ({m.family}; {m.source})",
         f"bits   {e.bits.name}    target {t.name}: {t.description} ({t.origin})",
         f"clock  {t.clock_mhz:g} MHz ({t.clock_source})",
-        f"memory weights {m.weight_bytes(e.bits) / MB:.4g} MB ({'resident' if e.weights_resident else 'streamed'}; "
+        (f"memory weights {m.weight_bytes(e.bits) / MB:.4g} MB ({'resident' if e.weights_resident else 'streamed'}; "
         f"weight buffer {t.weight_buffer_bytes / MB:.4g} MB), state {m.state_bytes(e.bits) / MB:.4g} MB "
         f"({'resident' if e.state_resident else 'streamed'}; state buffer {t.state_buffer_bytes / MB:.4g} MB), "
-        f"off-chip {t.offchip_bytes_per_s / 1e9:g} GB/s",
+        f"off-chip {t.offchip_bytes_per_s / 1e9:g} GB/s"),
         f"energy {t.energy.name} x{t.energy.scale:.4g}: {SCALING_RULE}; {t.scaling_source}",
-        f"recipe online Hadamard before out_proj: {'yes' if e.features.online_hadamard else 'no'}; scan output "
-        f"multiplier: {'per channel' if e.features.scan_out_per_channel else 'per layer'}",
+        (f"recipe online Hadamard before out_proj: {'yes' if e.features.online_hadamard else 'no'}; scan output "
+        f"multiplier: {'per channel' if e.features.scan_out_per_channel else 'per layer'}"),
     ]
 
 

@@ -362,10 +362,10 @@ MAMBA2: dict[str, tuple[Mamba2Config, str]] = {
        for size, d, layers in (("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48),
                                ("1.3b", 2048, 48), ("2.7b", 2560, 64))},
     "mamba2-8b": (Mamba2Config(4096, 56, 256000, ngroups=8, tie_embeddings=False),
-                  "NVIDIA Mamba2-8B (Waleffe et al., 'An Empirical Study of Mamba-based Language Models', "
+                  ("NVIDIA Mamba2-8B (Waleffe et al., 'An Empirical Study of Mamba-based Language Models', "
                   "arXiv 2406.07887; model card nvidia/mamba2-8b-3t-4k): d_model 4096, 56 layers, d_state 128, "
                   "headdim 64, ngroups 8, 256k SentencePiece vocabulary (256000); an untied output layer "
-                  "(Megatron-LM checkpoint) is assumed"),
+                  "(Megatron-LM checkpoint) is assumed")),
 }
 
 

@@ -11,7 +11,14 @@ import pytest
 from qsim.bits import PRESETS
 from qsim.config import MambaConfig
 from qsim.errors import QsimError
-from qsim.hw.cost import compute_cycles, estimate, op_cost, overlapped_cycles, state_bytes, stream
+from qsim.hw.cost import (
+    compute_cycles,
+    estimate,
+    op_cost,
+    overlapped_cycles,
+    state_bytes,
+    stream,
+)
 from qsim.hw.shapes import Act, Op, Weight, mamba1_shape
 from qsim.hw.target import load_target
 from qsim.hw.units import scan_unit_cycles
@@ -20,10 +27,10 @@ W8A8, W4A8, FP16 = PRESETS["w8a8"], PRESETS["w4a8"], PRESETS["fp16"]
 
 
 def toy_target(**changes):
-    base = dict(clock_mhz=1000.0, offchip_bytes_per_s=1e9, mac_rows=4, mac_cols=4,
-                mac_rate={"w16a16": 0.5, "w8a16": 0.5, "w4a16": 0.5, "w8a8": 1.0, "w4a8": 2.0},
-                scan_lanes=4, hadamard_lanes=4, table_units=2,
-                weight_buffer_bytes=16384, act_buffer_bytes=65536, state_buffer_bytes=4096)
+    base = {"clock_mhz": 1000.0, "offchip_bytes_per_s": 1e9, "mac_rows": 4, "mac_cols": 4,
+                "mac_rate": {"w16a16": 0.5, "w8a16": 0.5, "w4a16": 0.5, "w8a8": 1.0, "w4a8": 2.0},
+                "scan_lanes": 4, "hadamard_lanes": 4, "table_units": 2,
+                "weight_buffer_bytes": 16384, "act_buffer_bytes": 65536, "state_buffer_bytes": 4096}
     return replace(load_target("asic-28nm"), **(base | changes))
 
 
@@ -173,7 +180,7 @@ def test_hadamard_only_in_quantized_presets():
 
 def test_hadamard_energy_counts_the_units_adds_and_odd_sizes_fail_only_when_quantized():
     t = toy_target()
-    op = [o for o in mamba1_shape("tiny", TINY, "test").layer_ops if o.name == "hadamard"][0]
+    op = next(o for o in mamba1_shape("tiny", TINY, "test").layer_ops if o.name == "hadamard")
     c = op_cost(op, 1, W8A8, t, 3, decode=False, weights_resident=True, state_resident=True)
     n = TINY.d_inner  # 128: seven radix-2 passes of 128 adds
     assert c.compute_pj == pytest.approx(3 * (7 * n * t.energy["int32_add"] + n * t.energy["int32_mult"]))

@@ -6,7 +6,12 @@ import pytest
 
 from qsim.errors import QsimError
 from qsim.hw import units
-from qsim.hw.units import hadamard_adds, hadamard_passes, hadamard_unit_cycles, scan_unit_cycles
+from qsim.hw.units import (
+    hadamard_adds,
+    hadamard_passes,
+    hadamard_unit_cycles,
+    scan_unit_cycles,
+)
 
 
 def test_scan_cycles_lanes_divide_the_state():

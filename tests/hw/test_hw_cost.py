@@ -19,7 +19,15 @@ from qsim.hw.cost import (
     state_bytes,
     stream,
 )
-from qsim.hw.shapes import Act, Op, Weight, mamba1_shape
+from qsim.hw.shapes import (
+    Act,
+    Op,
+    RecipeFeatures,
+    Weight,
+    mamba1_shape,
+    model_names,
+    model_shape,
+)
 from qsim.hw.target import load_target
 from qsim.hw.units import scan_unit_cycles
 
@@ -243,3 +251,15 @@ def test_per_channel_scan_output_multiplier_costs_memory_not_compute():
     assert per_channel.onchip_bytes - base.onchip_bytes == extra
     assert per_channel.offchip_bytes - base.offchip_bytes == extra  # streamed weights: the words come with them
     assert (per_channel.compute_cycles, per_channel.compute_pj) == (base.compute_cycles, base.compute_pj)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_takes_both_recipe_features(name):
+    shape, t = model_shape(name), load_target("asic-28nm")
+    base = estimate(shape, W8A8, t, 16)
+    est = estimate(shape, W8A8, t, 16, online_hadamard=False, scan_out_per_channel=True)
+    names = [o.name for o in est.decode.ops]
+    assert "out_in" in names and "hadamard" not in names and est.features == RecipeFeatures(False, True)
+    words = (shape.d_inner - 1) * 4 * shape.n_layer
+    scan = {e: next(o for o in x.decode.ops if o.name == "scan") for e, x in (("base", base), ("est", est))}
+    assert scan["est"].onchip_bytes - scan["base"].onchip_bytes == words

@@ -87,7 +87,7 @@ def points(path: Path = PUBLISHED) -> list[Point]:
     return found
 
 
-def _start(devices: set[str]) -> LatencyParams:
+def _start(devices: list[str]) -> LatencyParams:
     """The roofline: every efficiency 1, no per-kernel time, no dequantization."""
     return LatencyParams({d: 1.0 for d in devices}, {d: 0.0 for d in devices}, {c: 1.0 for c in CLASSES}, 0.0)
 
@@ -96,7 +96,7 @@ def fit(pts: list[Point]) -> LatencyParams:
     """eta and tau of every device in `pts`, eps of both classes and kappa, by least relative squares."""
     works = [(p.work(), device(p.device)) for p in pts]
     y = np.array([p.published_ms * 1e-3 for p in pts])
-    params, rows, names = _start({p.device for p in pts}), None, []
+    params, rows, names = _start(sorted({p.device for p in pts})), None, []
     for _ in range(MAX_ROUNDS):
         new_rows = [terms(w, dev, params) for w, dev in works]
         if new_rows == rows:
@@ -156,20 +156,27 @@ def leave_one_out(pts: list[Point]) -> list[PointResult]:
     return out
 
 
-def parameter_rows(params: LatencyParams, fitted: LatencyParams, n_points: int) -> list[list[str]]:
-    """name, value, unit, basis: fitted on the published points, measured, or assumed."""
+def parameter_rows(params: LatencyParams, fitted: LatencyParams, pts: list[Point]) -> list[list[str]]:
+    """name, value, unit, basis: fitted (on how many of the points it enters), measured, or assumed."""
+    support: dict[str, int] = {}
+    for p in pts:
+        for name in terms(p.work(), device(p.device), fitted):
+            support[name] = support.get(name, 0) + 1
+
+    def fitted_on(name: str) -> str:
+        return f"fitted on {len(pts)} published points; enters {support[name]} of them"
+
     rows = []
     for d, v in params.eta.items():
         dev = DEVICES[d]
-        basis = (f"fitted on {n_points} published points" if d in fitted.eta else
+        basis = (fitted_on(f"eta:{d}") if d in fitted.eta else
                  f"measured: {dev.measured_gb_per_s:g} of {dev.datasheet_gb_per_s:g} GB/s read "
                  f"(qsim/hw/SOURCES.md, {d})")
         rows.append([f"eta[{d}]", f"{v:.3f}", UNITS["eta"], basis])
     for d, v in params.tau_s.items():
-        basis = (f"fitted on {n_points} published points" if d in fitted.tau_s else
+        basis = (fitted_on(f"tau:{d}") if d in fitted.tau_s else
                  f"assumed: {BORROWED_TAU[d]}'s value (no published {d} point)")
         rows.append([f"tau[{d}]", f"{v * 1e6:.2f}", UNITS["tau"], basis])
-    rows += [[f"eps[{c}]", f"{v:.3f}", UNITS["eps"], f"fitted on {n_points} published points"]
-             for c, v in params.eps.items()]
-    rows.append(["kappa", f"{params.kappa:.4f}", UNITS["kappa"], f"fitted on {n_points} published points"])
+    rows += [[f"eps[{c}]", f"{v:.3f}", UNITS["eps"], fitted_on(f"eps:{c}")] for c, v in params.eps.items()]
+    rows.append(["kappa", f"{params.kappa:.4f}", UNITS["kappa"], fitted_on("kappa")])
     return rows

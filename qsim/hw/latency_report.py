@@ -57,7 +57,7 @@ def section(out: Path, prompt_len: int, provenance: dict) -> tuple[list[str], li
           "(deterministic). Leave-one-out: each point predicted by the model fitted on the others. What each "
           "published implementation runs (online Hadamard, per-token scales, state width) is read from its paper "
           "and code: qsim/hw/published.toml, qsim/hw/SOURCES.md \"Published implementations\"."), "",
-          markdown_table(["parameter", "value", "unit", "basis"], parameter_rows(params, fitted, len(pts))), "",
+          markdown_table(["parameter", "value", "unit", "basis"], parameter_rows(params, fitted, pts)), "",
           "Datasheet inputs (bandwidth, dense tensor-core peaks, ALU rate): qsim/hw/devices.py, sources below.", "",
           markdown_table(["device", "model", "bits", "method", "metric", "roofline ms", "fitted ms",
                           "leave-one-out ms", "published ms", "leave-one-out error", "target"],
@@ -98,7 +98,7 @@ def section(out: Path, prompt_len: int, provenance: dict) -> tuple[list[str], li
     data = {**provenance, "fit_subset": "every [[gpu]] entry of qsim/hw/published.toml with a TPOT or TTFT figure",
             "targets": TARGETS,
             "parameters": [dict(zip(("name", "value", "unit", "basis"), r))
-                           for r in parameter_rows(params, fitted, len(pts))],
+                           for r in parameter_rows(params, fitted, pts)],
             "points": [{"device": r.point.device, "model": r.point.model, "bits": r.point.bits,
                         "method": r.point.method, "metric": r.point.metric, "prompt_len": r.point.prompt_len,
                         "roofline_ms": r.roofline_ms, "fitted_ms": r.fitted_ms, "loo_ms": r.loo_ms,

@@ -1,6 +1,9 @@
 """The GPU latency model: kernels and bytes of a pass, the closed-form fit, leave-one-out, and the
 published fit's physical ranges and issue 15's targets."""
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -133,3 +136,10 @@ def test_bad_published_entry_names_the_file(tmp_path):
                     'bits = "w8a8"\nmethod = "m"\ntpot_ms = 1.0\n')
     with pytest.raises(QsimError, match="published.toml.*online_hadamard"):
         points(path)
+
+
+def test_fit_is_the_same_under_any_hash_seed():
+    code = "from qsim.hw.latency_fit import fit, points; print(repr(fit(points())))"
+    runs = {seed: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert runs["1"] == runs["2"] and "eta" in runs["1"]

@@ -24,7 +24,7 @@ import numpy as np
 from qsim import hadamard
 from qsim.artifact import QuantizedModel
 from qsim.bits import BitsPreset
-from qsim.weights import MambaWeights
+from qsim.weights import LazyLayers, MambaWeights, keep_layers
 
 QUANT_POINTS = ("u", "x_in", "z", "xs", "dtr", "B", "C", "dt_pre", "u_f")
 
@@ -33,38 +33,41 @@ def dequant_linear(qm: QuantizedModel, name: str) -> np.ndarray:
     return (qm.linear(name).effective() * qm.t(f"{name}.scale")[:, None]).astype(np.float32)
 
 
+def dequant_layer(qm: QuantizedModel, i: int) -> dict[str, np.ndarray]:
+    """Layer i's float weights exactly as the artifact's integers represent them."""
+    L, p = qm.layer(i), f"layers.{i}"
+    sc, qa = L["scales"], L["quamba"]
+    s_cw, s_wdt = L["conv"]["w_scale"], L["dt_proj"]["w_scale"]
+    return {
+        "norm": (qm.t(f"{p}.norm.g") * L["norm"]["g_scale"]).astype(np.float32),
+        "in_proj": dequant_linear(qm, f"{p}.in_proj"),
+        "conv_w": (qm.t(f"{p}.conv.w") * s_cw).astype(np.float32),
+        "conv_b": (qm.t(f"{p}.conv.b") * (sc["x"] * s_cw)).astype(np.float32),
+        "x_proj": dequant_linear(qm, f"{p}.x_proj"),
+        "dt_w": (qm.t(f"{p}.dt_proj.q") * s_wdt).astype(np.float32),
+        "dt_b": (qm.t(f"{p}.quamba.dt_b") * qa["dt_b"]).astype(np.float32),
+        "A_log": (qm.t(f"{p}.quamba.A_log") * qa["A_log"]).astype(np.float32),
+        "D": (qm.t(f"{p}.quamba.D") * qa["D"]).astype(np.float32),
+        "out_proj": dequant_linear(qm, f"{p}.out_proj"),
+        **({"out_smooth": qm.t(f"{p}.out_smooth")} if f"{p}.out_smooth" in qm.tensors else {}),
+    }
+
+
 def dequant_weights(qm: QuantizedModel) -> MambaWeights:
-    """Float weights exactly as the artifact's integers represent them."""
-    m = qm.manifest
+    """Float weights exactly as the artifact's integers represent them, a layer at a time when large."""
+    m, cfg = qm.manifest, qm.config
     emb = (qm.t("embedding.q") * m["embedding"]["scale"]).astype(np.float32)
-    layers = []
-    for i in range(qm.config.n_layer):
-        L, p = qm.layer(i), f"layers.{i}"
-        sc, qa = L["scales"], L["quamba"]
-        s_cw, s_wdt = L["conv"]["w_scale"], L["dt_proj"]["w_scale"]
-        layers.append({
-            "norm": (qm.t(f"{p}.norm.g") * L["norm"]["g_scale"]).astype(np.float32),
-            "in_proj": dequant_linear(qm, f"{p}.in_proj"),
-            "conv_w": (qm.t(f"{p}.conv.w") * s_cw).astype(np.float32),
-            "conv_b": (qm.t(f"{p}.conv.b") * (sc["x"] * s_cw)).astype(np.float32),
-            "x_proj": dequant_linear(qm, f"{p}.x_proj"),
-            "dt_w": (qm.t(f"{p}.dt_proj.q") * s_wdt).astype(np.float32),
-            "dt_b": (qm.t(f"{p}.quamba.dt_b") * qa["dt_b"]).astype(np.float32),
-            "A_log": (qm.t(f"{p}.quamba.A_log") * qa["A_log"]).astype(np.float32),
-            "D": (qm.t(f"{p}.quamba.D") * qa["D"]).astype(np.float32),
-            "out_proj": dequant_linear(qm, f"{p}.out_proj"),
-            **({"out_smooth": qm.t(f"{p}.out_smooth")} if f"{p}.out_smooth" in qm.tensors else {}),
-        })
+    layers = LazyLayers(cfg.n_layer, lambda i: dequant_layer(qm, i), keep_layers(cfg))
     norm_f = (qm.t("norm_f.g") * m["final_norm"]["g_scale"]).astype(np.float32)
     return MambaWeights(emb, norm_f, dequant_linear(qm, "lm_head"), layers)
 
 
-def fp16_weights(w: MambaWeights) -> MambaWeights:
-    """The `fp16` preset: every weight rounded to float16."""
-    h = lambda a: a.astype(np.float16).astype(np.float32)  # noqa: E731
+def fp16_weights(cfg, w: MambaWeights) -> MambaWeights:
+    """The `fp16` preset: every weight rounded to float16 (a layer at a time when large)."""
+    h = lambda a: a.astype(np.float16).astype(np.float32)
     emb = h(w.embedding)
-    return MambaWeights(emb, h(w.norm_f), emb if w.lm_head is w.embedding else h(w.lm_head),
-                        [{k: h(v) for k, v in lw.items()} for lw in w.layers])
+    layers = LazyLayers(len(w.layers), lambda i: {k: h(v) for k, v in w.layers[i].items()}, keep_layers(cfg))
+    return MambaWeights(emb, h(w.norm_f), emb if w.lm_head is w.embedding else h(w.lm_head), layers)
 
 
 class QuambaHook:

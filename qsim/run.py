@@ -197,7 +197,7 @@ def run(opts: RunOptions) -> dict:
     cached = False
     if bits.weight_bits < 16:
         qm, path, cached = get_artifact(lm, bits, opts)
-    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(lm.weights)
+    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(cfg, lm.weights)
     fixed = None
     if qm is not None and bits.integer_activations:
         from qsim.fixed.executor import Trace

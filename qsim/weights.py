@@ -11,12 +11,14 @@ import hashlib
 import json
 import math
 import os
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from qsim.config import MambaConfig, REGISTRY, registered
+from qsim.config import REGISTRY, MambaConfig, registered
 from qsim.errors import QsimError
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
@@ -36,14 +38,49 @@ _HF_LAYER = {
 }
 
 
+KEEP_BYTES = 1 << 30  # a model whose layers take at most this in fp32 keeps them in memory once read
+
+
+class LazyLayers(Sequence):
+    """Per-layer fp32 weight dicts, read or generated when a layer is used.
+
+    A large model (mamba-2.8b: 11 GB in fp32) never holds more than the layers
+    its caller keeps; a small one (`keep`) caches every layer it has built.
+    """
+
+    def __init__(self, n: int, build: Callable[[int], dict[str, np.ndarray]], keep: bool):
+        self._n, self._build = n, build
+        self._cache: dict[int, dict] | None = {} if keep else None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(f"layer {i} of {self._n}")
+        i %= self._n
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        layer = self._build(i)
+        if self._cache is not None:
+            self._cache[i] = layer
+        return layer
+
+
+def keep_layers(cfg: MambaConfig) -> bool:
+    return 4 * cfg.n_layer * sum(math.prod(s) for s in expected_shapes(cfg).values()) <= KEEP_BYTES
+
+
 @dataclass
 class MambaWeights:
-    """fp32 weights; `lm_head is embedding` when the embeddings are tied."""
+    """fp32 weights; `lm_head is embedding` when the embeddings are tied; layers may be lazy."""
 
     embedding: np.ndarray
     norm_f: np.ndarray
     lm_head: np.ndarray
-    layers: list[dict[str, np.ndarray]] = field(default_factory=list)
+    layers: Sequence[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,36 +125,52 @@ def _checked(arr, name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     return arr
 
 
-def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of a (possibly sharded) checkpoint, and the sha256 of its files."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+class SafetensorsFiles:
+    """The tensors of a (possibly sharded) checkpoint, read one at a time from the memory-mapped files."""
 
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise QsimError(f"{folder}: no model.safetensors (or model-*.safetensors shards) in the folder")
-    tensors: dict[str, np.ndarray] = {}
-    digest = hashlib.sha256()
-    for f in files:
+    def __init__(self, folder: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.files = sorted(folder.glob("model*.safetensors"))
+        if not self.files:
+            raise QsimError(f"{folder}: no model.safetensors (or model-*.safetensors shards) in the folder")
+        self.where: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for f in self.files:
+            try:
+                with safe_open(str(f), framework="numpy") as h:
+                    for k in h.keys():  # noqa: SIM118 (safe_open is not iterable)
+                        self.where[k] = f
+                        self.shapes[k] = tuple(h.get_slice(k).get_shape())
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise QsimError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 (bfloat16, which NumPy lacks, goes through torch)."""
+        from safetensors import SafetensorError, safe_open
+
+        f = self.where[name]
         try:
-            data = f.read_bytes()
-            digest.update(data)
-            tensors.update(_load_any_dtype(f, load_file))
-        except (SafetensorError, OSError, ValueError) as exc:
+            with safe_open(str(f), framework="numpy") as h:
+                return np.asarray(h.get_tensor(name), dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
+                raise QsimError(f"{f}: tensor {name} cannot be read ({exc})") from None
+        except (SafetensorError, OSError) as exc:
             raise QsimError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
-    return tensors, digest.hexdigest()
+        with safe_open(str(f), framework="pt") as h:
+            return h.get_tensor(name).float().numpy()
 
-
-def _load_any_dtype(path: Path, load_file) -> dict[str, np.ndarray]:
-    """safetensors' NumPy loader lacks bfloat16; fall back to torch for such files."""
-    try:
-        return load_file(str(path))
-    except (TypeError, ValueError) as exc:
-        if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
-            raise
-    from safetensors.torch import load_file as load_torch
-
-    return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for f in self.files:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _hf_config(folder: Path) -> MambaConfig:
@@ -131,30 +184,44 @@ def _hf_config(folder: Path) -> MambaConfig:
     return MambaConfig.from_hf(hf, str(path))
 
 
-def weights_from_hf_tensors(cfg: MambaConfig, t: dict[str, np.ndarray], where: str) -> MambaWeights:
-    """Map transformers' MambaForCausalLM tensor names onto MambaWeights, checking shapes and values."""
+def _layer_tensor_names(cfg: MambaConfig, i: int) -> dict[str, str]:
+    return {key: f"backbone.layers.{i}.{hf_name}" for key, hf_name in _HF_LAYER.items()}
+
+
+def weights_from_hf_tensors(cfg: MambaConfig, t, where: str) -> MambaWeights:
+    """Map transformers' MambaForCausalLM tensor names onto MambaWeights, checking shapes and values.
+
+    `t` is a dict of arrays or a SafetensorsFiles; every tensor is checked here,
+    one at a time, and the layers are re-read when used unless the model is small.
+    """
+    get = t.get if isinstance(t, SafetensorsFiles) else t.__getitem__
+    shapes = expected_shapes(cfg)
 
     def take(name: str, shape):
         if name not in t:
             raise QsimError(f"{where}: tensor {name} is missing")
-        return _checked(t[name], name, shape, where)
+        return _checked(get(name), name, shape, where)
 
-    shapes = expected_shapes(cfg)
-    emb = take("backbone.embeddings.weight", (cfg.vocab_size, cfg.d_model))
-    layers = []
-    for i in range(cfg.n_layer):
-        layer = {}
-        for key, hf_name in _HF_LAYER.items():
-            name = f"backbone.layers.{i}.{hf_name}"
-            raw = t.get(name)
-            if key == "conv_w" and raw is not None and raw.ndim == 3:
-                raw = raw[:, 0, :]
-            if key == "conv_b" and raw is None and not cfg.conv_bias:
-                raw = np.zeros(shapes[key], np.float32)
-            if raw is None:
+    def layer(i: int) -> dict[str, np.ndarray]:
+        out = {}
+        for key, name in _layer_tensor_names(cfg, i).items():
+            if name not in t:
+                if key == "conv_b" and not cfg.conv_bias:
+                    out[key] = np.zeros(shapes[key], np.float32)
+                    continue
                 raise QsimError(f"{where}: tensor {name} is missing")
-            layer[key] = _checked(raw, name, shapes[key], where)
-        layers.append(layer)
+            raw = get(name)
+            if key == "conv_w" and raw.ndim == 3:
+                raw = raw[:, 0, :]
+            out[key] = _checked(raw, name, shapes[key], where)
+        return out
+
+    emb = take("backbone.embeddings.weight", (cfg.vocab_size, cfg.d_model))
+    keep = keep_layers(cfg)
+    layers = LazyLayers(cfg.n_layer, layer, keep)
+    check = layers.__getitem__ if keep else layer  # kept when small; read, checked and dropped when large
+    for i in range(cfg.n_layer):  # every tensor checked now, not minutes into a run
+        check(i)
     norm_f = take("backbone.norm_f.weight", (cfg.d_model,))
     lm_head = emb
     if "lm_head.weight" in t and not cfg.tie_embeddings:
@@ -164,37 +231,45 @@ def weights_from_hf_tensors(cfg: MambaConfig, t: dict[str, np.ndarray], where: s
 
 def load_folder(folder: Path, name: str | None = None, source: str = "local") -> LoadedModel:
     cfg = _hf_config(folder)
-    tensors, sha = _read_safetensors(folder)
-    weights = weights_from_hf_tensors(cfg, tensors, str(folder))
-    return LoadedModel(name or folder.name, cfg, weights, source, str(folder), sha, folder)
+    files = SafetensorsFiles(folder)
+    weights = weights_from_hf_tensors(cfg, files, str(folder))
+    return LoadedModel(name or folder.name, cfg, weights, source, str(folder), files.sha256(), folder)
+
+
+def _tensor_rng(seed: int, name: str) -> np.random.Generator:
+    """One generator per tensor: its values do not depend on which tensors were made before."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def synthetic_layer(cfg: MambaConfig, i: int, seed: int = SYNTHETIC_SEED) -> dict[str, np.ndarray]:
+    """Layer i under Mamba's standard initialisation (as in mamba_ssm / transformers), seeded per tensor."""
+    di, dm, n, r = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.dt_rank
+    rng = lambda key: _tensor_rng(seed, f"layers.{i}.{key}")
+
+    def linear(key: str, out_f: int, in_f: int) -> np.ndarray:
+        bound = 1.0 / math.sqrt(in_f)
+        return rng(key).uniform(-bound, bound, (out_f, in_f)).astype(np.float32)
+
+    dt = np.exp(rng("dt_b").uniform(math.log(1e-3), math.log(1e-1), di)).clip(min=1e-4)
+    return {
+        "norm": np.ones(dm, np.float32),
+        "in_proj": linear("in_proj", 2 * di, dm),
+        "conv_w": rng("conv_w").uniform(-0.5, 0.5, (di, cfg.d_conv)).astype(np.float32),  # fan_in = d_conv
+        "conv_b": rng("conv_b").uniform(-0.5, 0.5, di).astype(np.float32),
+        "x_proj": linear("x_proj", r + 2 * n, di),
+        "dt_w": rng("dt_w").uniform(-(r**-0.5), r**-0.5, (di, r)).astype(np.float32),
+        "dt_b": (dt + np.log(-np.expm1(-dt))).astype(np.float32),  # inverse softplus
+        "A_log": np.log(np.tile(np.arange(1, n + 1, dtype=np.float32), (di, 1))),
+        "D": np.ones(di, np.float32),
+        "out_proj": linear("out_proj", dm, di),
+    }
 
 
 def synthetic_weights(cfg: MambaConfig, seed: int = SYNTHETIC_SEED) -> MambaWeights:
-    """Mamba's standard initialisation (as in mamba_ssm / transformers), seeded."""
-    rng = np.random.default_rng(seed)
-    di, dm, n, r = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.dt_rank
-
-    def linear(out_f: int, in_f: int) -> np.ndarray:
-        bound = 1.0 / math.sqrt(in_f)
-        return rng.uniform(-bound, bound, (out_f, in_f)).astype(np.float32)
-
-    emb = (rng.standard_normal((cfg.vocab_size, dm)) * 0.02).astype(np.float32)
-    layers = []
-    for _ in range(cfg.n_layer):
-        dt = np.exp(rng.uniform(math.log(1e-3), math.log(1e-1), di)).clip(min=1e-4)
-        layers.append({
-            "norm": np.ones(dm, np.float32),
-            "in_proj": linear(2 * di, dm),
-            "conv_w": rng.uniform(-0.5, 0.5, (di, cfg.d_conv)).astype(np.float32),  # fan_in = d_conv
-            "conv_b": rng.uniform(-0.5, 0.5, di).astype(np.float32),
-            "x_proj": linear(r + 2 * n, di),
-            "dt_w": rng.uniform(-(r**-0.5), r**-0.5, (di, r)).astype(np.float32),
-            "dt_b": (dt + np.log(-np.expm1(-dt))).astype(np.float32),  # inverse softplus
-            "A_log": np.log(np.tile(np.arange(1, n + 1, dtype=np.float32), (di, 1))),
-            "D": np.ones(di, np.float32),
-            "out_proj": linear(dm, di),
-        })
-    return MambaWeights(emb, np.ones(dm, np.float32), emb, layers)
+    """Seeded synthetic weights; a large model's layers are generated when used."""
+    emb = (_tensor_rng(seed, "embedding").standard_normal((cfg.vocab_size, cfg.d_model)) * 0.02).astype(np.float32)
+    layers = LazyLayers(cfg.n_layer, lambda i: synthetic_layer(cfg, i, seed), keep_layers(cfg))
+    return MambaWeights(emb, np.ones(cfg.d_model, np.float32), emb, layers)
 
 
 def _hf_snapshot(repo: str, local_only: bool) -> Path | None:

@@ -112,3 +112,47 @@ def test_registered_model_resolves_from_local_hf_cache(hf_checkpoint, tmp_path, 
     lm = resolve("mamba-cached", require_weights=True)
     assert lm.source == "hf-cache" and lm.name == "mamba-cached"
     assert lm.sha256 == load_folder(hf_checkpoint[0]).sha256
+
+
+def test_sha256_is_the_files_hash(hf_checkpoint):
+    import hashlib
+
+    data = (hf_checkpoint[0] / "model.safetensors").read_bytes()
+    assert load_folder(hf_checkpoint[0]).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_large_model_streams_its_layers(hf_checkpoint, monkeypatch):
+    """Above KEEP_BYTES nothing is kept: each use re-reads the layer, with the same values."""
+    kept = load_folder(hf_checkpoint[0])
+    monkeypatch.setattr("qsim.weights.KEEP_BYTES", 0)
+    lazy = load_folder(hf_checkpoint[0])
+    a, b = lazy.weights.layers[1], lazy.weights.layers[1]
+    assert a is not b and kept.weights.layers[1] is kept.weights.layers[1]
+    for k in a:
+        assert np.array_equal(a[k], b[k]) and np.array_equal(a[k], kept.weights.layers[1][k])
+    assert [lw["D"][0] for lw in lazy.weights.layers] == [lw["D"][0] for lw in kept.weights.layers]
+    with pytest.raises(IndexError):
+        lazy.weights.layers[2]
+
+
+def test_nan_in_a_streamed_layer_is_found_at_load(hf_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr("qsim.weights.KEEP_BYTES", 0)
+    d = _copy(hf_checkpoint[0], tmp_path / "ckpt")
+    t = load_file(str(d / "model.safetensors"))
+    t["backbone.layers.1.mixer.out_proj.weight"][0, 2] = np.inf
+    save_file(t, str(d / "model.safetensors"))
+    with pytest.raises(QsimError, match=r"layers.1.mixer.out_proj.weight holds NaN or Inf"):
+        load_folder(d)
+
+
+def test_synthetic_tensors_do_not_depend_on_order(monkeypatch):
+    """Each tensor has its own seed: layer 2 made alone equals layer 2 made after 0 and 1."""
+    from qsim.weights import synthetic_layer
+
+    cfg = MambaConfig(d_model=32, n_layer=3, vocab_size=300)
+    monkeypatch.setattr("qsim.weights.KEEP_BYTES", 0)
+    w = synthetic_weights(cfg)
+    alone = synthetic_layer(cfg, 2)
+    after = [w.layers[i] for i in range(3)][2]
+    assert all(np.array_equal(alone[k], after[k]) for k in alone)
+    assert not np.array_equal(w.layers[0]["in_proj"], w.layers[1]["in_proj"])

@@ -92,14 +92,43 @@ def mixer(cfg: MambaConfig, w: dict, u: np.ndarray, layer: int, act: Hook) -> np
     return _apply(act, layer, "out", yg @ w["out_proj"].T)
 
 
-def forward(cfg: MambaConfig, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:
-    """Logits (L, vocab) of one token sequence."""
+def embed(w: MambaWeights, tokens: np.ndarray) -> np.ndarray:
+    return w.embedding[np.asarray(tokens)].astype(np.float32)
+
+
+def block(cfg: MambaConfig, lw: dict, r: np.ndarray, layer: int, act: Hook) -> np.ndarray:
+    """One residual block: the residual stream after layer `layer`."""
+    r = _apply(act, layer, "residual", r)
+    u = _apply(act, layer, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
+    return r + mixer(cfg, lw, u, layer, act)
+
+
+def head(cfg: MambaConfig, w: MambaWeights, r: np.ndarray, act: Hook | None = None) -> np.ndarray:
+    """Final norm and lm_head: logits (L, vocab)."""
     act = act or _identity
-    r = w.embedding[np.asarray(tokens)].astype(np.float32)
-    for i, lw in enumerate(w.layers):
-        r = _apply(act, i, "residual", r)
-        u = _apply(act, i, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
-        r = r + mixer(cfg, lw, u, i, act)
     r = _apply(act, cfg.n_layer, "residual", r)
     uf = _apply(act, cfg.n_layer, "u_f", rmsnorm(r, w.norm_f, cfg.layer_norm_epsilon))
     return uf @ w.lm_head.T
+
+
+def forward(cfg: MambaConfig, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:
+    """Logits (L, vocab) of one token sequence."""
+    act = act or _identity
+    r = embed(w, tokens)
+    for i, lw in enumerate(w.layers):
+        r = block(cfg, lw, r, i, act)
+    return head(cfg, w, r, act)
+
+
+def forward_batch(cfg: MambaConfig, w: MambaWeights, windows: list[np.ndarray],
+                  acts: list[Hook] | Hook | None = None) -> list[np.ndarray]:
+    """forward() of every window, layer-major: each layer's weights are used once for the whole batch.
+
+    Every window sees exactly the operations forward() applies to it, so the logits are identical;
+    a hook sees layer 0 of every window, then layer 1, ... (`acts`: one hook for all or one per window).
+    """
+    hooks = acts if isinstance(acts, list) else [acts or _identity] * len(windows)
+    rs = [embed(w, t) for t in windows]
+    for i, lw in enumerate(w.layers):
+        rs = [block(cfg, lw, r, i, h) for r, h in zip(rs, hooks)]
+    return [head(cfg, w, r, h) for r, h in zip(rs, hooks)]

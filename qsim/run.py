@@ -134,6 +134,15 @@ class _Accumulator:
         return out
 
 
+def _summed(counts) -> dict[str, int]:
+    """Per-name counts added up in order (the first dict's names first)."""
+    out: dict[str, int] = defaultdict(int)
+    for c in counts:
+        for k, v in c.items():
+            out[k] += v
+    return dict(out)
+
+
 def _float_tensors(rec: _Recorder, i: int) -> dict[str, np.ndarray]:
     g = lambda n: np.concatenate(rec.seen[(i, n)])
     return {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("y"), "out_proj_in": g("y")}
@@ -207,47 +216,52 @@ def run(opts: RunOptions) -> dict:
         scale = fixed.logit_scale()
 
     acc = _Accumulator()
-    sat_fixed: dict[str, int] = defaultdict(int)
     timing = defaultdict(float)
-    quamba_sat: dict[str, int] = defaultdict(int)
-    for w in progress(windows, desc=f"run {lm.name} {bits.name}", unit="seq"):
-        rec = _Recorder()
-        t0 = time.perf_counter()
-        ref = float_model.forward(cfg, lm.weights, w, rec)
-        timing["float"] += time.perf_counter() - t0
-        acc.logits("float", ref, w, None)
-        fl = {i: _float_tensors(rec, i) for i in range(cfg.n_layer)}
-        del rec
 
-        hook = QuambaHook(qm, bits, record={"x_in", "z", "scan", "out_proj_in"})
+    def timed(numerics: str, fn, *args):
         t0 = time.perf_counter()
-        ql = float_model.forward(cfg, quamba_w, w, hook)
-        timing["quamba"] += time.perf_counter() - t0
-        acc.logits("quamba", ql, w, ref)
-        for k, v in hook.saturation.items():
-            quamba_sat[k] += v
-        if qm is not None:
-            for i in range(cfg.n_layer):
-                seen = {n: np.concatenate(hook.seen[(i, n)]) for n in ("x_in", "z", "scan", "out_proj_in")}
+        out = fn(*args)
+        timing[numerics] += time.perf_counter() - t0
+        return out
+
+    # layer-major: each layer's weights (float, dequantized, integer) are used once for every window
+    record = {"x_in", "z", "scan", "out_proj_in"} if qm is not None else frozenset()
+    hooks = [QuambaHook(qm, bits, record=record) for _ in windows]
+    r_float = [timed("float", float_model.embed, lm.weights, w) for w in windows]
+    r_quamba = [timed("quamba", float_model.embed, quamba_w, w) for w in windows]
+    if fixed is not None:
+        traces = [Trace(names={"xz", "y", "yo"}) for _ in windows]
+        states = [fixed.new_state() for _ in windows]
+        r_fixed = [timed("fixed", fixed.embed, w, tr) for w, tr in zip(windows, traces)]
+    for i in progress(range(cfg.n_layer), desc=f"run {lm.name} {bits.name} ({len(windows)} seq)", unit="layer"):
+        lw, qlw = lm.weights.layers[i], quamba_w.layers[i]
+        for k in range(len(windows)):
+            rec = _Recorder()
+            r_float[k] = timed("float", float_model.block, cfg, lw, r_float[k], i, rec)
+            fl = _float_tensors(rec, i)
+            r_quamba[k] = timed("quamba", float_model.block, cfg, qlw, r_quamba[k], i, hooks[k])
+            if qm is not None:
+                seen = {n: np.concatenate(hooks[k].seen.pop((i, n))) for n in ("x_in", "z", "scan", "out_proj_in")}
                 qt = {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1), "scan": seen["scan"],
                       "out_proj_in": seen["out_proj_in"]}
                 for name in SQNR_TENSORS:
-                    acc.tensor(("quamba", name, i), fl[i][name], qt[name])
-        del hook
-
-        if fixed is not None:
-            tr = Trace(names={"xz", "y", "yo"})
-            t0 = time.perf_counter()
-            logits_int, _ = fixed.prefill(w, trace=tr)
-            timing["fixed"] += time.perf_counter() - t0
-            acc.logits("fixed", logits_int * scale, w, ref)
-            for k, v in tr.saturation.items():
-                sat_fixed[k] += v
-            for i in range(cfg.n_layer):
-                ft = _fixed_tensors(qm, tr, i)
+                    acc.tensor(("quamba", name, i), fl[name], qt[name])
+            if fixed is not None:
+                r_fixed[k] = timed("fixed", fixed.block, i, r_fixed[k], states[k], traces[k])
+                ft = _fixed_tensors(qm, traces[k], i)
                 for name in SQNR_TENSORS:
-                    acc.tensor(("fixed", name, i), fl[i][name], ft[name])
+                    acc.tensor(("fixed", name, i), fl[name], ft[name])
+                traces[k].tensors.clear()
+        del lw, qlw
+    for k, w in enumerate(windows):
+        ref = timed("float", float_model.head, cfg, lm.weights, r_float[k], None)
+        acc.logits("float", ref, w, None)
+        acc.logits("quamba", timed("quamba", float_model.head, cfg, quamba_w, r_quamba[k], hooks[k]), w, ref)
+        if fixed is not None:
+            acc.logits("fixed", timed("fixed", fixed.head, r_fixed[k], traces[k]) * scale, w, ref)
         acc.count += len(w) - 1
+    quamba_sat = _summed(h.saturation for h in hooks)
+    sat_fixed = _summed(tr.saturation for tr in traces) if fixed is not None else {}
 
     n_tok = opts.seq_len * opts.eval_seqs
     numerics = ["float", "quamba"] + (["fixed"] if fixed is not None else [])

@@ -17,6 +17,7 @@ import numpy as np
 from qsim import spec
 from qsim.artifact import QuantizedModel
 from qsim.errors import QsimError
+from qsim.weights import LazyLayers, keep_layers
 
 BACKENDS = {"numpy": "qsim.fixed.ops", "numba": "qsim.fixed.ops_numba"}
 
@@ -76,7 +77,7 @@ class FixedExecutor:
         self.state_bits = m["state_bits"]
         self.emb = qm.t("embedding.q").astype(np.int64)
         self.emb_rq = (m["embedding"]["m"], m["embedding"]["s"])
-        self.layers = [self._layer(i) for i in range(self.cfg.n_layer)]
+        self.layers = LazyLayers(self.cfg.n_layer, self._layer, keep_layers(self.cfg))  # large: prepared per use
         self.final = {"g": qm.t("norm_f.g"), **m["final_norm"]}
         self.lm_head = self.ops.prepare_linear(qm.linear("lm_head"))
 
@@ -160,22 +161,35 @@ class FixedExecutor:
         trace.rec(i, "out", out)
         return out
 
-    def prefill(self, tokens, state: State | None = None, trace: Trace | None = None):
-        """Logits as int64 accumulators (L, vocab), and the state after the last token."""
+    def embed(self, tokens, trace: Trace) -> np.ndarray:
+        """The residual stream entering layer 0."""
         tokens = checked_tokens(tokens, self.cfg.vocab_size)
-        state = state or self.new_state()
-        trace = trace if trace is not None else Trace(names=set())
-        r = self._requant(trace, "residual", self.emb[tokens], self.emb_rq, spec.RESIDUAL_BITS)
-        for i in range(self.cfg.n_layer):
-            trace.rec(i, "residual", r)
-            r, n = spec.saturate(r + self._mixer(i, r, state, trace), spec.RESIDUAL_BITS)
-            trace.sat("residual", n)
+        return self._requant(trace, "residual", self.emb[tokens], self.emb_rq, spec.RESIDUAL_BITS)
+
+    def block(self, i: int, r: np.ndarray, state: State, trace: Trace) -> np.ndarray:
+        """The residual stream after layer i."""
+        trace.rec(i, "residual", r)
+        r, n = spec.saturate(r + self._mixer(i, r, state, trace), spec.RESIDUAL_BITS)
+        trace.sat("residual", n)
+        return r
+
+    def head(self, r: np.ndarray, trace: Trace) -> np.ndarray:
+        """Final norm and lm_head: int64 logit accumulators."""
         trace.rec(self.cfg.n_layer, "residual", r)
         uf = self._norm(trace, r, self.final)
         trace.rec(self.cfg.n_layer, "u_f", uf)
         logits = self.ops.linear(uf, self.lm_head)
         trace.rec(self.cfg.n_layer, "logits", logits)
-        return logits, state
+        return logits
+
+    def prefill(self, tokens, state: State | None = None, trace: Trace | None = None):
+        """Logits as int64 accumulators (L, vocab), and the state after the last token."""
+        state = state or self.new_state()
+        trace = trace if trace is not None else Trace(names=set())
+        r = self.embed(tokens, trace)
+        for i in range(self.cfg.n_layer):
+            r = self.block(i, r, state, trace)
+        return self.head(r, trace), state
 
     def step(self, token: int, state: State, trace: Trace | None = None):
         """One decode step: logits (vocab,) and the updated state."""

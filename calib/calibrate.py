@@ -35,12 +35,45 @@ def sample_windows(tokens: np.ndarray, n: int, length: int, where: str) -> list[
     return [tokens[s : s + length] for s in starts]
 
 
-def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings, bits: BitsPreset) -> ObserverHook:
-    hook = ObserverHook(lm.config.n_layer, s.alpha if s.percentile else None, s.hadamard,
+SMALL_KEYS = ("norm", "conv_w", "conv_b", "dt_w", "dt_b", "A_log", "D", "out_smooth")  # kept for the second phase
+
+
+def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings, bits: BitsPreset):
+    """Layer by layer over the calibration batch: ranges observed, the large linears quantized.
+
+    The batch's residual streams are carried from layer to layer; a layer's float
+    weights and GPTQ Hessians are dropped once its linears are quantized, so
+    memory holds one layer, not the model. Returns the hook, per layer the
+    quantized linears {name: (IntLinear, scales)} and the small float tensors,
+    and lm_head's quantized weight.
+    """
+    cfg = lm.config
+    hook = ObserverHook(cfg.n_layer, s.alpha if s.percentile else None, s.hadamard,
                         hessians=s.gptq and bits.weight_bits == 4)
-    for w in progress(windows, desc="calibrate", unit="seq"):
-        float_model.forward(lm.config, lm.weights, w, hook)
-    return hook
+    rs = [float_model.embed(lm.weights, w) for w in windows]
+    linears, small = [], []
+    for i in progress(range(cfg.n_layer), desc=f"calibrate ({len(windows)} seq)", unit="layer"):
+        lw = lm.weights.layers[i]
+        rs = [float_model.block(cfg, lw, r, i, hook) for r in rs]
+        linears.append(_layer_linears(lw, i, bits, s, hook))
+        small.append({k: lw[k] for k in SMALL_KEYS if k in lw})
+        hook.drop(i)
+    for r in rs:
+        float_model.final_norm(cfg, lm.weights, r, hook)
+    tied = cfg.tie_embeddings and bits.weight_bits == 8
+    head = None if tied else _quant_linear(lm.weights.lm_head, bits, hook, (cfg.n_layer, "u_f"), "lm_head")
+    return hook, linears, small, head
+
+
+def _layer_linears(lw, i, bits, s: CalibSettings, hook) -> dict:
+    """in_proj, x_proj and out_proj (Hadamard fused: H^T / sqrt(N)) quantized, with per-channel scales."""
+    p = f"layers.{i}"
+    wout = lw["out_proj"]
+    if s.hadamard:
+        wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(wout.shape[1]))).astype(np.float32)
+    return {"in_proj": _quant_linear(lw["in_proj"], bits, hook, (i, "u"), f"{p}.in_proj"),
+            "x_proj": _quant_linear(lw["x_proj"], bits, hook, (i, "xs"), f"{p}.x_proj"),
+            "out_proj": _quant_linear(wout, bits, hook, (i, "y_rot"), f"{p}.out_proj")}
 
 
 def _quant_linear(w: np.ndarray, bits: BitsPreset, hook: ObserverHook, key: tuple[int, str],
@@ -73,7 +106,8 @@ def norm_params(g: np.ndarray, s_res: float, s_out: float, eps: float, where: st
     return gq, {"g_scale": s_g, "eps_int": eps_int, "out_scale": s_out, **multiplier_params(real, where)}
 
 
-def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHook) -> QuantizedModel:
+def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, observed) -> QuantizedModel:
+    hook, linears, small, head = observed
     cfg, w = lm.config, lm.weights
     di = cfg.d_inner
     if s.hadamard and not hadamard.supported(di):
@@ -110,23 +144,20 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, hook: ObserverHoo
     qm.tensors["embedding.q"] = eq
     qm.manifest["embedding"] = {"scale": s_emb, **multiplier_params(s_emb / s_res, "embedding")}
     for i in range(cfg.n_layer):
-        qm.manifest["layers"].append(_layer(qm, i, w.layers[i], cfg, bits, s, hook, s_res))
+        qm.manifest["layers"].append(_layer(qm, i, small[i], linears[i], cfg, s, hook, s_res))
     s_uf = spec.symmetric_scale(hook.absmax(cfg.n_layer, "u_f"), 8, "u_f")
     gq, fnorm = norm_params(w.norm_f, s_res, s_uf, cfg.layer_norm_epsilon, "norm_f")
     qm.tensors["norm_f.g"] = gq
     qm.manifest["final_norm"] = fnorm
-    tied = cfg.tie_embeddings and bits.weight_bits == 8
-    if tied:
-        lin, sc = IntLinear(eq), np.full(cfg.vocab_size, s_emb)
-    else:
-        lin, sc = _quant_linear(w.lm_head, bits, hook, (cfg.n_layer, "u_f"), "lm_head")
+    tied = head is None
+    lin, sc = (IntLinear(eq), np.full(cfg.vocab_size, s_emb)) if tied else head
     qm.set_linear("lm_head", lin)
     qm.tensors["lm_head.scale"] = sc.astype(np.float64)
     qm.manifest["lm_head"] = {"tied_to_embedding": tied, "logit_scale": "u_f scale x lm_head.scale per row"}
     return qm
 
 
-def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
+def _layer(qm, i, lw, lin_q, cfg, s: CalibSettings, hook, s_res) -> dict:
     di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
     p = f"layers.{i}"
     a = lambda name: hook.absmax(i, name)  # noqa: E731
@@ -145,7 +176,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
     gq, out["norm"] = norm_params(lw["norm"], s_res, sc["u"], cfg.layer_norm_epsilon, f"{p}.norm")
     qm.tensors[f"{p}.norm.g"] = gq
     # in_proj: x and z get their own scales in `fixed` (quamba shares one)
-    lin, wsc = _quant_linear(lw["in_proj"], bits, hook, (i, "u"), f"{p}.in_proj")
+    lin, wsc = lin_q["in_proj"]
     qm.set_linear(f"{p}.in_proj", lin)
     qm.tensors[f"{p}.in_proj.scale"] = wsc
     out_sc = np.concatenate([np.full(di, sc["x"]), np.full(di, sc["z"])])
@@ -156,7 +187,7 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
     qm.tensors[f"{p}.conv.b"] = spec.round_half_up(lw["conv_b"] / (sc["x"] * s_cw)).astype(np.int32)
     out["conv"] = {"w_scale": s_cw, **multiplier_params(sc["x"] * s_cw / sc["conv_pre"], f"{p}.conv")}
     # x_proj -> dt_r, B, C each with its own scale
-    lin, wsc = _quant_linear(lw["x_proj"], bits, hook, (i, "xs"), f"{p}.x_proj")
+    lin, wsc = lin_q["x_proj"]
     qm.set_linear(f"{p}.x_proj", lin)
     qm.tensors[f"{p}.x_proj.scale"] = wsc
     seg = np.concatenate([np.full(r, sc["dtr"]), np.full(n, sc["B"]), np.full(n, sc["C"])])
@@ -172,13 +203,10 @@ def _layer(qm, i, lw, cfg, bits, s: CalibSettings, hook, s_res) -> dict:
         "silu_z": tables.gate_table(sc["z"], sc["sz"]).tolist(),
     }
     out["scan"] = scan_params(qm, p, lw, sc, s)
-    # out_proj input: y (int16) -> [Hadamard] -> int8; weights pre-multiplied by H^T / sqrt(N)
-    wout = lw["out_proj"]
-    if s.hadamard:
-        wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(di))).astype(np.float32)
+    # out_proj input: y (int16) -> [Hadamard] -> int8; weights pre-multiplied by H^T / sqrt(N) (observe)
     ratio = sc["y"] / sc["yo"] / (math.sqrt(di) if s.hadamard else 1.0)
     out["out_in"] = multiplier_params(ratio, f"{p}.out_in")
-    lin, wsc = _quant_linear(wout, bits, hook, (i, "y_rot"), f"{p}.out_proj")
+    lin, wsc = lin_q["out_proj"]
     qm.set_linear(f"{p}.out_proj", lin)
     qm.tensors[f"{p}.out_proj.scale"] = wsc
     set_requant_arrays(qm, f"{p}.out_proj", sc["yo"] * wsc / s_res)
@@ -218,7 +246,6 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
 
 def calibrate(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, tokens: np.ndarray, where: str) -> QuantizedModel:
     s.validate()
-    hook = observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s, bits)
-    qm = build(lm, bits, s, hook)
+    qm = build(lm, bits, s, observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s, bits))
     artifact_check.validate(qm)  # a calibration outside the spec's bounds fails here, not in an executor
     return qm

@@ -92,6 +92,12 @@ class ObserverHook:
             key = (layer, name)
             self.hessians[key] = self.hessians.get(key, 0.0) + x64.T @ x64
 
+    def drop(self, layer: int) -> None:
+        """Free a layer's Hessians once its linears are quantized."""
+        if self.hessians is not None:
+            for key in [k for k in self.hessians if k[0] == layer]:
+                del self.hessians[key]
+
     def absmax(self, layer: int, name: str) -> float:
         return snap_range(self.obs[(layer, name)].value)
 

@@ -103,12 +103,14 @@ def block(cfg: MambaConfig, lw: dict, r: np.ndarray, layer: int, act: Hook) -> n
     return r + mixer(cfg, lw, u, layer, act)
 
 
+def final_norm(cfg: MambaConfig, w: MambaWeights, r: np.ndarray, act: Hook) -> np.ndarray:
+    r = _apply(act, cfg.n_layer, "residual", r)
+    return _apply(act, cfg.n_layer, "u_f", rmsnorm(r, w.norm_f, cfg.layer_norm_epsilon))
+
+
 def head(cfg: MambaConfig, w: MambaWeights, r: np.ndarray, act: Hook | None = None) -> np.ndarray:
     """Final norm and lm_head: logits (L, vocab)."""
-    act = act or _identity
-    r = _apply(act, cfg.n_layer, "residual", r)
-    uf = _apply(act, cfg.n_layer, "u_f", rmsnorm(r, w.norm_f, cfg.layer_norm_epsilon))
-    return uf @ w.lm_head.T
+    return final_norm(cfg, w, r, act or _identity) @ w.lm_head.T
 
 
 def forward(cfg: MambaConfig, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:

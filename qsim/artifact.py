@@ -63,6 +63,15 @@ class QuantizedModel:
             self.manifest["linears"][name] = {"format": "int4", "group": lin.group, "cols": int(lin.q.shape[1])}
 
 
+def file_sha256(path: Path) -> str:
+    """Hashed in 4 MiB chunks: a multi-GB artifact is never held twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _atomic_folder(dest: Path, write) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +95,7 @@ def save(qm: QuantizedModel, dest: Path) -> None:
 
     def write(tmp: Path) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in sorted(qm.tensors.items())}, str(tmp / WEIGHTS))
-        manifest = dict(qm.manifest, weights_sha256=hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest())
+        manifest = dict(qm.manifest, weights_sha256=file_sha256(tmp / WEIGHTS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
     _atomic_folder(dest, write)
@@ -112,8 +121,7 @@ def load(folder: Path) -> QuantizedModel:
             f"{mpath}: spec version {manifest.get('spec_version')} differs from this qsim's "
             f"{spec.SPEC_VERSION}; recalibrate"
         )
-    data = wpath.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest.get("weights_sha256"):
+    if file_sha256(wpath) != manifest.get("weights_sha256"):
         raise QsimError(f"{wpath}: sha256 does not match the manifest (corrupt or modified)")
     try:
         tensors = load_file(str(wpath))

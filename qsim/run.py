@@ -104,7 +104,7 @@ class _Recorder:
 
 
 class _Accumulator:
-    """Sums over evaluation windows: NLL, agreement, KL, SQNR signal and error energy."""
+    """Sums over evaluation windows (or one window): NLL, agreement, KL, SQNR signal and error energy."""
 
     def __init__(self):
         self.nll = defaultdict(float)
@@ -113,6 +113,18 @@ class _Accumulator:
         self.kl = defaultdict(float)
         self.sig = defaultdict(float)
         self.err = defaultdict(float)
+        self.saturation: dict[str, dict[str, int]] = {"fixed": {}, "quamba": {}}
+
+    def add(self, other: _Accumulator) -> None:
+        for mine, theirs in ((self.nll, other.nll), (self.top1, other.top1), (self.kl, other.kl),
+                             (self.sig, other.sig), (self.err, other.err)):
+            for k, v in theirs.items():
+                mine[k] += v
+        self.count += other.count
+        for numerics, counts in other.saturation.items():
+            mine = self.saturation[numerics]
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
 
     def logits(self, name: str, logits: np.ndarray, tokens: np.ndarray, ref: np.ndarray | None) -> None:
         self.nll[name] += float(metrics.nll(logits, tokens).sum())
@@ -134,13 +146,12 @@ class _Accumulator:
         return out
 
 
-def _summed(counts) -> dict[str, int]:
-    """Per-name counts added up in order (the first dict's names first)."""
-    out: dict[str, int] = defaultdict(int)
-    for c in counts:
-        for k, v in c.items():
-            out[k] += v
-    return dict(out)
+def merge(accs: list[_Accumulator]) -> _Accumulator:
+    """Per-window sums added in window order: the same float additions, in the same order, as one pass."""
+    total = _Accumulator()
+    for a in accs:
+        total.add(a)
+    return total
 
 
 def _float_tensors(rec: _Recorder, i: int) -> dict[str, np.ndarray]:
@@ -184,6 +195,69 @@ def fixed_executor(qm: artifact.QuantizedModel, name: str):
     return FixedExecutor(qm, name)
 
 
+def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], executor: str):
+    """Every window through float, quamba and (with 8-bit activations) fixed: one _Accumulator per window.
+
+    Layer-major: each layer's weights (float, dequantized, integer) are used once for all the windows.
+    """
+    cfg = lm.config
+    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(cfg, lm.weights)
+    fixed = None
+    if qm is not None and bits.integer_activations:
+        from qsim.fixed.executor import Trace
+
+        fixed = fixed_executor(qm, executor)
+        fixed.prefill(windows[0][:2])  # compile (Numba) outside the timed region
+        scale = fixed.logit_scale()
+    accs = [_Accumulator() for _ in windows]
+    timing = defaultdict(float)
+
+    def timed(numerics: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        timing[numerics] += time.perf_counter() - t0
+        return out
+
+    record = {"x_in", "z", "scan", "out_proj_in"} if qm is not None else frozenset()
+    hooks = [QuambaHook(qm, bits, record=record) for _ in windows]
+    r_float = [timed("float", float_model.embed, lm.weights, w) for w in windows]
+    r_quamba = [timed("quamba", float_model.embed, quamba_w, w) for w in windows]
+    if fixed is not None:
+        traces = [Trace(names={"xz", "y", "yo"}) for _ in windows]
+        states = [fixed.new_state() for _ in windows]
+        r_fixed = [timed("fixed", fixed.embed, w, tr) for w, tr in zip(windows, traces)]
+    for i in progress(range(cfg.n_layer), desc=f"run {lm.name} {bits.name} ({len(windows)} seq)", unit="layer"):
+        lw, qlw = lm.weights.layers[i], quamba_w.layers[i]
+        for k, acc in enumerate(accs):
+            rec = _Recorder()
+            r_float[k] = timed("float", float_model.block, cfg, lw, r_float[k], i, rec)
+            fl = _float_tensors(rec, i)
+            r_quamba[k] = timed("quamba", float_model.block, cfg, qlw, r_quamba[k], i, hooks[k])
+            if qm is not None:
+                seen = {n: np.concatenate(hooks[k].seen.pop((i, n))) for n in ("x_in", "z", "scan", "out_proj_in")}
+                qt = {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1), "scan": seen["scan"],
+                      "out_proj_in": seen["out_proj_in"]}
+                for name in SQNR_TENSORS:
+                    acc.tensor(("quamba", name, i), fl[name], qt[name])
+            if fixed is not None:
+                r_fixed[k] = timed("fixed", fixed.block, i, r_fixed[k], states[k], traces[k])
+                ft = _fixed_tensors(qm, traces[k], i)
+                for name in SQNR_TENSORS:
+                    acc.tensor(("fixed", name, i), fl[name], ft[name])
+                traces[k].tensors.clear()
+        del lw, qlw
+    for k, (w, acc) in enumerate(zip(windows, accs)):
+        ref = timed("float", float_model.head, cfg, lm.weights, r_float[k], None)
+        acc.logits("float", ref, w, None)
+        acc.logits("quamba", timed("quamba", float_model.head, cfg, quamba_w, r_quamba[k], hooks[k]), w, ref)
+        acc.saturation["quamba"] = dict(hooks[k].saturation)
+        if fixed is not None:
+            acc.logits("fixed", timed("fixed", fixed.head, r_fixed[k], traces[k]) * scale, w, ref)
+            acc.saturation["fixed"] = dict(traces[k].saturation)
+        acc.count = len(w) - 1
+    return accs, dict(timing)
+
+
 def run(opts: RunOptions) -> dict:
     from calib.recipes import effective
 
@@ -206,65 +280,12 @@ def run(opts: RunOptions) -> dict:
     cached = False
     if bits.weight_bits < 16:
         qm, path, cached = get_artifact(lm, bits, opts)
-    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(cfg, lm.weights)
-    fixed = None
-    if qm is not None and bits.integer_activations:
-        from qsim.fixed.executor import Trace
-
-        fixed = fixed_executor(qm, opts.executor)
-        fixed.prefill(windows[0][:2])  # compile (Numba) outside the timed region
-        scale = fixed.logit_scale()
-
-    acc = _Accumulator()
-    timing = defaultdict(float)
-
-    def timed(numerics: str, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        timing[numerics] += time.perf_counter() - t0
-        return out
-
-    # layer-major: each layer's weights (float, dequantized, integer) are used once for every window
-    record = {"x_in", "z", "scan", "out_proj_in"} if qm is not None else frozenset()
-    hooks = [QuambaHook(qm, bits, record=record) for _ in windows]
-    r_float = [timed("float", float_model.embed, lm.weights, w) for w in windows]
-    r_quamba = [timed("quamba", float_model.embed, quamba_w, w) for w in windows]
-    if fixed is not None:
-        traces = [Trace(names={"xz", "y", "yo"}) for _ in windows]
-        states = [fixed.new_state() for _ in windows]
-        r_fixed = [timed("fixed", fixed.embed, w, tr) for w, tr in zip(windows, traces)]
-    for i in progress(range(cfg.n_layer), desc=f"run {lm.name} {bits.name} ({len(windows)} seq)", unit="layer"):
-        lw, qlw = lm.weights.layers[i], quamba_w.layers[i]
-        for k in range(len(windows)):
-            rec = _Recorder()
-            r_float[k] = timed("float", float_model.block, cfg, lw, r_float[k], i, rec)
-            fl = _float_tensors(rec, i)
-            r_quamba[k] = timed("quamba", float_model.block, cfg, qlw, r_quamba[k], i, hooks[k])
-            if qm is not None:
-                seen = {n: np.concatenate(hooks[k].seen.pop((i, n))) for n in ("x_in", "z", "scan", "out_proj_in")}
-                qt = {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1), "scan": seen["scan"],
-                      "out_proj_in": seen["out_proj_in"]}
-                for name in SQNR_TENSORS:
-                    acc.tensor(("quamba", name, i), fl[name], qt[name])
-            if fixed is not None:
-                r_fixed[k] = timed("fixed", fixed.block, i, r_fixed[k], states[k], traces[k])
-                ft = _fixed_tensors(qm, traces[k], i)
-                for name in SQNR_TENSORS:
-                    acc.tensor(("fixed", name, i), fl[name], ft[name])
-                traces[k].tensors.clear()
-        del lw, qlw
-    for k, w in enumerate(windows):
-        ref = timed("float", float_model.head, cfg, lm.weights, r_float[k], None)
-        acc.logits("float", ref, w, None)
-        acc.logits("quamba", timed("quamba", float_model.head, cfg, quamba_w, r_quamba[k], hooks[k]), w, ref)
-        if fixed is not None:
-            acc.logits("fixed", timed("fixed", fixed.head, r_fixed[k], traces[k]) * scale, w, ref)
-        acc.count += len(w) - 1
-    quamba_sat = _summed(h.saturation for h in hooks)
-    sat_fixed = _summed(tr.saturation for tr in traces) if fixed is not None else {}
+    accs, timing = evaluate(lm, qm, bits, windows, opts.executor)
+    acc = merge(accs)
+    fixed_ran = "fixed" in acc.nll
 
     n_tok = opts.seq_len * opts.eval_seqs
-    numerics = ["float", "quamba"] + (["fixed"] if fixed is not None else [])
+    numerics = ["float", "quamba"] + (["fixed"] if fixed_ran else [])
     report = {
         "qsim_spec_version": spec.SPEC_VERSION,
         "model": lm.name,
@@ -290,11 +311,11 @@ def run(opts: RunOptions) -> dict:
                                for k in numerics if k != "float"},
         "sqnr_db": {k: {t: acc.sqnr(k, t, cfg.n_layer) for t in SQNR_TENSORS}
                     for k in numerics if k != "float" and qm is not None},
-        "saturation": {"fixed": dict(sat_fixed), "quamba": dict(quamba_sat)},
-        "fixed_unavailable": None if fixed is not None else
+        "saturation": {"fixed": acc.saturation["fixed"], "quamba": acc.saturation["quamba"]},
+        "fixed_unavailable": None if fixed_ran else
         f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
-        "fixed_executor": opts.executor if fixed is not None else None,
+        "fixed_executor": opts.executor if fixed_ran else None,
         "wall_time_s": time.perf_counter() - t_start,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

@@ -43,14 +43,25 @@ class _Checker:
             self.fail(name, f"value {bad} outside [{lo}, {hi}]")
 
     def requant(self, name: str, acc_max: int, m, s):
-        """A requantization sat(rshift_round(acc * m, s)) with |acc| <= acc_max (per channel or scalar)."""
-        m, s = np.atleast_1d(np.asarray(m, np.int64)), np.atleast_1d(np.asarray(s, np.int64))
-        self.in_range(f"{name} multiplier", m, 1, MULT_MAX - 1)
-        self.in_range(f"{name} shift", s, 0, 62)
-        worst = int(acc_max) * int(m.max()) + ((1 << int(s.max())) >> 1)  # the product plus the rounding half
-        if worst >= spec.PRODUCT_LIMIT:
-            self.fail(f"{name} multiplier", f"{int(m.max())} times the largest accumulator {int(acc_max)}, plus "
-                      f"the rounding half, is {worst:.3e}, not below 2**62")
+        """A requantization sat(rshift_round(acc * m, s)) with |acc| <= acc_max: one (m, s) pair, or one per
+        output channel (arrays), where the error names the first channel that breaks a bound."""
+        m, s = np.asarray(m, np.int64), np.asarray(s, np.int64)
+
+        def label(what: str, j: int) -> str:
+            return f"{name} {what}" if m.ndim == 0 else f"{name} {what}, channel {j}"
+
+        for what, v, lo, hi in (("multiplier", m, 1, MULT_MAX - 1), ("shift", s, 0, 62)):
+            bad = np.flatnonzero((v < lo) | (v > hi))
+            if bad.size:
+                self.fail(label(what, bad[0]), f"value {int(v.flat[bad[0]])} outside [{lo}, {hi}]")
+        # acc_max * m + half < 2**62, i.e. m <= (2**62 - 1 - half) // acc_max: exact in int64
+        half = np.where(s > 0, np.left_shift(1, np.maximum(s - 1, 0)), 0)
+        bad = np.flatnonzero(m > (spec.PRODUCT_LIMIT - 1 - half) // max(int(acc_max), 1))
+        if bad.size:
+            j = bad[0]
+            worst = int(acc_max) * int(m.flat[j]) + int(half.flat[j])
+            self.fail(label("multiplier", j), f"{int(m.flat[j])} times the largest accumulator {int(acc_max)}, "
+                      f"plus the rounding half, is {worst:.3e}, not below 2**62")
 
     def linear_acc(self, name: str, rows: int, cols: int, x_max: int = INT8) -> int:
         """Largest |x @ W.T| for |x| <= x_max, int8 or grouped int4 weights."""

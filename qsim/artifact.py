@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,37 @@ def _atomic_folder(dest: Path, write) -> None:
         raise
 
 
-def save(qm: QuantizedModel, dest: Path) -> None:
-    from safetensors.numpy import save_file
+SAFETENSORS_DTYPES = {np.dtype(t): name for t, name in (
+    ("int8", "I8"), ("uint8", "U8"), ("int16", "I16"), ("int32", "I32"), ("int64", "I64"),
+    ("float32", "F32"), ("float64", "F64"))}
 
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The safetensors format written tensor by tensor (no serialized copy of the whole artifact in memory).
+
+    Layout as the format defines it: an 8-byte little-endian header length, the JSON header
+    (padded with spaces to a multiple of 8), then the tensors' bytes back to back; tensors are
+    ordered by descending item size, then name, so every tensor starts aligned to its item size.
+    """
+    names = sorted(tensors, key=lambda n: (-tensors[n].dtype.itemsize, n))
+    header, offset = {}, 0
+    for n in names:
+        a = tensors[n]
+        header[n] = {"dtype": SAFETENSORS_DTYPES[a.dtype], "shape": list(a.shape),
+                     "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for n in names:
+            f.write(np.ascontiguousarray(tensors[n]).reshape(-1).view(np.uint8).data)
+
+
+def save(qm: QuantizedModel, dest: Path) -> None:
     def write(tmp: Path) -> None:
-        save_file({k: np.ascontiguousarray(v) for k, v in sorted(qm.tensors.items())}, str(tmp / WEIGHTS))
+        write_safetensors(tmp / WEIGHTS, qm.tensors)
         manifest = dict(qm.manifest, weights_sha256=file_sha256(tmp / WEIGHTS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 

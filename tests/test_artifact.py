@@ -48,3 +48,27 @@ def test_save_replaces_atomically(tiny_artifacts, tmp_path):
     artifact.save(tiny_artifacts[1]["w4a8"], dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert artifact.load(dest).manifest["bits"]["name"] == "w4a8"
+
+
+def test_streamed_safetensors_read_back_by_the_library(tmp_path):
+    """The artifact's own writer produces files the safetensors library reads, every dtype aligned."""
+    import struct
+
+    from safetensors.numpy import load_file
+
+    from qsim.artifact import write_safetensors
+
+    rng = np.random.default_rng(0)
+    t = {"w.q": rng.integers(-127, 128, (5, 3)).astype(np.int8), "w.gs": np.arange(7, dtype=np.uint8),
+         "s": rng.normal(size=3), "rq": np.arange(6, dtype=np.int32).reshape(3, 2).T, "e": np.zeros((0, 2), np.int64),
+         "g": np.arange(3, dtype=np.int16), "f": np.ones(2, np.float32)}
+    write_safetensors(tmp_path / "x.safetensors", t)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert set(back) == set(t)
+    for k, v in t.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    assert n % 8 == 0
+    for k, meta in json.loads(raw[8 : 8 + n]).items():
+        assert meta["data_offsets"][0] % t[k].dtype.itemsize == 0, k

@@ -75,7 +75,7 @@ class FixedExecutor:
         self.rsqrt_tab = np.asarray(m["tables"]["rsqrt"], dtype=np.int64)
         self.hadamard = m["hadamard"]
         self.state_bits = m["state_bits"]
-        self.emb = qm.t("embedding.q").astype(np.int64)
+        self.emb = qm.t("embedding.q")  # int8; rows widened when looked up
         self.emb_rq = (m["embedding"]["m"], m["embedding"]["s"])
         self.layers = LazyLayers(self.cfg.n_layer, self._layer, keep_layers(self.cfg))  # large: prepared per use
         self.final = {"g": qm.t("norm_f.g"), **m["final_norm"]}
@@ -164,7 +164,7 @@ class FixedExecutor:
     def embed(self, tokens, trace: Trace) -> np.ndarray:
         """The residual stream entering layer 0."""
         tokens = checked_tokens(tokens, self.cfg.vocab_size)
-        return self._requant(trace, "residual", self.emb[tokens], self.emb_rq, spec.RESIDUAL_BITS)
+        return self._requant(trace, "residual", self.emb[tokens].astype(np.int64), self.emb_rq, spec.RESIDUAL_BITS)
 
     def block(self, i: int, r: np.ndarray, state: State, trace: Trace) -> np.ndarray:
         """The residual stream after layer i."""

@@ -220,7 +220,9 @@ def _layer(qm, i, lw, lin_q, cfg, s: CalibSettings, hook, s_res) -> dict:
 
 
 def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
-    """Integer decay exponent a = |A| log2(e) s_dt 2**F (uint16), state and output multipliers."""
+    """Integer decay exponent a = |A| log2(e) s_dt 2**F (uint16), the state multiplier and the output
+    multiplier per channel: a recipe's out_smooth (the gated output divided by it, out_proj's columns
+    multiplied) is folded into channel d's m_y, s_y; it is also stored, informative, as P.out_smooth."""
     a_real = np.exp(lw["A_log"].astype(np.float64)) * LOG2E * sc["dt"]
     amax = float(a_real.max())
     frac = int(np.clip(math.floor(math.log2(65535.0 / amax)), 9, 30)) if amax > 0 else 30
@@ -235,12 +237,17 @@ def scan_params(qm, p, lw, sc, s: CalibSettings) -> dict:
     qm.tensors[f"{p}.D.q"] = np.clip(dq, -d_limit, d_limit).astype(np.int64)  # keeps C.h + D*x in 25 bits
     h = spec.quantize_multiplier(sc["dt"] * sc["B"] * sc["xs"] / sc["h"], f"{p}.scan.dBx")
     acc_unit = sc["C"] * sc["h"] * 2.0 ** spec.scan_acc_shift(s.state_bits)
-    y = spec.quantize_multiplier(acc_unit * sc["sz"] / sc["y"], f"{p}.scan.y")
+    smooth = lw.get("out_smooth")
+    if smooth is not None:
+        qm.tensors[f"{p}.out_smooth"] = np.asarray(smooth, np.float32)
+    smooth = np.ones(a_real.shape[0]) if smooth is None else np.asarray(smooth, np.float64)
+    m_y, s_y = spec.quantize_multipliers(acc_unit * sc["sz"] / (sc["y"] * smooth), f"{p}.scan.y")
+    qm.tensors[f"{p}.scan.m_y"], qm.tensors[f"{p}.scan.s_y"] = m_y.astype(np.int32), s_y.astype(np.int32)
     return {
         "a_frac_bits": frac,
         "a_saturated": int(np.count_nonzero(a_real * 2.0**frac > 65535)),
         "d_clamped": int(np.count_nonzero(np.abs(dq) > d_limit)),
-        "m_h": h[0], "s_h": h[1], "m_y": y[0], "s_y": y[1],
+        "m_h": h[0], "s_h": h[1],
     }
 
 

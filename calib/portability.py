@@ -33,6 +33,7 @@ SCALE_REL = 2.0**-18  # 3.8e-6: ~6x the largest scale drift measured
 INT_REL = 2.0**-16
 PAIR_REL = 2.0**-13
 IGNORED = {"weights_sha256"}  # a digest of the tensors, which are compared themselves
+PAIRED = {"rq_m": "rq_s", "m_y": "s_y"}  # per-channel multiplier tensors -> their shifts (last name component)
 
 
 @dataclass
@@ -89,8 +90,7 @@ def _manifest(d: Drift, name: str, a, b) -> None:
             _pairs(d, f"{name}.m/s", a["m"], a["s"], b["m"], b["s"])
         if {"m_h", "s_h"} <= a.keys():
             _pairs(d, f"{name}.m_h/s_h", a["m_h"], a["s_h"], b["m_h"], b["s_h"])
-            _pairs(d, f"{name}.m_y/s_y", a["m_y"], a["s_y"], b["m_y"], b["s_y"])
-        for k in a.keys() - IGNORED - {"m", "s", "m_h", "s_h", "m_y", "s_y"}:
+        for k in a.keys() - IGNORED - {"m", "s", "m_h", "s_h"}:
             _manifest(d, f"{name}.{k}", a[k], b[k])
     elif isinstance(a, list) and a and all(isinstance(v, int) for v in a):
         _ints(d, name, a, b)
@@ -113,12 +113,13 @@ def compare(a, b) -> Drift:
         d.violations.append(f"tensors differ: {sorted(a.tensors.keys() ^ b.tensors.keys())}")
     for name in sorted(a.tensors.keys() & b.tensors.keys()):
         ta, tb = a.tensors[name], b.tensors[name]
+        base, _, leaf = name.rpartition(".")
         if ta.dtype != tb.dtype:
             d.violations.append(f"{name}: dtype {ta.dtype} vs {tb.dtype}")
-        elif name.endswith(".rq_m"):
-            base = name[: -len(".rq_m")]
-            _pairs(d, f"{base}.rq_m/rq_s", ta, a.tensors[f"{base}.rq_s"], tb, b.tensors[f"{base}.rq_s"])
-        elif name.endswith(".rq_s"):
+        elif leaf in PAIRED:
+            s_name = f"{base}.{PAIRED[leaf]}"
+            _pairs(d, f"{name}/{PAIRED[leaf]}", ta, a.tensors[s_name], tb, b.tensors[s_name])
+        elif leaf in PAIRED.values():
             continue  # compared with its multiplier
         elif name.endswith(".q4"):
             _ints(d, name, unpack_int4(ta, 2 * ta.shape[1]), unpack_int4(tb, 2 * tb.shape[1]))

@@ -10,8 +10,9 @@ and a new committed set rather than as silent drift.
 
 Kinds:
   scan      per token xs, dt, B, C, z, sz (= silu_z table of z), start flags;
-            layer constants a_q, Dq, exp table, silu_z table (+ scalars in the
-            manifest); outputs y (int16), final state h (and h per token when small)
+            layer constants a_q, Dq, m_y, s_y (per channel), exp table, silu_z
+            table (+ scalars in the manifest); outputs y (int16), final state h
+            (and h per token when small)
   hadamard  int16 rows y, raw transform y_had, int8 yo = requantize(y_had, m, s, 8)
   tables    SiLU / softplus tables of each layer, exp2-frac and rsqrt tables
   hadamard_matrices, decay, rounding   the spec's rules on their edges (qsim/SPEC.md)
@@ -89,7 +90,7 @@ def traced(folder: str, tokens: int):
 
 
 # ---------------------------------------------------------------- set bodies
-SCAN_SCALARS = ("frac", "m_h", "s_h", "m_y", "s_y", "state_bits")
+SCAN_SCALARS = ("frac", "m_h", "s_h", "state_bits")
 
 
 def scan_set(p: dict, xs, dt, B, C, z, silu_z, start) -> tuple[dict, dict]:
@@ -109,7 +110,8 @@ def scan_set(p: dict, xs, dt, B, C, z, silu_z, start) -> tuple[dict, dict]:
         sat_h, sat_y = sat_h + nh, sat_y + ny
     arrays = {"xs": (xs, np.int8), "dt": (dt, np.uint16), "B": (B, np.int8), "C": (C, np.int8), "z": (z, np.int8),
               "sz": (sz, np.int16), "start": (start, np.uint8), "silu_z": (silu_z, np.int16),
-              "a_q": (p["a_q"], np.uint16), "Dq": (p["Dq"], np.int64), "exp_tab": (p["exp_tab"], np.uint16),
+              "a_q": (p["a_q"], np.uint16), "Dq": (p["Dq"], np.int64), "m_y": (p["m_y"], np.int32),
+              "s_y": (p["s_y"], np.int32), "exp_tab": (p["exp_tab"], np.uint16),
               "y": (y, np.int16), "h_final": (h, np.int32)}
     if T * D * N <= PER_TOKEN_STATE_LIMIT:
         arrays["h"] = (hs, np.int32)
@@ -175,15 +177,17 @@ def edge_scan(folder: str, layer: int):
 
 
 def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: int, wide: bool):
-    """Random constants within the spec's bounds; `wide` takes a 31-bit multiplier with shift 0."""
+    """Random constants within the spec's bounds; `wide` takes a 31-bit state multiplier m_h. The output
+    multipliers m_y, s_y differ per channel (15-bit m_y, shifts spread over 4 bits, as a recipe's
+    per-channel smoothing spreads them)."""
     rng = np.random.default_rng(seed)
     dq_max = min(1 << 20, spec.scan_dq_limit(d_state, state_bits))  # y's accumulator stays within the spec
     frac = int(rng.integers(9, 31))
     p = {"a_q": rng.integers(0, 65536, (d_inner, d_state)), "frac": frac,
          "m_h": int(rng.integers(1 << 30, 1 << 31)) if wide else int(rng.integers(1 << 14, 1 << 15)),
          "s_h": int(rng.integers(37, 47)) if wide else int(rng.integers(15, 27)),  # dt is 15-bit
-         "Dq": rng.integers(-dq_max, dq_max + 1, d_inner), "m_y": int(rng.integers(1 << 14, 1 << 15)),
-         "s_y": 0, "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
+         "Dq": rng.integers(-dq_max, dq_max + 1, d_inner), "m_y": rng.integers(1 << 14, 1 << 15, d_inner),
+         "s_y": rng.integers(0, 4, d_inner), "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}
     silu_z = np.asarray(quantized(str(ARTIFACT))[0].layer(0)["tables"]["silu_z"], np.int64)  # integer data
     T = tokens
     start = np.zeros(T, np.int64)
@@ -196,7 +200,7 @@ def random_scan(seed: int, d_inner: int, d_state: int, tokens: int, state_bits: 
     p["a_q"][0] = 65535
     dt[1::2, 0], xs[1::2, 0] = spec.DT_MAX, 0
     inputs = (xs, dt, B, C, z, silu_z, start)
-    while True:  # the smallest output shift that saturates at most 1 output in 8
+    while True:  # the smallest common offset of the output shifts that saturates at most 1 output in 8
         arrays, meta = scan_set(p, *inputs)
         if meta["saturations"]["output"] * 8 <= T * d_inner:
             break

@@ -108,7 +108,7 @@ def golden_scan(man: dict, a: dict, device) -> dict:
     from gpu import ops
 
     c = man["constants"]
-    p = ops.ScanParams.of({"a_q": a["a_q"], "Dq": a["Dq"], "exp_tab": a["exp_tab"], **c}, device)
+    p = ops.ScanParams.of({**{k: a[k] for k in ("a_q", "Dq", "m_y", "s_y", "exp_tab")}, **c}, device)
     dev = lambda x, dt: ops.to_device(x, dt, device)  # noqa: E731
     xs, B, C, z = (dev(a[k], np.int8) for k in ("xs", "B", "C", "z"))
     dt, silu_z = dev(a["dt"], np.int16), dev(a["silu_z"], np.int16)

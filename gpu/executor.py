@@ -120,9 +120,9 @@ class CudaExecutor:
         if dt.lay.fmt != "i8":
             raise QsimError(f"{p}.dt_proj: the scan kernels read int8 dt_proj weights (every preset keeps them int8)")
         sc = L["scan"]
-        scan = {"a_q": qm.t(f"{p}.A.q"), "Dq": qm.t(f"{p}.D.q"), "exp_tab": qm.manifest["tables"]["exp2_frac"],
-                "frac": sc["a_frac_bits"], "m_h": sc["m_h"], "s_h": sc["s_h"], "m_y": sc["m_y"], "s_y": sc["s_y"],
-                "state_bits": qm.manifest["state_bits"]}
+        scan = {"a_q": qm.t(f"{p}.A.q"), "Dq": qm.t(f"{p}.D.q"), "m_y": qm.t(f"{p}.scan.m_y"),
+                "s_y": qm.t(f"{p}.scan.s_y"), "exp_tab": qm.manifest["tables"]["exp2_frac"],
+                "frac": sc["a_frac_bits"], "m_h": sc["m_h"], "s_h": sc["s_h"], "state_bits": qm.manifest["state_bits"]}
         fmt = "i8" if qm.manifest["linears"][f"{p}.out_proj"]["format"] == "int8" else "i4"
         return {
             "norm": {"g": t("norm.g", np.int16), **L["norm"]},
@@ -284,7 +284,7 @@ class CudaExecutor:
             total += sum(P[k].decode_bytes() for k in ("in_proj", "x_proj", "dt_proj", "out_proj"))
             total += sum(nbytes(P[k]) for k in ("conv_w", "conv_b", "dt_b")) + nbytes(P["norm"]["g"])
             total += sum(nbytes(t) for k in ("in_rq", "xp_rq", "out_rq") for t in P[k])
-            total += nbytes(P["scan"].a_q) + nbytes(P["scan"].Dq)
+            total += sum(nbytes(getattr(P["scan"], k)) for k in ("a_q", "Dq", "m_y", "s_y"))
         return total
 
     def _trace_step(self, trace: Trace) -> None:

@@ -120,19 +120,20 @@ class ScanParams:
 
     a_q: torch.Tensor  # uint16 bits (di, N)
     Dq: torch.Tensor  # int64 (di,)
+    m_y: torch.Tensor  # int32 (di,)
+    s_y: torch.Tensor  # int32 (di,)
     exp_tab: torch.Tensor  # int32 (256,)
     frac: int
     m_h: int
     s_h: int
-    m_y: int
-    s_y: int
     state_bits: int
 
     @classmethod
     def of(cls, p: dict, device) -> ScanParams:
         return cls(to_device(p["a_q"], np.uint16, device), to_device(p["Dq"], np.int64, device),
+                   to_device(p["m_y"], np.int32, device), to_device(p["s_y"], np.int32, device),
                    to_device(p["exp_tab"], np.int32, device),
-                   *(int(p[k]) for k in ("frac", "m_h", "s_h", "m_y", "s_y", "state_bits")))
+                   *(int(p[k]) for k in ("frac", "m_h", "s_h", "state_bits")))
 
 
 def scan(xs, dt, B, C, z, silu_z, h: torch.Tensor, p: ScanParams, cnt_state=None, cnt_y=None) -> torch.Tensor:

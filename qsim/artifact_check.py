@@ -132,7 +132,8 @@ class _Checker:
         if int(np.abs(dq).max()) > limit:
             self.fail(f"{p}.D.q", f"max |Dq| {int(np.abs(dq).max())} exceeds {limit}: with d_state {n} and state_bits "
                       f"{sb}, C.h + D*x >> {spec.scan_acc_shift(sb)} could leave {spec.SCAN_ACC_BITS} signed bits")
-        self.requant(f"{p}.scan.y", (1 << (spec.SCAN_ACC_BITS - 1)) * INT16, sc["m_y"], sc["s_y"])
+        self.requant(f"{p}.scan.y", (1 << (spec.SCAN_ACC_BITS - 1)) * INT16,
+                     self.tensor(f"{p}.scan.m_y", (di,)), self.tensor(f"{p}.scan.s_y", (di,)))
 
     def run(self):
         m, c = self.m, self.cfg

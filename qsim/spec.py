@@ -32,7 +32,7 @@ import numpy as np
 
 from qsim.errors import QsimError
 
-SPEC_VERSION = "1.3.0"
+SPEC_VERSION = "1.4.0"
 
 MULT_BITS = 15  # requantization multipliers live in [2**14, 2**15)
 RESIDUAL_BITS = 24  # residual stream width

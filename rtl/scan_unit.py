@@ -7,9 +7,12 @@ wide) stays in on-chip memory across tokens; `lanes` state elements are
 updated per cycle, so a channel takes d_state/lanes cycles and a token
 `cycles_per_token` (qsim.hw.units.scan_unit_cycles is the contract).
 
-The layer's constants (a_q, Dq, frac, m_h, s_h, m_y, s_y) are elaboration
-parameters: ROMs and constant multipliers, one build per layer, which keeps
-the datapath free of configuration muxes.
+The layer's constants are elaboration parameters, one build per layer, which
+keeps the datapath free of configuration muxes: frac, m_h, s_h are constants;
+a_q, Dq and the per-channel output multipliers m_y, s_y are ROMs. Channel d's
+m_y is stored as m_y[d] << (S - s_y[d]) with S = max s_y, so one constant
+shift S serves every channel: rshift_round(v * 2**k, s + k) == rshift_round(v, s)
+exactly (the rounding half scales with the value).
 
 Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles unless retimed):
    0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
@@ -18,7 +21,8 @@ Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles
    7 dBx*m_h (retimed: 4 cycles)          8 decay*h              12 both rounded
   13 h = sat(decay*h + dBx): written back; C*h
   17-18 sum over lanes                   18 accumulate chunks (+ D*x + rounding half)
-  19 (acc >> scan_acc_shift) *SiLU(z)   22 *m_y   26 rounded, saturated to int16, into the output FIFO
+  19 (acc >> scan_acc_shift) *SiLU(z)   20 m_y ROM read   22 *m_y[d]   26 rounded (>> S), saturated to
+     int16, into the output FIFO
 No stall inside: the issue stage holds off when the output FIFO could fill
 (credits), so back-pressure never reaches the pipeline registers.
 """
@@ -63,14 +67,16 @@ def bc_layout(d_state: int) -> data.StructLayout:
 
 
 class ScanUnit(wiring.Component):
-    def __init__(self, *, lanes: int, a_q, Dq, frac: int, m_h: int, s_h: int, m_y: int, s_y: int,
+    def __init__(self, *, lanes: int, a_q, Dq, frac: int, m_h: int, s_h: int, m_y, s_y,
                  state_bits: int, exp_tab, fifo_depth: int = 32):
-        a_q, Dq, exp_tab = (np.asarray(v, dtype=np.int64) for v in (a_q, Dq, exp_tab))
+        a_q, Dq, m_y, s_y, exp_tab = (np.asarray(v, dtype=np.int64) for v in (a_q, Dq, m_y, s_y, exp_tab))
         d_inner, d_state = a_q.shape
         if lanes < 1 or lanes > 16 or d_state % lanes:
             raise ValueError(f"scan unit: lanes {lanes} must divide d_state {d_state} and be at most 16")
-        if not 9 <= frac <= 30 or a_q.min() < 0 or a_q.max() >= 1 << 16 or Dq.shape != (d_inner,):
-            raise ValueError("scan unit: constants outside the spec (frac in [9, 30], a_q uint16, Dq per channel)")
+        if not 9 <= frac <= 30 or a_q.min() < 0 or a_q.max() >= 1 << 16 or \
+                not Dq.shape == m_y.shape == s_y.shape == (d_inner,) or m_y.min() < 1 or s_y.min() < 0:
+            raise ValueError("scan unit: constants outside the spec (frac in [9, 30], a_q uint16, Dq, m_y >= 1 "
+                             "and s_y >= 0 per channel)")
         self.lanes, self.d_inner, self.d_state, self.state_bits = lanes, d_inner, d_state, state_bits
         self.chunks = d_state // lanes
         self.a_q, self.Dq, self.exp_tab = a_q, Dq, exp_tab
@@ -87,8 +93,8 @@ class ScanUnit(wiring.Component):
         """A unit built with a golden scan set's constants (optionally its first `channels` channels)."""
         sel = slice(0, channels)
         c = manifest["constants"]
-        return cls(lanes=lanes, a_q=arrays["a_q"][sel], Dq=arrays["Dq"][sel], exp_tab=arrays["exp_tab"],
-                   frac=c["frac"], m_h=c["m_h"], s_h=c["s_h"], m_y=c["m_y"], s_y=c["s_y"],
+        return cls(lanes=lanes, a_q=arrays["a_q"][sel], Dq=arrays["Dq"][sel], m_y=arrays["m_y"][sel],
+                   s_y=arrays["s_y"][sel], exp_tab=arrays["exp_tab"], frac=c["frac"], m_h=c["m_h"], s_h=c["s_h"],
                    state_bits=c["state_bits"], **kw)
 
     # ---- cycle contract (qsim.hw.units)
@@ -150,6 +156,7 @@ class ScanUnit(wiring.Component):
                 m.d.sync += d.eq(Mux(d == D - 1, 0, d + 1))
         m.d.comb += [st_r.addr.eq(addr), aq_r.addr.eq(addr), dq_r.addr.eq(d)]
         p.put(addr, 0)
+        p.put(d, 0)
 
         ch = self.i.payload
         v = p.reg(issue, 1, "v")
@@ -205,9 +212,15 @@ class ScanUnit(wiring.Component):
         narrow = p.put(Signal(bits_for(-bound >> shift, bound >> shift), name="acc_narrow"), ACC + 1)
         m.d.comb += narrow.eq(acc[shift:].as_signed())  # sized from the bound: what it drops above is sign
 
-        # ---- gate, requantize, saturate
-        g = p.mul(p.mul(narrow, sz, ACC + 1, "gate"), self.m_y, ACC + 1 + MUL_LATENCY, "gm")
-        y = p.reg(requantize(g, self.s_y, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
+        # ---- gate, times the channel's m_y (pre-shifted to the common shift S, read late: the channel index
+        # rides down the pipeline instead of the wider multiplier), requantize, saturate
+        s_out = int(self.s_y.max())
+        my_init = [int(v) << (s_out - int(s)) for v, s in zip(self.m_y, self.s_y)]
+        m.submodules.my = my = Memory(shape=unsigned(max(my_init).bit_length()), depth=D, init=my_init)
+        my_r, gm = my.read_port(), ACC + 1 + MUL_LATENCY
+        m.d.comb += my_r.addr.eq(p.at(d, gm - MEM))
+        g = p.mul(p.mul(narrow, sz, ACC + 1, "gate"), p.reg(my_r.data, gm, "my"), gm, "gm")
+        y = p.reg(requantize(g, s_out, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

@@ -23,7 +23,12 @@ def _layer(qm, i):
 
 BREAKAGES = {
     # the case: a 2**40 accumulator times a 31-bit multiplier wraps around in int64
-    "scan y multiplier": (lambda qm: _layer(qm, 3)["scan"].update(m_y=2**31 - 1), "layers.3.scan.y multiplier"),
+    "scan y multiplier": (lambda qm: qm.tensors["layers.3.scan.m_y"].__setitem__(17, 2**31 - 1),
+                          "layers.3.scan.y multiplier, channel 17"),
+    "scan y shift": (lambda qm: qm.tensors["layers.2.scan.s_y"].__setitem__(300, 63),
+                     "layers.2.scan.y shift, channel 300"),
+    "scan y per layer": (lambda qm: qm.tensors.__setitem__("layers.0.scan.m_y", qm.tensors["layers.0.scan.m_y"][:1]),
+                         "layers.0.scan.m_y"),
     "multiplier >= 2**31": (lambda qm: qm.tensors.__setitem__("layers.2.in_proj.rq_m", np.full(1024, 2**31)),
                             "layers.2.in_proj multiplier"),
     "shift 63": (lambda qm: _layer(qm, 0)["conv"].update(s=63), "layers.0.conv shift"),
@@ -67,11 +72,12 @@ def test_requantize_refuses_a_product_that_would_wrap():
 
 def test_run_refuses_an_invalid_artifact_in_one_line(good, tmp_path, capsys):
     bad = copy.deepcopy(good)
-    _layer(bad, 3)["scan"]["m_y"] = 2**31 - 1
+    bad.tensors["layers.3.scan.m_y"][17] = 2**31 - 1
     artifact.save(bad, tmp_path / "bad")  # a consistent sha256: only the bound is wrong
     code = main(["run", "--model", "mamba-tiny", "--bits", "w8a8", "--artifact", str(tmp_path / "bad"),
                  "--seq-len", "16", "--eval-seqs", "1"])
     out, err = capsys.readouterr()
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "layers.3.scan.y multiplier" in lines[0] and str(tmp_path / "bad") in lines[0], err
+    assert len(lines) == 1 and str(tmp_path / "bad") in lines[0], err
+    assert "layers.3.scan.y multiplier, channel 17" in lines[0], err

@@ -121,9 +121,10 @@ __device__ __forceinline__ i64 scan_update(int dt, int dx, int a, int b, i64 h, 
 }
 
 // The gated output requantize(rshift_round(C.h + D x, spec.scan_acc_shift(state_bits)) * SiLU(z), m_y,
-// s_y, GATED_BITS); scan_acc_shift(sb) is max(0, sb - Q_SCAN_ACC_STATE_BITS) (gpu.runtime checks the
-// form). C.h reaches 2**(state_bits + 11) (N <= 32, state_bits <= 28), so the sum stays 64-bit until
-// shifted; shifted it is at most about 2**24, and times a 16-bit gate and a 15-bit m_y below 2**55: i64 too.
+// s_y, GATED_BITS), with the channel's own m_y, s_y; scan_acc_shift(sb) is max(0, sb - Q_SCAN_ACC_STATE_BITS)
+// (gpu.runtime checks the form). C.h reaches 2**(state_bits + 11) (N <= 32, state_bits <= 28), so the sum
+// stays 64-bit until shifted; shifted it fits 25 bits, and times a 16-bit gate and m_y stays below 2**62
+// (artifact_check proves it per channel): i64 too.
 __device__ __forceinline__ int scan_output(i64 ch, int xs, i64 dq, int sz, int m_y, int s_y, int state_bits,
                                            unsigned &nsat) {
   const i64 acc = rshift_round(ch + dq * xs, max(0, state_bits - Q_SCAN_ACC_STATE_BITS));

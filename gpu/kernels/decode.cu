@@ -179,8 +179,8 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
                                      i8 *p_out, const i8 *Wdt, const int *dt_b, int dtm, int dts,
                                      const short *softplus, i8 *dtpre_out, dt_t *dt_out, const i8 *xs,
                                      const i8 *xz, const gate_t *silu_z, gate_t *sz_out, int *h,
-                                     const unsigned short *a_q, int frac, int m_h, int s_h, const i64 *Dq, int m_y,
-                                     int s_y, const int *exp_tab, int state_bits,
+                                     const unsigned short *a_q, int frac, int m_h, int s_h, const i64 *Dq,
+                                     const int *m_y, const int *s_y, const int *exp_tab, int state_bits,
                                      short *y_out, int *v_out, int di, int had, u64 *c_xp, u64 *c_dt,
                                      u64 *c_state, u64 *c_y) {
   constexpr int N = SCAN_N;
@@ -202,6 +202,7 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
     if (c < nv) wq[c] = __ldcs(wr + c);
   const int xsv = xs[d], zv = xz[di + d], bias = dt_b[d];
   const i64 dq = Dq[d];
+  const int my = m_y[d], sy = s_y[d];
   unsigned n_xp = 0, n_dt = 0, n_h = 0, n_y = 0;
   for (int j = tid; j < R; j += p1) {
     const i8 q = (i8)requant(p_acc[j], xm[j], xsh[j], 8, n_xp);
@@ -235,7 +236,7 @@ extern "C" __global__ void scan_step(const int *p_acc, const int *xm, const int 
 #pragma unroll
   for (int i = 0; i < N / 4; ++i)
     reinterpret_cast<int4 *>(h + d * N)[i] = make_int4(hn[4 * i], hn[4 * i + 1], hn[4 * i + 2], hn[4 * i + 3]);
-  const int yv = scan_output(ch, xsv, dq, sz, m_y, s_y, state_bits, n_y);
+  const int yv = scan_output(ch, xsv, dq, sz, my, sy, state_bits, n_y);
   y_out[d] = (short)yv;
   if (had) {  // block-uniform
     v_s[tid] = yv;

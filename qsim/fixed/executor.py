@@ -103,7 +103,8 @@ class FixedExecutor:
             "scan": {
                 "a_q": qm.t(f"{p}.A.q").astype(np.int64), "frac": sc["a_frac_bits"],
                 "m_h": sc["m_h"], "s_h": sc["s_h"], "Dq": qm.t(f"{p}.D.q").astype(np.int64),
-                "m_y": sc["m_y"], "s_y": sc["s_y"], "exp_tab": self.exp_tab, "state_bits": self.state_bits,
+                "m_y": qm.t(f"{p}.scan.m_y").astype(np.int64), "s_y": qm.t(f"{p}.scan.s_y").astype(np.int64),
+                "exp_tab": self.exp_tab, "state_bits": self.state_bits,
             },
             "out_in_rq": (L["out_in"]["m"], L["out_in"]["s"]),
             "out_proj": self.ops.prepare_linear(qm.linear(f"{p}.out_proj")), "out_rq": rq("out_proj"),

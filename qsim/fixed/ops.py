@@ -5,7 +5,7 @@ clamped values. qsim/SPEC.md states each rule; qsim.artifact_check proves,
 when an artifact loads, that every product here stays below 2**62 (e.g.
 residual r < 2**23 so r*r summed over d_model stays below 2**62; state
 |h| <= 2**27; y's narrowed accumulator fits 25 bits, times the int16 SiLU(z)
-gate and m_y).
+gate and its channel's m_y).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def decay(dt, a_q, frac, exp_tab):
 def scan(xs, dt, B, C, sz, h, p: dict):
     """Selective scan over L tokens from state h (D, N); returns y*SiLU(z) as int16, h, sat counts.
 
-    p holds a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits.
+    p holds a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits; Dq, m_y, s_y have one entry per channel.
     """
     h = h.copy()
     y = np.empty(xs.shape, dtype=np.int64)

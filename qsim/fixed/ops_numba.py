@@ -152,7 +152,7 @@ def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, 
                 sat_h += c
                 h[d, n] = v
                 acc += C[t, n] * v
-            y[t, d], c = _sat(_rshift_round(_rshift_round(acc, acc_shift) * sz[t, d] * m_y, s_y), ylo, yhi)
+            y[t, d], c = _sat(_rshift_round(_rshift_round(acc, acc_shift) * sz[t, d] * m_y[d], s_y[d]), ylo, yhi)
             sat_y += c
     return y, h, sat_h, sat_y
 

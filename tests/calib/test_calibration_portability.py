@@ -67,8 +67,13 @@ def test_the_rule_refuses_drift_beyond_it():
     def multiplier(qm):
         qm.tensors["layers.0.out_proj.rq_m"][5] += 8
 
-    for edit in (scale, weight, multiplier):
+    def scan_multiplier(qm):
+        qm.tensors["layers.3.scan.m_y"][9] += 8
+
+    for edit in (scale, weight, multiplier, scan_multiplier):
         assert portability.compare(base, _moved_copy(base, edit)).violations, edit.__name__
-    one = portability.compare(base, _moved_copy(base, lambda qm: qm.tensors["layers.1.A.q"].__setitem__(
-        (0, 0), qm.tensors["layers.1.A.q"][0, 0] + 1)))
-    assert not one.violations and one.moved == {"layers.1.A.q": 1}
+    within = {"layers.1.A.q": ((0, 0), "layers.1.A.q"), "layers.3.scan.m_y": (9, "layers.3.scan.m_y/s_y")}
+    for name, (at, label) in within.items():  # one unit: within the rule, counted under its label
+        one = portability.compare(base, _moved_copy(base, lambda qm, name=name, at=at: qm.tensors[name].__setitem__(
+            at, qm.tensors[name][at] + 1)))
+        assert not one.violations and one.moved == {label: 1}, name

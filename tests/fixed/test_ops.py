@@ -84,11 +84,11 @@ def _scan_params(r, D, N, state_bits=24):
     a_real = A / math.log(2) * s["dt"]
     frac = int(min(30, math.floor(math.log2(65535 / a_real.max()))))
     s["h"] = 64.0 / 2 ** (state_bits - 1)  # |h| stays below 64 for these ranges
-    s["y"] = 64.0 / 32767
+    s["y"] = 64.0 / 32767 * np.exp2(r.uniform(-2, 2, D))  # per channel, as a recipe's smoothing spreads it
     Dreal = r.uniform(0.5, 1.5, D)
     mh, sh = spec.quantize_multiplier(s["dt"] * s["B"] * s["x"] / s["h"])
     s["acc"] = s["C"] * s["h"] * 2.0 ** spec.scan_acc_shift(state_bits)  # y's accumulator after its shift
-    my, sy = spec.quantize_multiplier(s["acc"] * s["z"] / s["y"])
+    my, sy = spec.quantize_multipliers(s["acc"] * s["z"] / s["y"])
     p = {"a_q": np.round(a_real * 2.0**frac).astype(np.int64), "frac": frac, "m_h": mh, "s_h": sh,
          "Dq": np.round(Dreal * s["x"] / (s["C"] * s["h"])).astype(np.int64), "m_y": my, "s_y": sy,
          "exp_tab": tables.exp2_frac_table(), "state_bits": state_bits}

@@ -142,14 +142,16 @@ def _scan_params(rng, di, n, state_bits, frac, s_y):
             "Dq": rng.integers(-(1 << (state_bits - 2)), 1 << (state_bits - 2), di),  # D x about as large as C.h
             "m_h": int(rng.integers(1 << 30, 1 << 31)) if wide else int(rng.integers(1 << 14, 1 << 15)),
             "s_h": int(rng.integers(30, 40)) if wide else int(rng.integers(6, 16)),
-            "m_y": int(rng.integers(1 << 14, 1 << 15)), "s_y": s_y, "exp_tab": tables.exp2_frac_table(),
+            "m_y": rng.integers(1 << 14, 1 << 15, di), "s_y": s_y + rng.integers(0, 3, di),
+            "exp_tab": tables.exp2_frac_table(),
             "state_bits": state_bits}
 
 
 # Channel 0: dt = DT_MAX, a = 65535 and, every other token, no input, so the decay alone shows; with
 # frac >= 26, dt * a plus the rounding half passes 2**31. Gates reach ~32000 (an int8 gate wraps) and
-# y's accumulator is shifted by 3, 15 and 0 bits (state_bits 13 is the widest unshifted); s_y keeps
-# most outputs unsaturated, so a missing or misrounded shift shows.
+# y's accumulator is shifted by 3, 15 and 0 bits (state_bits 13 is the widest unshifted); m_y and s_y
+# differ per channel (s_y up to two above the value given), keeping most outputs unsaturated, so a missing
+# or misrounded shift, or one channel's multiplier applied to another, shows.
 @pytest.mark.parametrize("n,state_bits,frac,s_y", [(16, 16, 30, 35), (8, 28, 9, 32), (32, 13, 26, 36)])
 def test_scan_matches_ops(device, n, state_bits, frac, s_y):
     rng = np.random.default_rng(5 + n)

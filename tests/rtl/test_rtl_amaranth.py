@@ -103,12 +103,13 @@ def test_scan_unit_widest_products(frac):
     (near 2**60), dt*a_q near 2**31, a 28-bit state (saturating at frac 30); frac 9 and 30 span the exponent's
     integer part from decay 0 to none. y's accumulator C.h + D*x (C follows B's signs, |D*x| up to C.h's
     bound 2**38) passes 2**38: narrowed by 15 bits it needs 25 signed bits, before gates of -32768 and 32767
-    (the table saturates at both ends)."""
+    (the table saturates at both ends) and per-channel output multipliers (15-bit m_y, shifts 39 to 41)."""
     rng = np.random.default_rng(7)
     D, N, T = 4, 16, 8
     p = {"a_q": rng.choice([0, 1, 65535, *rng.integers(0, 65536, 8)], (D, N)), "frac": frac,
          "m_h": (1 << 31) - 1, "s_h": 34, "Dq": rng.choice([-(1 << 31), (1 << 31) - 1], D),
-         "m_y": (1 << 15) - 1, "s_y": 40, "exp_tab": tables.exp2_frac_table(), "state_bits": 28}
+         "m_y": np.array([(1 << 15) - 1, 1 << 14, (1 << 15) - 1, 23456]), "s_y": np.array([40, 39, 41, 40]),
+         "exp_tab": tables.exp2_frac_table(), "state_bits": 28}
     full = lambda shape: rng.choice([-128, 127], shape)  # noqa: E731
     dt = rng.choice([0, 1, spec.DT_MAX, spec.DT_MAX - 1, *rng.integers(0, spec.DT_MAX + 1, 4)], (T, D))
     xs, B = full((T, D)), full((T, N))

@@ -1,4 +1,4 @@
-"""`python -m qsim`: run, compare, calibrate, bench, stats, golden, estimate, report.
+"""`python -m qsim`: run, compare, sweep, calibrate, bench, stats, golden, estimate, report.
 
 Every failure caused by input becomes one line on stderr and exit status 2.
 """
@@ -75,7 +75,12 @@ def cmd_run(a) -> int:
     from qsim.report_text import run_table
     from qsim.run import run
 
-    report = run(_run_options(a))
+    if a.ray:
+        from qsim.distributed import run_on_ray
+
+        report = run_on_ray(_run_options(a), a.ray)
+    else:
+        report = run(_run_options(a))
     report["command"] = "python -m qsim " + " ".join(a.argv)
     print(run_table(report))
     if a.json:
@@ -99,6 +104,15 @@ def cmd_compare(a) -> int:
         from qsim.compare_plot import plot
 
         plot(result, Path(a.plot))
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from qsim.sweep import sweep
+
+    s = sweep(Path(a.grid), Path(a.out) if a.out else None, a.ray)
+    print((Path(s["out"]) / "summary.md").read_text())
+    print(f"{len(s['lines'])} points ({s['computed']} computed now) in {s['out']}: results.jsonl, summary.md, pareto.png")
     return 0
 
 
@@ -139,6 +153,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recalibrate even when a cached artifact exists")
 
 
+def _ray_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help=f"{what}: a local Ray on this machine's cores, or the cluster at ADDRESS "
+                        "(HOST:PORT, ray://HOST:PORT, auto; needs the [scale] extra)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -149,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(r)
     r.add_argument("--artifact", help="use this quantized-model folder instead of calibrating")
     r.add_argument("--json", help="write the machine-readable report here")
+    _ray_arg(r, "shard the evaluation windows over Ray workers")
     r.set_defaults(func=cmd_run)
 
     from qsim.compare import DEFAULT_METHODS
@@ -165,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", help="write the comparison here")
     k.add_argument("--plot", help="PNG: KL against decode energy per token, Pareto front marked")
     k.set_defaults(func=cmd_compare)
+
+    w = sub.add_parser("sweep", help="a grid of (model, bits, method, state_bits, alpha, target) points, resumable")
+    w.add_argument("--grid", required=True, help="TOML grid file (format: qsim/sweep.py, README)")
+    w.add_argument("--out", help="results folder (default reports/sweeps/GRID-FILE-NAME)")
+    _ray_arg(w, "run each point as a Ray task")
+    w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("calibrate", help="write a quantized-model artifact")
     _model_args(c)

@@ -258,7 +258,24 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
     return accs, dict(timing)
 
 
-def run(opts: RunOptions) -> dict:
+@dataclass
+class Prepared:
+    """What evaluate() needs and the report states: split from run() so the windows can be evaluated elsewhere."""
+
+    opts: RunOptions
+    bits: BitsPreset
+    lm: LoadedModel
+    tokenizer: str
+    text_path: Path
+    windows: list[np.ndarray]
+    qm: artifact.QuantizedModel | None
+    artifact_path: Path | None
+    cached: bool
+    t_start: float
+
+
+def prepare(opts: RunOptions) -> Prepared:
+    """Resolve the model, cut the evaluation windows and get (or build) the artifact."""
     from calib.recipes import effective
 
     t_start = time.perf_counter()
@@ -267,8 +284,7 @@ def run(opts: RunOptions) -> dict:
     if opts.seq_len < 2 or opts.eval_seqs < 1:
         raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
     lm = resolve(opts.model, opts.require_weights)
-    cfg = lm.config
-    tok = for_model(lm.folder, cfg.vocab_size)
+    tok = for_model(lm.folder, lm.config.vocab_size)
     text, tpath = read_text(opts.eval_text)
     ids = tok.encode(text)
     if len(ids) < opts.seq_len:
@@ -280,13 +296,18 @@ def run(opts: RunOptions) -> dict:
     cached = False
     if bits.weight_bits < 16:
         qm, path, cached = get_artifact(lm, bits, opts)
-    accs, timing = evaluate(lm, qm, bits, windows, opts.executor)
+    return Prepared(opts, bits, lm, tok.kind, tpath, windows, qm, path, cached, t_start)
+
+
+def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> dict:
+    """The run report from the per-window accumulators, merged in window order."""
+    opts, bits, lm, qm, cfg = p.opts, p.bits, p.lm, p.qm, p.lm.config
     acc = merge(accs)
     fixed_ran = "fixed" in acc.nll
 
     n_tok = opts.seq_len * opts.eval_seqs
     numerics = ["float", "quamba"] + (["fixed"] if fixed_ran else [])
-    report = {
+    return {
         "qsim_spec_version": spec.SPEC_VERSION,
         "model": lm.name,
         "config": cfg.to_dict(),
@@ -295,15 +316,15 @@ def run(opts: RunOptions) -> dict:
         "weights_location": lm.location,
         "weights_sha256": lm.sha256,
         "accuracy_meaningful": not lm.synthetic,
-        "tokenizer": tok.kind,
+        "tokenizer": p.tokenizer,
         "bits": bits.name,
         "spec_version": spec.SPEC_VERSION,
-        "artifact": str(path) if path else None,
-        "artifact_cached": cached,
+        "artifact": str(p.artifact_path) if p.artifact_path else None,
+        "artifact_cached": p.cached,
         "calibration": asdict(opts.calib) if qm is not None else None,
         "recipe": qm.manifest.get("recipe") if qm is not None else None,
         "datapath_features": datapath_features(qm) if qm is not None else None,
-        "eval": {"text": str(tpath), "sequences": opts.eval_seqs, "seq_len": opts.seq_len,
+        "eval": {"text": str(p.text_path), "sequences": opts.eval_seqs, "seq_len": opts.seq_len,
                  "tokens_evaluated": acc.count},
         "nats_per_token": {k: acc.nll[k] / acc.count for k in numerics},
         "perplexity": {k: math.exp(acc.nll[k] / acc.count) for k in numerics},
@@ -314,10 +335,14 @@ def run(opts: RunOptions) -> dict:
         "saturation": {"fixed": acc.saturation["fixed"], "quamba": acc.saturation["quamba"]},
         "fixed_unavailable": None if fixed_ran else
         f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
-        "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing[k] > 0},
+        "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing.get(k, 0) > 0},
         "fixed_executor": opts.executor if fixed_ran else None,
-        "wall_time_s": time.perf_counter() - t_start,
+        "wall_time_s": time.perf_counter() - p.t_start,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
-    return report
+
+
+def run(opts: RunOptions) -> dict:
+    p = prepare(opts)
+    return report(p, *evaluate(p.lm, p.qm, p.bits, p.windows, p.opts.executor))

@@ -188,47 +188,74 @@ class CudaExecutor:
         return self._counted(trace, lambda: self._prefill(tokens, state, trace, last_only)), state
 
     def _prefill(self, tokens: np.ndarray, state: GpuState, trace, last_only: bool) -> torch.Tensor:
-        c, rec, cnt = self.cfg, self._rec, self._cnt
+        r = self._embed(tokens)
+        for i in range(self.cfg.n_layer):
+            r = self._block(i, r, state, trace)
+        return self._head(r, trace, last_only)
+
+    # ------------------------------------------------------------------ layer by layer (run's layer-major order)
+    def embed(self, tokens, trace: Trace | None = None) -> torch.Tensor:
+        """The residual stream entering layer 0, int32 rows on the device (as FixedExecutor.embed)."""
+        tokens = self._tokens(tokens)
+        return self._counted(trace, lambda: self._embed(tokens))
+
+    def block(self, i: int, r: torch.Tensor, state: GpuState, trace: Trace | None = None) -> torch.Tensor:
+        """The residual stream after layer i, updated in place (as FixedExecutor.block)."""
+        return self._counted(trace, lambda: self._block(i, r, state, trace))
+
+    def head(self, r: torch.Tensor, trace: Trace | None = None) -> np.ndarray:
+        """Final norm and lm_head: int64 logit accumulators on the host (as FixedExecutor.head)."""
+        return self._counted(trace, lambda: self._head(r, trace, False)).cpu().numpy().astype(np.int64)
+
+    def _embed(self, tokens: np.ndarray) -> torch.Tensor:
+        r = torch.empty((len(tokens), self.cfg.d_model), dtype=torch.int32, device=self.dev)
+        emb = self.emb[torch.from_numpy(tokens).to(self.dev)].to(torch.int32)
+        ops.requantize(emb, *self.emb_rq.t, spec.RESIDUAL_BITS, out_kind=OUT_I32, out=r, cnt=self._cnt("residual"))
+        return r
+
+    def _block(self, i: int, r: torch.Tensor, state: GpuState, trace) -> torch.Tensor:
+        c, rec, cnt, P = self.cfg, self._rec, self._cnt, self.layers[i]
         di, n, rk = c.d_inner, c.d_state, c.dt_rank
-        L = len(tokens)
+        L = r.shape[0]
+
         def extra(name):  # int8 (L, di) for a tensor only the trace wants
             return torch.empty((L, di), dtype=torch.int8, device=self.dev) if self._wants(trace, name) else None
 
-        r = torch.empty((L, c.d_model), dtype=torch.int32, device=self.dev)
-        emb = self.emb[torch.from_numpy(tokens).to(self.dev)].to(torch.int32)
-        ops.requantize(emb, *self.emb_rq.t, spec.RESIDUAL_BITS, out_kind=OUT_I32, out=r, cnt=cnt("residual"))
-        for i, P in enumerate(self.layers):
-            rec(trace, i, "residual", r)
-            u = self._norm(r, P["norm"])
-            rec(trace, i, "u", u)
-            xz = ops.linear_requant(u, P["in_proj"], *P["in_rq"], 8, out_kind=OUT_I8, cnt=cnt("in_proj"))
-            rec(trace, i, "xz", xz)
-            conv_pre, dt_pre = extra("conv_pre"), extra("dt_pre")
-            xs = ops.conv(xz[:, :di], state.conv[i], P["conv_w"], P["conv_b"], P["conv_rq"].m, P["conv_rq"].s,
-                          P["silu_conv"], cnt("conv"), conv_pre)
-            rec(trace, i, "conv_pre", conv_pre)
-            rec(trace, i, "xs", xs)
-            p = ops.linear_requant(xs, P["x_proj"], *P["xp_rq"], 8, out_kind=OUT_I8, cnt=cnt("x_proj"))
-            rec(trace, i, "x_proj", p)
-            dt = ops.linear_requant(p[:, :rk].contiguous(), P["dt_proj"], *P["dt_rq"].t, 8, out_kind=OUT_I16,
-                                    bias=P["dt_b"], lut=P["softplus_dt"], pre=dt_pre, cnt=cnt("dt_proj"))
-            rec(trace, i, "dt_pre", dt_pre)
-            rec(trace, i, "dt", dt)
-            if self._wants(trace, "sz"):  # the scan kernel looks SiLU(z) up itself
-                rec(trace, i, "sz", P["silu_z"][xz[:, di:].to(torch.int64) + 128])
-            y = ops.scan(xs, dt, p[:, rk: rk + n], p[:, rk + n:], xz[:, di:], P["silu_z"], state.h[i], P["scan"],
-                         cnt("state"), cnt("scan_out"))
-            rec(trace, i, "y", y)
-            oi = P["out_in_rq"]
-            if self.hadamard:
-                y_had, yo = ops.hadamard_rq(y, self.plan_prefill, self.O_prefill, oi.m, oi.s, cnt("out_proj_in"))
-                rec(trace, i, "y_had", y_had)
-            else:
-                yo = ops.requantize(y.to(torch.int32), *oi.t, 8, out_kind=OUT_I8, cnt=cnt("out_proj_in"))
-            rec(trace, i, "yo", yo)
-            out = ops.linear_requant(yo, P["out_proj"], *P["out_rq"], spec.RESIDUAL_BITS, out_kind=OUT_I32, resid=r,
-                                     cnt=cnt("out_proj"), cnt_resid=cnt("residual"))
-            rec(trace, i, "out", out)
+        rec(trace, i, "residual", r)
+        u = self._norm(r, P["norm"])
+        rec(trace, i, "u", u)
+        xz = ops.linear_requant(u, P["in_proj"], *P["in_rq"], 8, out_kind=OUT_I8, cnt=cnt("in_proj"))
+        rec(trace, i, "xz", xz)
+        conv_pre, dt_pre = extra("conv_pre"), extra("dt_pre")
+        xs = ops.conv(xz[:, :di], state.conv[i], P["conv_w"], P["conv_b"], P["conv_rq"].m, P["conv_rq"].s,
+                      P["silu_conv"], cnt("conv"), conv_pre)
+        rec(trace, i, "conv_pre", conv_pre)
+        rec(trace, i, "xs", xs)
+        p = ops.linear_requant(xs, P["x_proj"], *P["xp_rq"], 8, out_kind=OUT_I8, cnt=cnt("x_proj"))
+        rec(trace, i, "x_proj", p)
+        dt = ops.linear_requant(p[:, :rk].contiguous(), P["dt_proj"], *P["dt_rq"].t, 8, out_kind=OUT_I16,
+                                bias=P["dt_b"], lut=P["softplus_dt"], pre=dt_pre, cnt=cnt("dt_proj"))
+        rec(trace, i, "dt_pre", dt_pre)
+        rec(trace, i, "dt", dt)
+        if self._wants(trace, "sz"):  # the scan kernel looks SiLU(z) up itself
+            rec(trace, i, "sz", P["silu_z"][xz[:, di:].to(torch.int64) + 128])
+        y = ops.scan(xs, dt, p[:, rk: rk + n], p[:, rk + n:], xz[:, di:], P["silu_z"], state.h[i], P["scan"],
+                     cnt("state"), cnt("scan_out"))
+        rec(trace, i, "y", y)
+        oi = P["out_in_rq"]
+        if self.hadamard:
+            y_had, yo = ops.hadamard_rq(y, self.plan_prefill, self.O_prefill, oi.m, oi.s, cnt("out_proj_in"))
+            rec(trace, i, "y_had", y_had)
+        else:
+            yo = ops.requantize(y.to(torch.int32), *oi.t, 8, out_kind=OUT_I8, cnt=cnt("out_proj_in"))
+        rec(trace, i, "yo", yo)
+        out = ops.linear_requant(yo, P["out_proj"], *P["out_rq"], spec.RESIDUAL_BITS, out_kind=OUT_I32, resid=r,
+                                 cnt=cnt("out_proj"), cnt_resid=cnt("residual"))
+        rec(trace, i, "out", out)
+        return r
+
+    def _head(self, r: torch.Tensor, trace, last_only: bool) -> torch.Tensor:
+        c, rec = self.cfg, self._rec
         rec(trace, c.n_layer, "residual", r)
         uf = self._norm(r[-1:] if last_only else r, self.final)
         rec(trace, c.n_layer, "u_f", uf)

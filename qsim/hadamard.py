@@ -87,11 +87,34 @@ def fwht(x: np.ndarray) -> np.ndarray:
     return y.reshape(x.shape)
 
 
+@lru_cache(maxsize=16)
+def _float_factor(n: int) -> np.ndarray:
+    return matrix(n).astype(np.float64)
+
+
+def _float_transform(x: np.ndarray, transpose: bool) -> np.ndarray:
+    """x @ matrix(n).T (or x @ matrix(n)) in float64 as three small matmuls.
+
+    matrix(n) = base(m) x H(p1) x H(p2) (Kronecker; Sylvester matrices factor and are symmetric), so each
+    factor acts on one axis of x reshaped to (m, p1, p2): O(n (m + p1 + p2)) instead of a dense O(n^2)
+    (mamba-2.8b's d_inner 5120 cost 13 GFLOP per 256 tokens dense).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    lead, n = x.shape[:-1], x.shape[-1]
+    m, p = factor(n)
+    p1 = 1 << ((p.bit_length() - 1) // 2)
+    y = x.reshape(*lead, m, p1, p // p1) @ _float_factor(p // p1)
+    y = np.swapaxes(np.swapaxes(y, -1, -2) @ _float_factor(p1), -1, -2)
+    base = _float_factor(m) if transpose else _float_factor(m).T
+    y = np.swapaxes(np.swapaxes(y.reshape(*lead, m, p), -1, -2) @ base, -1, -2)
+    return y.reshape(x.shape).astype(np.float32)
+
+
 def fwht_float(x: np.ndarray) -> np.ndarray:
-    """The same transform on float data (x @ matrix(n).T), for calibration and `quamba`."""
-    return (np.asarray(x, dtype=np.float64) @ matrix(x.shape[-1]).T.astype(np.float64)).astype(np.float32)
+    """The same transform on float data (x @ matrix(n).T), in float64, for calibration and `quamba`."""
+    return _float_transform(x, transpose=False)
 
 
 def fwht_float_t(x: np.ndarray) -> np.ndarray:
     """The transposed transform (x @ matrix(n)); with fwht_float, H^T H = N I undoes a rotation."""
-    return (np.asarray(x, dtype=np.float64) @ matrix(x.shape[-1]).astype(np.float64)).astype(np.float32)
+    return _float_transform(x, transpose=True)

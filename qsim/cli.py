@@ -117,6 +117,7 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_calibrate(a) -> int:
+    from qsim import memory
     from qsim.bits import preset
     from qsim.run import build_artifact
     from qsim.weights import resolve
@@ -125,7 +126,9 @@ def cmd_calibrate(a) -> int:
     if bits.weight_bits == 16:
         raise QsimError("--bits fp16: nothing to quantize, no artifact is written")
     lm = resolve(a.model, a.require_weights)
-    build_artifact(lm, bits, _calib_options(a), Path(a.out))
+    calib = _calib_options(a)
+    memory.check(memory.estimate(lm.config, bits, calib), f"calibrate {lm.name} {bits.name}")
+    build_artifact(lm, bits, calib, Path(a.out))
     print(f"wrote {a.out} ({lm.name}, {bits.name}, weights {lm.source})")
     return 0
 

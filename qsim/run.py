@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsim import artifact, float_model, hadamard, metrics, spec
+from qsim import artifact, float_model, hadamard, memory, metrics, spec
 from qsim.bits import BitsPreset, preset
 from qsim.calib_settings import CalibSettings
 from qsim.errors import QsimError
@@ -272,6 +272,7 @@ class Prepared:
     artifact_path: Path | None
     cached: bool
     t_start: float
+    memory: memory.MemoryEstimate
 
 
 def prepare(opts: RunOptions) -> Prepared:
@@ -284,6 +285,9 @@ def prepare(opts: RunOptions) -> Prepared:
     if opts.seq_len < 2 or opts.eval_seqs < 1:
         raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
     lm = resolve(opts.model, opts.require_weights)
+    mem = memory.estimate(lm.config, bits, opts.calib, opts.eval_seqs, opts.seq_len,
+                          calibrating=opts.artifact is None)
+    memory.check(mem, f"run {lm.name} {bits.name}")
     tok = for_model(lm.folder, lm.config.vocab_size)
     text, tpath = read_text(opts.eval_text)
     ids = tok.encode(text)
@@ -296,7 +300,7 @@ def prepare(opts: RunOptions) -> Prepared:
     cached = False
     if bits.weight_bits < 16:
         qm, path, cached = get_artifact(lm, bits, opts)
-    return Prepared(opts, bits, lm, tok.kind, tpath, windows, qm, path, cached, t_start)
+    return Prepared(opts, bits, lm, tok.kind, tpath, windows, qm, path, cached, t_start, mem)
 
 
 def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> dict:
@@ -340,6 +344,7 @@ def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> d
         "wall_time_s": time.perf_counter() - p.t_start,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "memory": {"estimate": p.memory.as_dict(), "peak_rss_bytes": memory.peak_rss_bytes()},
     }
 
 

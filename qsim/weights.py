@@ -170,7 +170,7 @@ class SafetensorsFiles:
             with open(f, "rb") as fh:
                 while chunk := fh.read(1 << 22):
                     digest.update(chunk)
-        return digest.hexdigest()
+        return digest.hexdigest()  # of all shards' bytes in order
 
 
 def _hf_config(folder: Path) -> MambaConfig:

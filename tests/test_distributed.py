@@ -26,7 +26,7 @@ eval_seqs = 3
 calib_samples = 2
 calib_len = 64
 """
-NOT_FIGURES = {"wall_time_s", "tokens_per_s", "date", "command", "ray"}
+NOT_FIGURES = {"wall_time_s", "tokens_per_s", "date", "command", "ray", "memory"}  # memory: the peak RSS differs
 
 
 @pytest.fixture(scope="module")

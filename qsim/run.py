@@ -167,7 +167,17 @@ def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
     yo = tr.get(i, "yo") * sc["yo"]
     if qm.manifest["hadamard"]:
         yo = hadamard.fwht_float_t(yo) / math.sqrt(di)
-    return {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo}
+    return unsmoothed(qm, i, {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo})
+
+
+def unsmoothed(qm, i: int, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Scan output and out_proj input back in the float model's units: a smoothing recipe divided them by
+    out_smooth per channel (the rotations need no undoing here: in_proj's output and y do not rotate)."""
+    key = f"layers.{i}.out_smooth"
+    if key not in qm.tensors:
+        return t
+    s = qm.t(key).astype(np.float64)
+    return {**t, "scan": t["scan"] * s, "out_proj_in": t["out_proj_in"] * s}
 
 
 def datapath_features(qm: artifact.QuantizedModel) -> dict[str, bool]:
@@ -235,8 +245,8 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
             r_quamba[k] = timed("quamba", float_model.block, cfg, qlw, r_quamba[k], i, hooks[k])
             if qm is not None:
                 seen = {n: np.concatenate(hooks[k].seen.pop((i, n))) for n in ("x_in", "z", "scan", "out_proj_in")}
-                qt = {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1), "scan": seen["scan"],
-                      "out_proj_in": seen["out_proj_in"]}
+                qt = unsmoothed(qm, i, {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1),
+                                        "scan": seen["scan"], "out_proj_in": seen["out_proj_in"]})
                 for name in SQNR_TENSORS:
                     acc.tensor(("quamba", name, i), fl[name], qt[name])
             if fixed is not None:

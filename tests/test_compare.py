@@ -64,6 +64,8 @@ def test_compare_two_recipes_and_an_alpha_sweep(tmp_path, capsys):
         assert r["recipe"]["name"] == r["method"]
         assert r["hardware"]["decode_nj_per_token"] > 0 and r["hardware"]["decode_cycles_per_token"] > 0
         assert r["method"] in text
+        # every tensor is compared in the float model's units: a smoothing recipe's y is unsmoothed first
+        assert min(r["worst_sqnr_db"]["fixed"].values()) > 8 and min(r["worst_sqnr_db"]["quamba"].values()) > 8
     feats = {r["method"]: r["datapath_features"] for r in c["rows"]}
     assert feats["rtn"] == {"online_hadamard": False, "scan_out_per_channel": False}
     assert feats["quamba"] == {"online_hadamard": True, "scan_out_per_channel": False}

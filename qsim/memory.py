@@ -72,7 +72,7 @@ def estimate(cfg: MambaConfig, bits: BitsPreset, calib: CalibSettings | None, ev
         parts["dequantized embedding and lm_head"] = 8 * v * d
         if bits.weight_bits == 4:  # int4 weights are expanded (int64) and prepared as float64 for the GEMMs
             parts["prepared int4 layer"] = 16 * _linear_weights(cfg)
-            parts["prepared int4 lm_head"] = 16 * v * d
+            parts["prepared int4 lm_head"] = 8 * v * d  # float64, kept; its int64 expansion is gone before evaluation
     if calibrating and quantized and calib is not None:
         tokens = calib.samples * calib.seq_len
         parts["calibration activations"] = 4 * tokens * d + _mixer_bytes(cfg, calib.seq_len)

@@ -92,15 +92,23 @@ def _mixer_bytes(cfg: MambaConfig, seq_len: int) -> int:
     return seq_len * cfg.d_inner * 4 * (MIXER_TEMPS + SCAN_TEMPS * cfg.d_state)
 
 
-def available_bytes() -> int:
-    """MemAvailable of /proc/meminfo (what can be allocated without swapping), else physical memory."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A "Key:  N kB" line of a /proc file, in bytes; None where there is none."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), else physical memory."""
+    avail = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if avail is not None:
+        return avail
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -109,13 +117,9 @@ def peak_rss_bytes() -> int:
 
     ru_maxrss does not: Linux carries the parent's peak at fork into it, so a qsim started by a large
     process (a test runner) would report the parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = _proc_bytes("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -36,6 +36,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -298,7 +300,7 @@ def save_model(model: TinyMamba, out: Path) -> int:
     return (out / "model.safetensors").stat().st_size
 
 
-def write_reports(rep: Path, log: list[dict], info: dict) -> None:
+def write_reports(rep: Path, log: list[dict], info: dict, name: str = "mamba-tiny") -> None:
     """train_log.jsonl, loss_curve.png and TRAINING.md in the report folder."""
     import matplotlib
 
@@ -311,13 +313,13 @@ def write_reports(rep: Path, log: list[dict], info: dict) -> None:
     ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="train (mean since last point)")
     va = [r for r in log if "val_loss" in r]
     ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="validation")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/byte)", title="mamba-tiny on Shakespeare")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/byte)", title=f"{name} on Shakespeare")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     _atomic(rep / "loss_curve.png", lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
-    lines = ["# mamba-tiny training run", ""] + [f"- {k}: {v}" for k, v in info.items()] + [
+    lines = [f"# {name} training run", ""] + [f"- {k}: {v}" for k, v in info.items()] + [
         "",
         "Validation: mean cross-entropy over every byte of `qsim/data/shakespeare/valid.txt` after the "
         "first, in non-overlapping windows of the training sequence length, each from an empty state.",
@@ -330,6 +332,27 @@ def write_reports(rep: Path, log: list[dict], info: dict) -> None:
 # --------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class Trainee:
+    """What the loop trains: a model family's torch copy, its config and its start-up check."""
+
+    name: str
+    config: object
+    build: Callable[[object], nn.Module]
+    check: Callable[[torch.device], float]
+    arch: str
+
+
+MAMBA1 = Trainee("mamba-tiny", CONFIG, TinyMamba, check_scan,
+                 f"Mamba-1, d_model {CONFIG.d_model}, n_layer {CONFIG.n_layer}, d_state {CONFIG.d_state}, "
+                 f"d_conv {CONFIG.d_conv}, expand {CONFIG.expand}, dt_rank {CONFIG.dt_rank}, byte vocabulary 256")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Model, optimizer, generator, step, elapsed time and log: everything a resumed run needs."""
+    _atomic(path, lambda p: torch.save(state, p))
+
+
 def lr_at(step: int, progress: float, peak: float, warmup: int, p_warm: float) -> float:
     """Linear warmup over `warmup` steps, then cosine from peak (at progress p_warm,
     where warmup ended) to 10 % of peak at progress 1."""
@@ -339,8 +362,8 @@ def lr_at(step: int, progress: float, peak: float, warmup: int, p_warm: float) -
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * q)))
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(description="Train the byte-level mamba-tiny on the shipped Shakespeare corpus.")
+def parse_args(argv, name: str = "mamba-tiny"):
+    ap = argparse.ArgumentParser(description=f"Train the byte-level {name} on the shipped Shakespeare corpus.")
     ap.add_argument("--out", type=Path, required=True, help="model folder (config.json, model.safetensors)")
     ap.add_argument("--steps", type=int, default=1000,
                     help="at most this many optimizer steps (1000 x 64 x 256 bytes is ~6 epochs, about 70 s on an "
@@ -348,7 +371,11 @@ def parse_args(argv):
     ap.add_argument("--max-minutes", type=float, default=4.0, help="at most this much training time")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--report-dir", type=Path, default=Path("reports/mamba-tiny"))
+    ap.add_argument("--report-dir", type=Path, default=Path(f"reports/{name}"))
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="training state file, written every --save-every steps and at the end; an existing one "
+                         "is resumed (same arguments), so an interrupted run continues where it stopped")
+    ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -358,20 +385,21 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> float:
-    args = parse_args(argv)
+def main(argv=None, trainee: Trainee = MAMBA1) -> float:
+    args = parse_args(argv, trainee.name)
+    cfg = trainee.config
     t_start = time.time()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     torch.manual_seed(args.seed)
-    model = TinyMamba(CONFIG).to(dev)  # initialised on the CPU generator: same weights on every device
+    model = trainee.build(cfg).to(dev)  # initialised on the CPU generator: same weights on every device
     n_params = sum(p.numel() for p in model.parameters())
     dev_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
-    print(f"mamba-tiny: d_model {CONFIG.d_model}, n_layer {CONFIG.n_layer}, {n_params:,} parameters, "
+    print(f"{trainee.name}: d_model {cfg.d_model}, n_layer {cfg.n_layer}, {n_params:,} parameters, "
           f"checkpoint ~{n_params * 4 / 1e6:.2f} MB float32; device {dev_name}, torch {torch.__version__}", flush=True)
-    print(f"scan self-check on {dev}: max relative error {check_scan(dev):.1e}", flush=True)
+    print(f"scan self-check on {dev}: max relative error {trainee.check(dev):.1e}", flush=True)
 
     train_data = load_split("train").to(dev).long()
     valid_data = load_split("valid")
@@ -382,9 +410,16 @@ def main(argv=None) -> float:
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)  # on the device: no host sync per step
     offsets = torch.arange(args.seq_len + 1, device=dev)
     limit_s = args.max_minutes * 60
-    log, pending, last_t, last_step = [], [], time.perf_counter(), 0
-    t0 = last_t
-    step, p_warm = 0, 0.0
+    log, step, p_warm, done_s = [], 0, 0.0, 0.0
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        state = torch.load(args.checkpoint, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"].to(gen.device) if cuda else state["gen"])
+        log, step, p_warm, done_s = state["log"], state["step"], state["p_warm"], state["elapsed_s"]
+        print(f"resumed from {args.checkpoint}: step {step}, {done_s:.0f} s trained", flush=True)
+    pending, last_t, last_step = [], time.perf_counter(), step
+    t0 = last_t - done_s  # elapsed training time carries over a resume
     while step < args.steps and time.perf_counter() - t0 < limit_s:
         progress = max(step / args.steps, (time.perf_counter() - t0) / limit_s)
         if step == args.warmup:
@@ -414,6 +449,10 @@ def main(argv=None) -> float:
                   + (f"  val {rec['val_loss']:.4f}" if "val_loss" in rec else ""), flush=True)
             log.append(rec)
             pending, last_t, last_step = [], time.perf_counter(), step
+        if args.checkpoint is not None and (step % args.save_every == 0 or step == args.steps):
+            save_checkpoint(args.checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                              "gen": gen.get_state(), "log": log, "step": step,
+                                              "p_warm": p_warm, "elapsed_s": time.perf_counter() - t0})
     train_s = time.perf_counter() - t0
     val = evaluate(model, valid_data, args.seq_len, args.batch_size)
     log.append({"step": step, "val_loss": round(val, 4), "elapsed_s": round(train_s, 1), "final": True})
@@ -422,11 +461,10 @@ def main(argv=None) -> float:
           f"wrote {args.out} ({size / 1e6:.2f} MB)"
           + (f"; peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB" if cuda else ""), flush=True)
     info = {
-        "command": "python -m qsim.train_tiny " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": f"python -m {sys.modules[trainee.build.__module__].__spec__.name} " + " ".join(sys.argv[1:] if argv is None else argv),
         "date (UTC)": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M"),
         "device": f"{dev_name}, torch {torch.__version__}, Python {platform.python_version()}",
-        "architecture": f"Mamba-1, d_model {CONFIG.d_model}, n_layer {CONFIG.n_layer}, d_state {CONFIG.d_state}, "
-                        f"d_conv {CONFIG.d_conv}, expand {CONFIG.expand}, dt_rank {CONFIG.dt_rank}, byte vocabulary 256",
+        "architecture": trainee.arch,
         "parameters": f"{n_params:,} ({size / 1e6:.2f} MB float32 safetensors)",
         "training": f"{step} steps x {args.batch_size} x {args.seq_len} bytes ({step * args.batch_size * args.seq_len / 1e6:.1f} M), "
                     f"{train_s:.0f} s, AdamW lr {args.lr} warmup {args.warmup} cosine to 10 %, wd 0.1, clip 1.0, "
@@ -434,7 +472,7 @@ def main(argv=None) -> float:
         "final validation cross-entropy": f"{val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte)",
         "total wall time": f"{time.time() - t_start:.0f} s",
     }
-    write_reports(args.report_dir, log, info)
+    write_reports(args.report_dir, log, info, trainee.name)
     return val
 
 

@@ -61,7 +61,7 @@ def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings, bits: 
     for r in rs:
         float_model.final_norm(cfg, lm.weights, r, hook)
     tied = cfg.tie_embeddings and bits.weight_bits == 8
-    head = None if tied else _quant_linear(lm.weights.lm_head, bits, hook, (cfg.n_layer, "u_f"), "lm_head")
+    head = None if tied else quant_linear(lm.weights.lm_head, bits, hook, (cfg.n_layer, "u_f"), "lm_head")
     return hook, linears, small, head
 
 
@@ -71,12 +71,12 @@ def _layer_linears(lw, i, bits, s: CalibSettings, hook) -> dict:
     wout = lw["out_proj"]
     if s.hadamard:
         wout = (hadamard.fwht_float(wout) / np.float32(math.sqrt(wout.shape[1]))).astype(np.float32)
-    return {"in_proj": _quant_linear(lw["in_proj"], bits, hook, (i, "u"), f"{p}.in_proj"),
-            "x_proj": _quant_linear(lw["x_proj"], bits, hook, (i, "xs"), f"{p}.x_proj"),
-            "out_proj": _quant_linear(wout, bits, hook, (i, "y_rot"), f"{p}.out_proj")}
+    return {"in_proj": quant_linear(lw["in_proj"], bits, hook, (i, "u"), f"{p}.in_proj"),
+            "x_proj": quant_linear(lw["x_proj"], bits, hook, (i, "xs"), f"{p}.x_proj"),
+            "out_proj": quant_linear(wout, bits, hook, (i, "y_rot"), f"{p}.out_proj")}
 
 
-def _quant_linear(w: np.ndarray, bits: BitsPreset, hook: ObserverHook, key: tuple[int, str],
+def quant_linear(w: np.ndarray, bits: BitsPreset, hook: ObserverHook, key: tuple[int, str],
                   where: str) -> tuple[IntLinear, np.ndarray]:
     """Integer weight and its real scale per output channel; int4 by GPTQ when Hessians were collected."""
     if bits.weight_bits == 4:

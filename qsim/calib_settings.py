@@ -20,6 +20,7 @@ class CalibSettings:
     text: str = "shakespeare/calib.txt"
     method: str = "quamba"  # the recipe (calib.recipes); it may turn percentile, hadamard and gptq off
     smooth_alpha: float = 0.5  # migration strength of the smoothing recipes: s = max|X|^a / max|W|^(1-a)
+    group_heads: bool = True  # Mamba-2 (quamba2): head/channel reorder with grouped x scales (8-bit activations)
 
     def validate(self) -> None:
         if self.samples < 1 or self.seq_len < 1:

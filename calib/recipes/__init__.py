@@ -24,8 +24,7 @@ from qsim.calib_settings import CalibSettings
 from qsim.errors import QsimError
 from qsim.weights import LoadedModel
 
-# name -> why it is not offered here (a recipe a user may reasonably ask for)
-NOT_HERE = {"quamba2": "Quamba2's head/channel reorder is for Mamba-2 models, which this qsim does not run yet"}
+FAMILY_NAMES = {"mamba": "Mamba-1", "mamba2": "Mamba-2"}
 
 Transform = Callable[[LoadedModel, CalibSettings, list[np.ndarray]], tuple[LoadedModel, list[str]]]
 
@@ -48,8 +47,9 @@ class Recipe:
 
     def apply(self, lm: LoadedModel, s: CalibSettings, windows: list[np.ndarray]) -> tuple[LoadedModel, list[str]]:
         if lm.config.family not in self.families:
-            raise QsimError(f"--method {self.name}: does not apply to {lm.name} "
-                            f"({lm.config.family}; it is for {', '.join(self.families)})")
+            raise QsimError(f"--method {self.name}: does not apply to {lm.name} (a "
+                            f"{FAMILY_NAMES[lm.config.family]} model; it is for "
+                            f"{', '.join(FAMILY_NAMES[f] for f in self.families)})")
         return self.transform(lm, s, windows) if self.transform else (lm, [])
 
 
@@ -69,8 +69,7 @@ def get(name: str) -> Recipe:
     recipes = registry()
     if name in recipes:
         return recipes[name]
-    why = f" ({NOT_HERE[name]})" if name in NOT_HERE else ""
-    raise QsimError(f"--method {name}: unknown recipe{why}; valid: {', '.join(recipes)}")
+    raise QsimError(f"--method {name}: unknown recipe; valid: {', '.join(recipes)}")
 
 
 def effective(s: CalibSettings) -> CalibSettings:

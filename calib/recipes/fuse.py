@@ -54,11 +54,11 @@ def check_orthogonal(r: np.ndarray, what: str) -> None:
         raise QsimError(f"{what}: rotation is not orthogonal (max |R^T R - I| = {err:.2e})")
 
 
-def random_hadamard(n: int, seed: int, what: str) -> np.ndarray:
-    """diag(random signs) H / sqrt(n): QuaRot's randomized Hadamard, orthogonal, float64."""
+def random_hadamard(n: int, seed: int | None, what: str) -> np.ndarray:
+    """diag(random signs) H / sqrt(n): QuaRot's randomized Hadamard, orthogonal, float64 (seed None: H / sqrt(n))."""
     if not hadamard.supported(n):
         raise QsimError(f"{what}: no Hadamard matrix of order {n} (orders m*2^k, m in {hadamard.BASE_ORDERS})")
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], n)
+    signs = np.ones(n) if seed is None else np.random.default_rng(seed).choice([-1.0, 1.0], n)
     return signs[:, None] * hadamard.matrix(n).astype(np.float64) / np.sqrt(n)
 
 

@@ -31,8 +31,15 @@ def test_user_ablations_only_turn_features_off():
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(QsimError, match="--method nope: unknown recipe; valid: .*rtn.*smoothquant"):
         get("nope")
-    with pytest.raises(QsimError, match="quamba2.*Mamba-2"):
-        get("quamba2")
+
+
+def test_a_recipe_refuses_a_model_of_another_family():
+    from qsim.weights import resolve
+
+    assert get("quamba2").families == ("mamba2",)
+    with pytest.raises(QsimError, match="--method quamba2: does not apply to mamba-tiny .a Mamba-1 model; it is for "
+                                        "Mamba-2."):
+        get("quamba2").apply(resolve("mamba-tiny"), CalibSettings(), [])
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -1,8 +1,14 @@
-"""Float weights of a Mamba-1 model: Hugging Face checkpoint loading and synthetic init.
+"""Float weights of a Mamba-1 or Mamba-2 model: checkpoint loading and synthetic init.
 
 Resolution order for `--model`: a local folder, the local Hugging Face cache,
 a hub download; when none can be had, seeded synthetic weights of the exact
 architecture (clearly marked, unless `require_weights`).
+
+Checkpoints: transformers' MambaForCausalLM / Mamba2ForCausalLM folders
+(config.json + model*.safetensors), and for Mamba-2 also mamba_ssm's
+(config.json with ssm_cfg; pytorch_model.bin or safetensors, the embedding
+named `backbone.embedding.weight`). A layer is a dict keyed by LAYER_KEYS
+(Mamba-1) or LAYER_KEYS2 (Mamba-2).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsim.config import REGISTRY, MambaConfig, registered
+from qsim.config import REGISTRY, Mamba2Config, MambaConfig, config_from_hf, registered
 from qsim.errors import QsimError
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
@@ -36,6 +42,21 @@ _HF_LAYER = {
     "D": "mixer.D",
     "out_proj": "mixer.out_proj.weight",
 }
+LAYER_KEYS2 = ("norm", "in_proj", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gnorm", "out_proj")
+_HF_LAYER2 = {  # transformers' Mamba2ForCausalLM; mamba_ssm's MambaLMHeadModel uses the same layer names
+    "norm": "norm.weight",
+    "in_proj": "mixer.in_proj.weight",
+    "conv_w": "mixer.conv1d.weight",
+    "conv_b": "mixer.conv1d.bias",
+    "dt_bias": "mixer.dt_bias",
+    "A_log": "mixer.A_log",
+    "D": "mixer.D",
+    "gnorm": "mixer.norm.weight",
+    "out_proj": "mixer.out_proj.weight",
+}
+_EMBEDDING = "backbone.embeddings.weight"  # transformers
+_EMBEDDING_SSM = "backbone.embedding.weight"  # mamba_ssm
+AnyConfig = MambaConfig | Mamba2Config
 
 
 KEEP_BYTES = 1 << 30  # a model whose layers take at most this in fp32 keeps them in memory once read
@@ -75,7 +96,7 @@ class LazyLayers(Sequence):
         return layer
 
 
-def keep_layers(cfg: MambaConfig) -> bool:
+def keep_layers(cfg: AnyConfig) -> bool:
     return 4 * cfg.n_layer * sum(math.prod(s) for s in expected_shapes(cfg).values()) <= KEEP_BYTES
 
 
@@ -92,7 +113,7 @@ class MambaWeights:
 @dataclass
 class LoadedModel:
     name: str
-    config: MambaConfig
+    config: AnyConfig
     weights: MambaWeights
     source: str  # "local", "hf-cache", "hub" or "synthetic"
     location: str  # folder the weights came from, or a description
@@ -104,7 +125,9 @@ class LoadedModel:
         return self.source == "synthetic"
 
 
-def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: AnyConfig) -> dict[str, tuple[int, ...]]:
+    if cfg.family == "mamba2":
+        return _expected_shapes2(cfg)
     di, dm, n, r = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.dt_rank
     return {
         "norm": (dm,),
@@ -116,6 +139,21 @@ def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
         "dt_b": (di,),
         "A_log": (di, n),
         "D": (di,),
+        "out_proj": (dm, di),
+    }
+
+
+def _expected_shapes2(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
+    di, dm, cd, nh = cfg.d_inner, cfg.d_model, cfg.conv_dim, cfg.nheads
+    return {
+        "norm": (dm,),
+        "in_proj": (cfg.d_in_proj, dm),
+        "conv_w": (cd, cfg.d_conv),
+        "conv_b": (cd,),
+        "dt_bias": (nh,),
+        "A_log": (nh,),
+        "D": (nh,),
+        "gnorm": (di,),
         "out_proj": (dm, di),
     }
 
@@ -171,15 +209,65 @@ class SafetensorsFiles:
             return h.get_tensor(name).float().numpy()
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for f in self.files:
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    digest.update(chunk)
-        return digest.hexdigest()  # of all shards' bytes in order
+        return _files_sha256(self.files)
 
 
-def _hf_config(folder: Path) -> MambaConfig:
+def _files_sha256(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()  # of all shards' bytes in order
+
+
+class TorchBinFiles:
+    """The tensors of mamba_ssm's `pytorch_model*.bin`, loaded weights-only and memory-mapped.
+
+    Same interface as SafetensorsFiles (`in`, get, sha256, files, shapes)."""
+
+    def __init__(self, files: list[Path]):
+        import pickle
+        import zipfile
+
+        import torch
+
+        self.files = files
+        self._tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:  # mmap needs torch.save's zip format; a legacy file is read whole
+                sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f))
+            except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, KeyError) as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise QsimError(f"{f}: corrupt, truncated or not a weights-only torch checkpoint ({msg})") from None
+            if not isinstance(sd, dict):
+                raise QsimError(f"{f}: holds a {type(sd).__name__}, not a state dict of tensors")
+            self._tensors.update({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+        self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 (a float32 tensor stays a view of the mapped file)."""
+        return self._tensors[name].float().numpy()
+
+    def sha256(self) -> str:
+        return _files_sha256(self.files)
+
+
+def tensor_files(folder: Path, cfg: AnyConfig) -> SafetensorsFiles | TorchBinFiles:
+    """A checkpoint folder's tensors: safetensors; for Mamba-2 also mamba_ssm's pytorch_model.bin."""
+    if cfg.family == "mamba2" and not list(folder.glob("model*.safetensors")):
+        bins = sorted(folder.glob("pytorch_model*.bin"))
+        if not bins:
+            raise QsimError(f"{folder}: no model.safetensors, model-*.safetensors shards or pytorch_model.bin "
+                            "in the folder")
+        return TorchBinFiles(bins)
+    return SafetensorsFiles(folder)
+
+
+def _hf_config(folder: Path) -> AnyConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise QsimError(f"{folder}: no config.json in the checkpoint folder")
@@ -187,21 +275,40 @@ def _hf_config(folder: Path) -> MambaConfig:
         hf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QsimError(f"{path}: not valid JSON ({exc})") from None
-    return MambaConfig.from_hf(hf, str(path))
+    if not isinstance(hf, dict):
+        raise QsimError(f"{path}: not a JSON object")
+    return config_from_hf(hf, str(path))
 
 
-def _layer_tensor_names(cfg: MambaConfig, i: int) -> dict[str, str]:
-    return {key: f"backbone.layers.{i}.{hf_name}" for key, hf_name in _HF_LAYER.items()}
+def _layer_tensor_names(cfg: AnyConfig, i: int) -> dict[str, str]:
+    names = _HF_LAYER2 if cfg.family == "mamba2" else _HF_LAYER
+    return {key: f"backbone.layers.{i}.{hf_name}" for key, hf_name in names.items()}
 
 
-def weights_from_hf_tensors(cfg: MambaConfig, t, where: str) -> MambaWeights:
-    """Map transformers' MambaForCausalLM tensor names onto MambaWeights, checking shapes and values.
+def _refuse_proj_bias(cfg: Mamba2Config, t, where: str) -> None:
+    biases = [f"backbone.layers.0.mixer.{p}.bias" for p in ("in_proj", "out_proj")]
+    found = [b for b in biases if b in t]
+    if cfg.proj_bias or found:
+        what = f"tensor {found[0]} is present" if found else "the config sets use_bias (ssm_cfg bias)"
+        raise QsimError(f"{where}: {what}: Mamba-2 with in_proj/out_proj biases is not supported "
+                        "(no public Mamba-2 uses them)")
 
-    `t` is a dict of arrays or a SafetensorsFiles; every tensor is checked here,
-    one at a time, and the layers are re-read when used unless the model is small.
+
+def weights_from_hf_tensors(cfg: AnyConfig, t, where: str) -> MambaWeights:
+    """Map transformers' (or, for Mamba-2, mamba_ssm's) tensor names onto MambaWeights, checking shapes and values.
+
+    `t` is a dict of arrays, a SafetensorsFiles or a TorchBinFiles; every tensor is
+    checked here, one at a time, and the layers are re-read when used unless the model is small.
     """
-    get = t.get if isinstance(t, SafetensorsFiles) else t.__getitem__
+    get = t.get if isinstance(t, SafetensorsFiles | TorchBinFiles) else t.__getitem__
     shapes = expected_shapes(cfg)
+    emb_name = _EMBEDDING
+    if cfg.family == "mamba2":
+        _refuse_proj_bias(cfg, t, where)
+        if _EMBEDDING not in t and _EMBEDDING_SSM in t:
+            emb_name = _EMBEDDING_SSM
+        elif _EMBEDDING not in t:
+            raise QsimError(f"{where}: tensor {_EMBEDDING} (mamba_ssm: {_EMBEDDING_SSM}) is missing")
 
     def take(name: str, shape):
         if name not in t:
@@ -222,7 +329,7 @@ def weights_from_hf_tensors(cfg: MambaConfig, t, where: str) -> MambaWeights:
             out[key] = _checked(raw, name, shapes[key], where)
         return out
 
-    emb = take("backbone.embeddings.weight", (cfg.vocab_size, cfg.d_model))
+    emb = take(emb_name, (cfg.vocab_size, cfg.d_model))
     keep = keep_layers(cfg)
     layers = LazyLayers(cfg.n_layer, layer, keep)
     check = layers.__getitem__ if keep else layer  # kept when small; read, checked and dropped when large
@@ -237,7 +344,7 @@ def weights_from_hf_tensors(cfg: MambaConfig, t, where: str) -> MambaWeights:
 
 def load_folder(folder: Path, name: str | None = None, source: str = "local") -> LoadedModel:
     cfg = _hf_config(folder)
-    files = SafetensorsFiles(folder)
+    files = tensor_files(folder, cfg)
     weights = weights_from_hf_tensors(cfg, files, str(folder))
     return LoadedModel(name or folder.name, cfg, weights, source, str(folder), files.sha256(), folder)
 
@@ -247,8 +354,10 @@ def _tensor_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def synthetic_layer(cfg: MambaConfig, i: int, seed: int = SYNTHETIC_SEED) -> dict[str, np.ndarray]:
+def synthetic_layer(cfg: AnyConfig, i: int, seed: int = SYNTHETIC_SEED) -> dict[str, np.ndarray]:
     """Layer i under Mamba's standard initialisation (as in mamba_ssm / transformers), seeded per tensor."""
+    if cfg.family == "mamba2":
+        return _synthetic_layer2(cfg, i, seed)
     di, dm, n, r = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.dt_rank
     rng = lambda key: _tensor_rng(seed, f"layers.{i}.{key}")
 
@@ -271,24 +380,51 @@ def synthetic_layer(cfg: MambaConfig, i: int, seed: int = SYNTHETIC_SEED) -> dic
     }
 
 
-def synthetic_weights(cfg: MambaConfig, seed: int = SYNTHETIC_SEED) -> MambaWeights:
+def _synthetic_layer2(cfg: Mamba2Config, i: int, seed: int) -> dict[str, np.ndarray]:
+    """A Mamba-2 layer under mamba_ssm's initialisation, seeded per tensor: projections uniform
+    +-1/sqrt(fan_in) (out_proj also / sqrt(n_layer), the prenorm-residual rescale), conv weight and
+    bias uniform +-1/sqrt(d_conv), A uniform in [1, 16], dt log-uniform in [1e-3, 1e-1]."""
+    di, dm, cd, nh = cfg.d_inner, cfg.d_model, cfg.conv_dim, cfg.nheads
+    rng = lambda key: _tensor_rng(seed, f"layers.{i}.{key}")
+
+    def uniform(key: str, bound: float, shape) -> np.ndarray:
+        return rng(key).uniform(-bound, bound, shape).astype(np.float32)
+
+    conv = 1.0 / math.sqrt(cfg.d_conv)
+    dt = np.exp(rng("dt_bias").uniform(math.log(1e-3), math.log(1e-1), nh)).clip(min=1e-4)
+    return {
+        "norm": np.ones(dm, np.float32),
+        "in_proj": uniform("in_proj", 1.0 / math.sqrt(dm), (cfg.d_in_proj, dm)),
+        "conv_w": uniform("conv_w", conv, (cd, cfg.d_conv)),
+        "conv_b": uniform("conv_b", conv, cd) if cfg.conv_bias else np.zeros(cd, np.float32),
+        "dt_bias": (dt + np.log(-np.expm1(-dt))).astype(np.float32),  # inverse softplus
+        "A_log": np.log(rng("A_log").uniform(1, 16, nh)).astype(np.float32),
+        "D": np.ones(nh, np.float32),
+        "gnorm": np.ones(di, np.float32),
+        "out_proj": uniform("out_proj", 1.0 / math.sqrt(di) / math.sqrt(cfg.n_layer), (dm, di)),
+    }
+
+
+def synthetic_weights(cfg: AnyConfig, seed: int = SYNTHETIC_SEED) -> MambaWeights:
     """Seeded synthetic weights; a large model's layers are generated when used."""
     emb = (_tensor_rng(seed, "embedding").standard_normal((cfg.vocab_size, cfg.d_model)) * 0.02).astype(np.float32)
     layers = LazyLayers(cfg.n_layer, lambda i: synthetic_layer(cfg, i, seed), keep_layers(cfg))
     return MambaWeights(emb, np.ones(cfg.d_model, np.float32), emb, layers)
 
 
-def _hf_snapshot(repo: str, local_only: bool) -> Path | None:
+def _hf_snapshot(repo: str, local_only: bool, family: str = "mamba") -> Path | None:
+    """A hub snapshot with weights; state-spaces/mamba2-* (mamba_ssm format) ship pytorch_model.bin."""
+    patterns = ["*.json", "*.safetensors", "*.txt"] + (["pytorch_model*.bin"] if family == "mamba2" else [])
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(
-            repo, local_files_only=local_only, allow_patterns=["*.json", "*.safetensors", "*.txt"]
-        )
-    except Exception:  # offline, not cached, or hub unreachable: the caller falls back
+        path = snapshot_download(repo, local_files_only=local_only, allow_patterns=patterns)
+    except Exception:  # noqa: BLE001 (offline, not cached, or hub unreachable: the caller falls back)
         return None
     p = Path(path)
-    return p if list(p.glob("model*.safetensors")) else None
+    if list(p.glob("model*.safetensors")) or (family == "mamba2" and list(p.glob("pytorch_model*.bin"))):
+        return p
+    return None
 
 
 def resolve(model: str, require_weights: bool = False) -> LoadedModel:
@@ -307,7 +443,7 @@ def resolve(model: str, require_weights: bool = False) -> LoadedModel:
     for local_only, source in ((True, "hf-cache"), (False, "hub")):
         if not local_only and os.environ.get("HF_HUB_OFFLINE") == "1":
             break
-        snap = _hf_snapshot(reg.hf_repo, local_only)
+        snap = _hf_snapshot(reg.hf_repo, local_only, reg.config.family)
         if snap is not None:
             return load_folder(snap, model, source=source)
     if require_weights:
@@ -321,13 +457,23 @@ def resolve(model: str, require_weights: bool = False) -> LoadedModel:
                        f"seeded synthetic weights (seed {SYNTHETIC_SEED})", sha.hexdigest(), None)
 
 
-def to_hf_tensors(cfg: MambaConfig, w: MambaWeights) -> dict[str, np.ndarray]:
-    """The inverse of weights_from_hf_tensors: transformers' MambaForCausalLM state dict."""
+def to_hf_tensors(cfg: AnyConfig, w: MambaWeights) -> dict[str, np.ndarray]:
+    """The inverse of weights_from_hf_tensors: transformers' MambaForCausalLM / Mamba2ForCausalLM state dict."""
     t = {"backbone.embeddings.weight": w.embedding, "backbone.norm_f.weight": w.norm_f}
     for i, layer in enumerate(w.layers):
-        for key, hf_name in _HF_LAYER.items():
-            v = layer[key][:, None, :] if key == "conv_w" else layer[key]
-            t[f"backbone.layers.{i}.{hf_name}"] = v
+        for key, name in _layer_tensor_names(cfg, i).items():
+            t[name] = layer[key][:, None, :] if key == "conv_w" else layer[key]
     if w.lm_head is not w.embedding:
         t["lm_head.weight"] = w.lm_head
+    return t
+
+
+def to_mamba_ssm_tensors(cfg: Mamba2Config, w: MambaWeights) -> dict[str, np.ndarray]:
+    """mamba_ssm's MambaLMHeadModel state dict of a Mamba-2 (as in state-spaces/mamba2-*'s pytorch_model.bin):
+    the embedding is `backbone.embedding.weight` and `lm_head.weight` is always there (tied: the embedding)."""
+    if cfg.family != "mamba2":
+        raise QsimError("to_mamba_ssm_tensors: only Mamba-2 is read in mamba_ssm's format")
+    t = to_hf_tensors(cfg, w)
+    t = {(_EMBEDDING_SSM if k == _EMBEDDING else k): v for k, v in t.items()}
+    t.setdefault("lm_head.weight", w.lm_head)
     return t

@@ -1,0 +1,146 @@
+"""The float Mamba-2 forward in NumPy fp32, with one hook for every tensor that matters.
+
+Same contract as `qsim.float_model` (Mamba-1): `act(layer, name, x)` sees each
+named activation and may return a replacement; the identity gives the `float`
+numerics, equal to transformers' Mamba2ForCausalLM within fp32 rounding (its
+chunked SSD and this sequential scan sum in different orders).
+Names, in order: residual, u, z, xBC, dt_raw, conv_pre, x, B, C, dt, h, ys,
+sz, y, out; at layer == n_layer: residual, u_f.
+
+  residual (L, d_model)   block input          u (L, d_model)      RMSNorm output
+  z (L, d_inner)          gate rows of in_proj xBC (L, conv_dim)   x, B, C rows of in_proj, before the conv
+  dt_raw (L, nheads)      dt rows of in_proj   conv_pre (L, conv_dim) conv output before SiLU
+  x (L, d_inner)          SSM input (SiLU)     B, C (L, ngroups*d_state)
+  dt (L, nheads)          softplus(dt_raw + dt_bias) clamped to [dt_min, dt_max]
+  h (nheads, headdim, d_state)  running max |state| over time (observation only, return ignored)
+  ys (L, d_inner)         scan output, D*x included
+  sz (L, d_inner)         SiLU(z)              y (L, d_inner)      gated RMSNorm output = out_proj's input
+  out (L, d_model)        out_proj output
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+import numpy as np
+
+from qsim import float_model
+from qsim.config import Mamba2Config
+from qsim.errors import QsimError
+from qsim.float_model import (
+    Hook,
+    _apply,
+    _identity,
+    causal_conv,
+    embed,
+    final_norm,
+    head,
+    rmsnorm,
+    silu,
+    softplus,
+)
+from qsim.weights import MambaWeights
+
+__all__ = ["Hook", "block", "dispatch", "embed", "final_norm", "forward", "forward_batch", "gated_rmsnorm",
+           "head", "mixer", "ssd_scan"]
+
+
+def ssd_scan(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray,
+             ngroups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sequential Mamba-2 recurrence in fp32, one token at a time.
+
+    x (L, nheads*headdim), dt (L, nheads), A (nheads,) (negative), B and C (L, ngroups*d_state),
+    D (nheads,). Head k reads group k // (nheads / ngroups) of B and C (transformers'
+    repeat_interleave, mamba_ssm's layout). Per token and head:
+    h = exp(dt A) h + (dt x) outer B;  y = h C + D x.
+    Returns y (L, nheads*headdim) and the running max |h| (nheads, headdim, d_state).
+    The state is kept per group, (ngroups, heads_per_group*headdim, d_state), so B and C
+    broadcast without being repeated and y is one batched matrix-vector product.
+    """
+    length, d_inner = x.shape
+    nheads = dt.shape[1]
+    headdim, n = d_inner // nheads, B.shape[1] // ngroups
+    rows = d_inner // ngroups  # channels of one group: its heads' headdim rows each
+    dA = np.repeat(np.exp(dt * A), headdim, axis=1).reshape(length, ngroups, rows, 1)
+    dx = (np.repeat(dt, headdim, axis=1) * x).reshape(length, ngroups, rows, 1)
+    B4 = B.reshape(length, ngroups, 1, n)
+    C4 = C.reshape(length, ngroups, n, 1)
+    h = np.zeros((ngroups, rows, n), np.float32)
+    hi, lo, tmp = np.zeros_like(h), np.zeros_like(h), np.empty_like(h)
+    y = np.empty((length, ngroups, rows, 1), np.float32)
+    mul, add, maximum, minimum, matmul = np.multiply, np.add, np.maximum, np.minimum, np.matmul
+    for t in range(length):
+        mul(h, dA[t], out=h)
+        mul(dx[t], B4[t], out=tmp)
+        add(h, tmp, out=h)
+        maximum(hi, h, out=hi)  # max |h| as max(max h, -min h): no |h| temporary per token
+        minimum(lo, h, out=lo)
+        matmul(h, C4[t], out=y[t])
+    ys = y.reshape(length, d_inner) + x * np.repeat(D, headdim)
+    return ys.astype(np.float32, copy=False), np.maximum(hi, -lo).reshape(nheads, headdim, n)
+
+
+def gated_rmsnorm(v: np.ndarray, g: np.ndarray, groups: int, eps: float) -> np.ndarray:
+    """RMSNorm of the gated scan output v = ys * SiLU(z) over each of `groups` equal channel groups, times g."""
+    length, d = v.shape
+    return rmsnorm(v.reshape(length, groups, d // groups), g.reshape(groups, d // groups), eps).reshape(length, d)
+
+
+def mixer(cfg: Mamba2Config, w: dict, u: np.ndarray, layer: int, act: Hook) -> np.ndarray:
+    di, cd, gn = cfg.d_inner, cfg.conv_dim, cfg.ngroups * cfg.d_state
+    zxbcdt = u @ w["in_proj"].T
+    z = _apply(act, layer, "z", zxbcdt[:, :di])
+    xbc = _apply(act, layer, "xBC", zxbcdt[:, di : di + cd])
+    dt_raw = _apply(act, layer, "dt_raw", zxbcdt[:, di + cd :])
+    pre = _apply(act, layer, "conv_pre", causal_conv(xbc, w["conv_w"], w["conv_b"]))
+    xbc = silu(pre)
+    x = _apply(act, layer, "x", xbc[:, :di])
+    B = _apply(act, layer, "B", xbc[:, di : di + gn])
+    C = _apply(act, layer, "C", xbc[:, di + gn :])
+    dt = _apply(act, layer, "dt", np.clip(softplus(dt_raw + w["dt_bias"]), cfg.dt_min, cfg.dt_max))
+    ys, hmax = ssd_scan(x, dt, -np.exp(w["A_log"]), B, C, w["D"], cfg.ngroups)
+    act(layer, "h", hmax)
+    ys = _apply(act, layer, "ys", ys)
+    sz = _apply(act, layer, "sz", silu(z))
+    groups = cfg.ngroups if cfg.norm_per_group else 1
+    y = _apply(act, layer, "y", gated_rmsnorm((ys * sz).astype(np.float32), w["gnorm"], groups,
+                                              cfg.layer_norm_epsilon))
+    return _apply(act, layer, "out", y @ w["out_proj"].T)
+
+
+def block(cfg: Mamba2Config, lw: dict, r: np.ndarray, layer: int, act: Hook) -> np.ndarray:
+    """One residual block: the residual stream after layer `layer`."""
+    r = _apply(act, layer, "residual", r)
+    u = _apply(act, layer, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
+    return r + mixer(cfg, lw, u, layer, act)
+
+
+def forward(cfg: Mamba2Config, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:
+    """Logits (L, vocab) of one token sequence."""
+    act = act or _identity
+    r = embed(w, tokens)
+    for i, lw in enumerate(w.layers):
+        r = block(cfg, lw, r, i, act)
+    return head(cfg, w, r, act)
+
+
+def forward_batch(cfg: Mamba2Config, w: MambaWeights, windows: list[np.ndarray],
+                  acts: list[Hook] | Hook | None = None) -> list[np.ndarray]:
+    """forward() of every window, layer-major (as float_model.forward_batch): identical logits,
+    each layer's weights used once for the whole batch; a hook sees layer 0 of every window, then layer 1, ..."""
+    hooks = acts if isinstance(acts, list) else [acts or _identity] * len(windows)
+    rs = [embed(w, t) for t in windows]
+    for i, lw in enumerate(w.layers):
+        rs = [block(cfg, lw, r, i, h) for r, h in zip(rs, hooks)]
+    return [head(cfg, w, r, h) for r, h in zip(rs, hooks)]
+
+
+def dispatch(cfg) -> ModuleType:
+    """The float-model module of a config's family: `dispatch(cfg).forward_batch(...)`."""
+    family = getattr(cfg, "family", None)
+    if family == "mamba":
+        return float_model
+    if family == "mamba2":
+        return sys.modules[__name__]
+    raise QsimError(f"no float model for architecture family {family!r} (qsim runs 'mamba' and 'mamba2')")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from qsim import artifact_check, spec
-from qsim.config import MambaConfig
+from qsim.config import Mamba2Config, MambaConfig
 from qsim.errors import QsimError
 from qsim.qweights import IntLinear, pack_int4, unpack_int4
 
@@ -36,8 +36,9 @@ class QuantizedModel:
     tensors: dict[str, np.ndarray]
 
     @property
-    def config(self) -> MambaConfig:
-        return MambaConfig.from_dict(self.manifest["model"]["config"])
+    def config(self) -> MambaConfig | Mamba2Config:
+        m = self.manifest["model"]
+        return (Mamba2Config if m.get("family") == "mamba2" else MambaConfig).from_dict(m["config"])
 
     def layer(self, i: int) -> dict:
         return self.manifest["layers"][i]

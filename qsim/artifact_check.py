@@ -135,8 +135,27 @@ class _Checker:
         self.requant(f"{p}.scan.y", (1 << (spec.SCAN_ACC_BITS - 1)) * INT16,
                      self.tensor(f"{p}.scan.m_y", (di,)), self.tensor(f"{p}.scan.s_y", (di,)))
 
+    def mamba2(self):
+        """A Mamba-2 artifact (quamba numerics: no integer datapath constants yet): every tensor's shape."""
+        c = self.cfg
+        self.in_range("embedding.q", self.tensor("embedding.q", (c.vocab_size, c.d_model)), -128, 127)
+        for i in range(c.n_layer):
+            p = f"layers.{i}"
+            self.linear_acc(f"{p}.in_proj", c.d_in_proj, c.d_model)
+            self.linear_acc(f"{p}.out_proj", c.d_model, c.d_inner)
+            self.in_range(f"{p}.conv.w", self.tensor(f"{p}.conv.w", (c.conv_dim, c.d_conv)), -128, 127)
+            self.tensor(f"{p}.conv.b", (c.conv_dim,))
+            for name, shape in (("x.scale", (c.d_inner,)), ("B.scale", (c.ngroups,)), ("C.scale", (c.ngroups,)),
+                                ("dt_bias", (c.nheads,)), ("gnorm", (c.d_inner,)), ("norm", (c.d_model,))):
+                t = self.qm.t(f"{p}.{name}")
+                if tuple(t.shape) != shape or not np.isfinite(t).all():
+                    self.fail(f"{p}.{name}", f"shape {tuple(t.shape)} (expected {shape}) or not finite")
+        self.linear_acc("lm_head", c.vocab_size, c.d_model)
+
     def run(self):
         m, c = self.m, self.cfg
+        if c.family == "mamba2":
+            return self.mamba2()
         if m["bits"]["act_bits"] != 8:
             return  # the fixed datapath (all these bounds) is defined for 8-bit activations only
         self.in_range("state_bits", m["state_bits"], spec.STATE_BITS_MIN, spec.STATE_BITS_MAX)

@@ -21,7 +21,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="registered name (mamba-tiny, mamba-130m ... mamba-2.8b) or a Hugging Face checkpoint folder")
+                   help="registered name (mamba-tiny, mamba-130m ... mamba-2.8b, mamba2-tiny, mamba2-130m ... mamba2-2.7b) "
+                        "or a checkpoint folder (transformers format, or mamba_ssm format for Mamba-2)")
     p.add_argument("--require-weights", action="store_true", help="fail instead of using synthetic weights")
 
 
@@ -39,6 +40,8 @@ def _calib_args(p: argparse.ArgumentParser, one_method: bool = True) -> None:
     p.add_argument("--no-hadamard", action="store_true", help="no rotation before out_proj")
     p.add_argument("--state-bits", type=int, default=d.state_bits, help="fixed-point SSM state width")
     p.add_argument("--no-gptq", action="store_true", help="int4 weights by round-to-nearest instead of GPTQ")
+    p.add_argument("--no-group-heads", action="store_true",
+                   help="Mamba-2: no head/channel reorder, one x scale per tensor (Quamba1-style; quamba2 ablation)")
     if one_method:
         p.add_argument("--method", default=d.method,
                        help="quantization recipe: " + ", ".join(_recipe_names()) + f" (default {d.method})")
@@ -58,7 +61,7 @@ def _calib_options(a):
     d = CalibSettings()
     return CalibSettings(samples=a.calib_samples, seq_len=a.calib_len, percentile=not a.no_percentile,
                          alpha=a.alpha, hadamard=not a.no_hadamard, state_bits=a.state_bits,
-                         gptq=not a.no_gptq, text=a.calib_text, method=getattr(a, "method", d.method),
+                         gptq=not a.no_gptq, group_heads=not a.no_group_heads, text=a.calib_text, method=getattr(a, "method", d.method),
                          smooth_alpha=a.smooth_alpha)
 
 

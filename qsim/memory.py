@@ -48,6 +48,8 @@ def _layer_weights(cfg: MambaConfig) -> int:
 
 def _linear_weights(cfg: MambaConfig) -> int:
     di, d = cfg.d_inner, cfg.d_model
+    if cfg.family == "mamba2":
+        return cfg.d_in_proj * d + d * di
     return 2 * di * d + (cfg.dt_rank + 2 * cfg.d_state) * di + d * di + di * cfg.dt_rank
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsim import artifact, float_model, hadamard, memory, metrics, spec
+from qsim import artifact, float_model2, hadamard, memory, metrics, quamba2, spec
 from qsim.bits import BitsPreset, preset
 from qsim.calib_settings import CalibSettings
 from qsim.errors import QsimError
@@ -54,13 +54,28 @@ def artifact_key(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, calib_
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def settings_for(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings) -> CalibSettings:
+    """The calibration settings for this model and preset, after its recipe has set its features.
+
+    On a Mamba-2 model, `quamba` (the default) means its authors' recipe for Mamba-2, `quamba2`;
+    the head/channel reorder applies to 8-bit activations only (w4a16 keeps x in float16)."""
+    from calib.recipes import effective
+
+    if lm.config.family == "mamba2":
+        calib = replace(calib, method="quamba2" if calib.method == "quamba" else calib.method,
+                        group_heads=calib.group_heads and bits.act_bits == 8)
+    return effective(calib)
+
+
 def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, dest: Path) -> None:
     """Rewrite the model by the recipe, calibrate it and write the artifact to dest (atomically)."""
-    from calib import recipes
+    from calib import calibrate2, recipes
     from calib.calibrate import calibrate, sample_windows
 
+    calib = settings_for(lm, bits, calib)
     recipe = recipes.get(calib.method)
-    calib = recipe.settings(calib)
+    if lm.config.family == "mamba2":
+        calibrate = calibrate2.calibrate
     text, path = read_text(calib.text)
     tokens = for_model(lm.folder, lm.config.vocab_size).encode(text)
     calib.validate()
@@ -92,14 +107,21 @@ def get_artifact(lm: LoadedModel, bits: BitsPreset, opts: RunOptions) -> tuple[a
     return artifact.load(dest), dest, False  # always the bytes on disk: fresh and cached runs agree
 
 
+# Per family, the float model's tensors behind each SQNR tensor: in_proj's output pieces, the scan output and
+# out_proj's input (the quamba hooks record the pieces under the same names, and "scan", "out_proj_in")
+SQNR_SOURCES = {"mamba": {"in_proj": ("x_in", "z"), "scan": "y", "out_proj_in": "y"},
+                "mamba2": {"in_proj": ("z", "xBC"), "scan": "ys", "out_proj_in": "y"}}
+
+
 class _Recorder:
     """Float-model hook that keeps copies of the tensors compared by SQNR."""
 
-    def __init__(self):
+    def __init__(self, src: dict):
+        self.names = {*src["in_proj"], src["scan"], src["out_proj_in"]}
         self.seen = defaultdict(list)
 
     def __call__(self, layer, name, x):
-        if name in ("x_in", "z", "y"):
+        if name in self.names:
             self.seen[(layer, name)].append(np.array(x))
 
 
@@ -154,9 +176,11 @@ def merge(accs: list[_Accumulator]) -> _Accumulator:
     return total
 
 
-def _float_tensors(rec: _Recorder, i: int) -> dict[str, np.ndarray]:
-    g = lambda n: np.concatenate(rec.seen[(i, n)])
-    return {"in_proj": np.concatenate([g("x_in"), g("z")], axis=1), "scan": g("y"), "out_proj_in": g("y")}
+def _sqnr_tensors(seen: dict, i: int, src: dict) -> dict[str, np.ndarray]:
+    """The SQNR tensors of layer i from what a hook recorded under the float model's names."""
+    g = lambda n: np.concatenate(seen[(i, n)])
+    return {"in_proj": np.concatenate([g(n) for n in src["in_proj"]], axis=1), "scan": g(src["scan"]),
+            "out_proj_in": g(src["out_proj_in"])}
 
 
 def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
@@ -211,9 +235,13 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
     Layer-major: each layer's weights (float, dequantized, integer) are used once for all the windows.
     """
     cfg = lm.config
-    quamba_w = dequant_weights(qm) if qm is not None else fp16_weights(cfg, lm.weights)
+    mamba2 = cfg.family == "mamba2"
+    fm = float_model2.dispatch(cfg)
+    src = SQNR_SOURCES[cfg.family]
+    dequant, hook_cls = (quamba2.dequant_weights, quamba2.Quamba2Hook) if mamba2 else (dequant_weights, QuambaHook)
+    quamba_w = dequant(qm) if qm is not None else fp16_weights(cfg, lm.weights)
     fixed = None
-    if qm is not None and bits.integer_activations:
+    if qm is not None and bits.integer_activations and not mamba2:
         from qsim.fixed.executor import Trace
 
         fixed = fixed_executor(qm, executor)
@@ -228,10 +256,10 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
         timing[numerics] += time.perf_counter() - t0
         return out
 
-    record = {"x_in", "z", "scan", "out_proj_in"} if qm is not None else frozenset()
-    hooks = [QuambaHook(qm, bits, record=record) for _ in windows]
-    r_float = [timed("float", float_model.embed, lm.weights, w) for w in windows]
-    r_quamba = [timed("quamba", float_model.embed, quamba_w, w) for w in windows]
+    record = {*src["in_proj"], "scan", "out_proj_in"} if qm is not None else frozenset()
+    hooks = [hook_cls(qm, bits, record=record) for _ in windows]
+    r_float = [timed("float", fm.embed, lm.weights, w) for w in windows]
+    r_quamba = [timed("quamba", fm.embed, quamba_w, w) for w in windows]
     if fixed is not None:
         traces = [Trace(names={"xz", "y", "yo"}) for _ in windows]
         states = [fixed.new_state() for _ in windows]
@@ -239,14 +267,15 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
     for i in progress(range(cfg.n_layer), desc=f"run {lm.name} {bits.name} ({len(windows)} seq)", unit="layer"):
         lw, qlw = lm.weights.layers[i], quamba_w.layers[i]
         for k, acc in enumerate(accs):
-            rec = _Recorder()
-            r_float[k] = timed("float", float_model.block, cfg, lw, r_float[k], i, rec)
-            fl = _float_tensors(rec, i)
-            r_quamba[k] = timed("quamba", float_model.block, cfg, qlw, r_quamba[k], i, hooks[k])
+            rec = _Recorder(src)
+            r_float[k] = timed("float", fm.block, cfg, lw, r_float[k], i, rec)
+            fl = _sqnr_tensors(rec.seen, i, src)
+            r_quamba[k] = timed("quamba", fm.block, cfg, qlw, r_quamba[k], i, hooks[k])
             if qm is not None:
-                seen = {n: np.concatenate(hooks[k].seen.pop((i, n))) for n in ("x_in", "z", "scan", "out_proj_in")}
-                qt = unsmoothed(qm, i, {"in_proj": np.concatenate([seen["x_in"], seen["z"]], axis=1),
-                                        "scan": seen["scan"], "out_proj_in": seen["out_proj_in"]})
+                qt = unsmoothed(qm, i, _sqnr_tensors(hooks[k].seen, i, {**src, "scan": "scan",
+                                                                        "out_proj_in": "out_proj_in"}))
+                for key in [key for key in hooks[k].seen if key[0] == i]:
+                    del hooks[k].seen[key]
                 for name in SQNR_TENSORS:
                     acc.tensor(("quamba", name, i), fl[name], qt[name])
             if fixed is not None:
@@ -257,9 +286,9 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
                 traces[k].tensors.clear()
         del lw, qlw
     for k, (w, acc) in enumerate(zip(windows, accs)):
-        ref = timed("float", float_model.head, cfg, lm.weights, r_float[k], None)
+        ref = timed("float", fm.head, cfg, lm.weights, r_float[k], None)
         acc.logits("float", ref, w, None)
-        acc.logits("quamba", timed("quamba", float_model.head, cfg, quamba_w, r_quamba[k], hooks[k]), w, ref)
+        acc.logits("quamba", timed("quamba", fm.head, cfg, quamba_w, r_quamba[k], hooks[k]), w, ref)
         acc.saturation["quamba"] = dict(hooks[k].saturation)
         if fixed is not None:
             acc.logits("fixed", timed("fixed", fixed.head, r_fixed[k], traces[k]) * scale, w, ref)
@@ -287,14 +316,13 @@ class Prepared:
 
 def prepare(opts: RunOptions) -> Prepared:
     """Resolve the model, cut the evaluation windows and get (or build) the artifact."""
-    from calib.recipes import effective
-
     t_start = time.perf_counter()
     bits = preset(opts.bits)
-    opts = replace(opts, calib=effective(opts.calib))
     if opts.seq_len < 2 or opts.eval_seqs < 1:
         raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
+    opts.calib.validate()
     lm = resolve(opts.model, opts.require_weights)
+    opts = replace(opts, calib=settings_for(lm, bits, opts.calib))
     mem = memory.estimate(lm.config, bits, opts.calib, opts.eval_seqs, opts.seq_len,
                           calibrating=opts.artifact is None)
     memory.check(mem, f"run {lm.name} {bits.name}")
@@ -347,8 +375,9 @@ def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> d
         "sqnr_db": {k: {t: acc.sqnr(k, t, cfg.n_layer) for t in SQNR_TENSORS}
                     for k in numerics if k != "float" and qm is not None},
         "saturation": {"fixed": acc.saturation["fixed"], "quamba": acc.saturation["quamba"]},
-        "fixed_unavailable": None if fixed_ran else
-        f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
+        "fixed_unavailable": None if fixed_ran else (
+            "the Mamba-2 integer datapath has no executor in this qsim yet" if cfg.family == "mamba2" and
+            bits.integer_activations else f"the integer datapath is defined for 8-bit activations; {bits.name} has none"),
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing.get(k, 0) > 0},
         "fixed_executor": opts.executor if fixed_ran else None,
         "wall_time_s": time.perf_counter() - p.t_start,

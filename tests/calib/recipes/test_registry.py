@@ -11,7 +11,8 @@ from qsim.errors import QsimError
 
 
 def test_the_recipes_of_the_papers_are_registered():
-    assert set(registry()) == {"rtn", "smoothquant", "quarot", "quamba", "quamba-rot", "mambaquant"}
+    assert set(registry()) == {"rtn", "smoothquant", "quarot", "quamba", "quamba-rot", "mambaquant",
+                                "quamba2"}
 
 
 def test_features_per_recipe():

@@ -94,7 +94,7 @@ def _atomic_folder(dest: Path, write) -> None:
 
 SAFETENSORS_DTYPES = {np.dtype(t): name for t, name in (
     ("int8", "I8"), ("uint8", "U8"), ("int16", "I16"), ("int32", "I32"), ("int64", "I64"),
-    ("float32", "F32"), ("float64", "F64"))}
+    ("float16", "F16"), ("float32", "F32"), ("float64", "F64"))}
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
@@ -144,10 +144,10 @@ def load(folder: Path) -> QuantizedModel:
         raise QsimError(f"{mpath}: not valid JSON ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise QsimError(f"{mpath}: not a {FORMAT} manifest")
-    if manifest.get("spec_version") != spec.SPEC_VERSION:
+    if manifest.get("spec_version") not in spec.ACCEPTED_SPEC_VERSIONS:  # versions with this Mamba-1 datapath
         raise QsimError(
             f"{mpath}: spec version {manifest.get('spec_version')} differs from this qsim's "
-            f"{spec.SPEC_VERSION}; recalibrate"
+            f"{spec.SPEC_VERSION} (accepted: {', '.join(spec.ACCEPTED_SPEC_VERSIONS)}); recalibrate"
         )
     if file_sha256(wpath) != manifest.get("weights_sha256"):
         raise QsimError(f"{wpath}: sha256 does not match the manifest (corrupt or modified)")

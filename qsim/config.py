@@ -108,6 +108,9 @@ class MambaConfig:
         }
 
 
+NO_LIMIT = 1e30  # an unlimited dt_max in config.json (JSON has no infinity); read back as inf
+
+
 @dataclass(frozen=True)
 class Mamba2Config:
     """The Mamba-2 block (mamba_ssm `Mamba2`, transformers `Mamba2Mixer`): per-head scalar decay,
@@ -180,6 +183,9 @@ class Mamba2Config:
                 ssm = hf.get("ssm_cfg") or {}
                 if ssm.get("layer", "Mamba2") != "Mamba2":
                     raise QsimError(f"{where}: ssm_cfg.layer is {ssm.get('layer')!r}, not 'Mamba2'")
+                if int(hf.get("d_intermediate") or 0) or hf.get("attn_layer_idx"):
+                    raise QsimError(f"{where}: an MLP (d_intermediate) or attention layers (attn_layer_idx) in the "
+                                    "blocks: qsim runs pure Mamba-2 stacks only")
                 if ssm.get("norm_before_gate", False) or not ssm.get("rmsnorm", True):
                     raise QsimError(f"{where}: only the gated RMSNorm after the gate (rmsnorm, "
                                     "norm_before_gate false) is supported")
@@ -201,6 +207,7 @@ class Mamba2Config:
             if int(hf.get("num_heads", expand * d_model // headdim)) * headdim != expand * d_model:
                 raise QsimError(f"{where}: num_heads x head_dim != expand x hidden_size")
             lo, hi = hf.get("time_step_limit", (0.0, math.inf))
+            hi = math.inf if float(hi) >= NO_LIMIT else hi
             return cls(
                 d_model=d_model, n_layer=int(hf["num_hidden_layers"]), vocab_size=int(hf["vocab_size"]),
                 d_state=int(hf.get("state_size", 128)), d_conv=int(hf.get("conv_kernel", 4)), expand=expand,
@@ -231,7 +238,7 @@ class Mamba2Config:
             "use_conv_bias": self.conv_bias,
             "use_bias": self.proj_bias,
             "tie_word_embeddings": self.tie_embeddings,
-            "time_step_limit": [self.dt_min, self.dt_max if math.isfinite(self.dt_max) else 1e30],
+            "time_step_limit": [self.dt_min, self.dt_max if math.isfinite(self.dt_max) else NO_LIMIT],
             "residual_in_fp32": True,
             "hidden_act": "silu",
             "pad_token_id": 0,

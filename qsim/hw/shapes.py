@@ -1,9 +1,10 @@
 """Model shapes for estimation: per-layer operation lists with their per-token work.
 
-Mamba-1 shapes come from qsim.config (any MambaConfig, registered or read from
-a checkpoint folder's config.json). Mamba-2 shapes exist here only for
-estimation, before Mamba-2 numerics do. Every count is per token; one layer's
-list is repeated n_layer times, `lm_head` (with the final norm) runs once.
+Shapes come from qsim.config: a registered model (Mamba-1 or Mamba-2,
+qsim.config.REGISTRY) or a checkpoint folder's config.json (transformers'
+format, or mamba_ssm's for Mamba-2). mamba2-8b is an estimation-only entry
+(ESTIMATION_ONLY: no checkpoint qsim can load). Every count is per token; one
+layer's list is repeated n_layer times, `lm_head` (with the final norm) runs once.
 
 Weight formats per `--bits` preset, following Quamba (arXiv 2410.13229), Quamba2 (arXiv 2503.22879)
 and their released code, github.com/enyac-group/Quamba (qsim/hw/SOURCES.md, "Weight formats"):
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from qsim import spec
 from qsim.bits import BitsPreset
-from qsim.config import REGISTRY, MambaConfig
+from qsim.config import REGISTRY, Mamba2Config, MambaConfig, config_from_hf
 from qsim.errors import QsimError
 from qsim.weights import SHIPPED_MODELS
 
@@ -311,28 +312,13 @@ def mamba1_shape(name: str, cfg: MambaConfig, source: str) -> ModelShape:
     return _assemble(name, "mamba", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source)
 
 
-@dataclass(frozen=True)
-class Mamba2Config:
-    d_model: int
-    n_layer: int
-    vocab_size: int
-    ngroups: int = 1
-    tie_embeddings: bool = True
-    d_state: int = 128
-    headdim: int = 64
-    expand: int = 2
-    d_conv: int = 4
-
-
 def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
     """Mamba-2 block: in_proj -> [z, xBC, dt]; conv over xBC; per-head scalar decay; gated RMSNorm.
 
     No integer spec exists for Mamba-2: its tensors and tables take the widths of their Mamba-1
     counterparts (dt softplus table, y and the gated norm's output at y's width, SiLU(z) table)."""
     d, n, g = cfg.d_model, cfg.d_state, cfg.ngroups
-    di = cfg.expand * d
-    heads = di // cfg.headdim
-    conv_ch = di + 2 * g * n
+    di, heads, conv_ch = cfg.d_inner, cfg.nheads, cfg.conv_dim
     scan = Op("scan", lookups=2 * heads, mults=heads + 3 * di * n + 2 * di, adds=2 * di * n + di + heads,
               weights=tuple(Weight(w, heads, 1, "param") for w in ("A_log", "D", "dt_bias"))
               + (_table("softplus_dt", spec.DT_BITS),) + _scan_consts(),
@@ -354,14 +340,12 @@ def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
     return _assemble(name, "mamba2", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source)
 
 
-_MAMBA2_SMALL = ("state-spaces/mamba2-{} config.json (Dao & Gu, arXiv 2405.21060): d_model, n_layer, "
-                 "d_state 128, headdim 64, ngroups 1, expand 2, vocab 50277 padded to a multiple of 16 (50288), "
-                 "tied embeddings")
-MAMBA2: dict[str, tuple[Mamba2Config, str]] = {
-    **{f"mamba2-{size}": (Mamba2Config(d, layers, 50288), _MAMBA2_SMALL.format(size))
-       for size, d, layers in (("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48),
-                               ("1.3b", 2048, 48), ("2.7b", 2560, 64))},
-    "mamba2-8b": (Mamba2Config(4096, 56, 256000, ngroups=8, tie_embeddings=False),
+_MAMBA2_SOURCE = ("{repo} config.json (Dao & Gu, arXiv 2405.21060): d_model, n_layer, "
+                  "d_state 128, headdim 64, ngroups 1, expand 2, vocab 50277 padded to a multiple of 16 (50288), "
+                  "tied embeddings")
+# shapes for estimation only: no checkpoint of these is loadable by qsim (not in qsim.config.REGISTRY)
+ESTIMATION_ONLY: dict[str, tuple[Mamba2Config, str]] = {
+    "mamba2-8b": (Mamba2Config(d_model=4096, n_layer=56, vocab_size=256000, ngroups=8, tie_embeddings=False),
                   ("NVIDIA Mamba2-8B (Waleffe et al., 'An Empirical Study of Mamba-based Language Models', "
                   "arXiv 2406.07887; model card nvidia/mamba2-8b-3t-4k): d_model 4096, 56 layers, d_state 128, "
                   "headdim 64, ngroups 8, 256k SentencePiece vocabulary (256000); an untied output layer "
@@ -370,16 +354,28 @@ MAMBA2: dict[str, tuple[Mamba2Config, str]] = {
 
 
 def model_names() -> list[str]:
-    return list(REGISTRY) + list(MAMBA2)
+    """Registered Mamba-1 models, then the Mamba-2 ones, then the estimation-only entries."""
+    by_family = sorted(REGISTRY.values(), key=lambda m: m.config.family != "mamba")  # stable: registry order
+    return [m.name for m in by_family] + list(ESTIMATION_ONLY)
+
+
+def shape_for(name: str, cfg: MambaConfig | Mamba2Config, source: str) -> ModelShape:
+    """The shape of any configuration, by its family."""
+    if cfg.family == "mamba2":
+        return mamba2_shape(name, cfg, source)
+    return mamba1_shape(name, cfg, source)
 
 
 def model_shape(model: str) -> ModelShape:
-    """A registered Mamba-1 name, a Mamba-2 name, a shipped model (qsim/models/NAME) or a folder with config.json."""
+    """A registered name (Mamba-1 or Mamba-2), an estimation-only entry, a shipped model (qsim/models/NAME) or a
+    folder with config.json (either Mamba-2 format)."""
     if model in REGISTRY:
         m = REGISTRY[model]
-        return mamba1_shape(model, m.config, f"{m.hf_repo} (qsim.config.REGISTRY)")
-    if model in MAMBA2:
-        cfg, source = MAMBA2[model]
+        if m.config.family == "mamba2" and m.hf_repo:
+            return mamba2_shape(model, m.config, _MAMBA2_SOURCE.format(repo=m.hf_repo))
+        return shape_for(model, m.config, f"{m.hf_repo} (qsim.config.REGISTRY)")
+    if model in ESTIMATION_ONLY:
+        cfg, source = ESTIMATION_ONLY[model]
         return mamba2_shape(model, cfg, source)
     folder = Path(model) if Path(model).is_dir() else SHIPPED_MODELS / model
     config = folder / "config.json"
@@ -388,6 +384,8 @@ def model_shape(model: str) -> ModelShape:
             hf = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
             raise QsimError(f"{config}: unreadable ({exc})") from None
-        return mamba1_shape(folder.name, MambaConfig.from_hf(hf, str(config)), str(config))
+        if not isinstance(hf, dict):
+            raise QsimError(f"{config}: not a JSON object")
+        return shape_for(folder.name, config_from_hf(hf, str(config)), str(config))
     raise QsimError(f"--model {model!r}: not a known model ({', '.join(model_names())}) "
                     "nor a folder with config.json")

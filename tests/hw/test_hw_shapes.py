@@ -6,8 +6,9 @@ import math
 import pytest
 
 from qsim.bits import PRESETS
-from qsim.config import REGISTRY, MambaConfig
+from qsim.config import REGISTRY, Mamba2Config, MambaConfig
 from qsim.errors import QsimError
+from qsim.hw import shapes
 from qsim.hw.shapes import RecipeFeatures, Weight, model_names, model_shape
 
 W8A8, W4A8, W4A16, FP16 = (PRESETS[b] for b in ("w8a8", "w4a8", "w4a16", "fp16"))
@@ -68,8 +69,67 @@ def test_mamba2_8b_shapes():
 def test_every_named_model_has_a_shape_and_the_mamba2_sizes():
     assert set(REGISTRY) <= set(model_names())
     sizes = {n: (model_shape(n).d_model, model_shape(n).n_layer) for n in model_names() if n.startswith("mamba2-")}
-    assert sizes == {"mamba2-130m": (768, 24), "mamba2-370m": (1024, 48), "mamba2-780m": (1536, 48),
+    assert sizes == {"mamba2-tiny": (256, 4), "mamba2-130m": (768, 24), "mamba2-370m": (1024, 48), "mamba2-780m": (1536, 48),
                      "mamba2-1.3b": (2048, 48), "mamba2-2.7b": (2560, 64), "mamba2-8b": (4096, 56)}
+
+
+def test_mamba2_shapes_read_the_registered_config():
+    """One Mamba-2 config class for the simulator and the cost model: the registered sizes, mamba2-tiny included."""
+    assert not hasattr(shapes, "Mamba2Config") or shapes.Mamba2Config is Mamba2Config
+    names = model_names()
+    assert len(names) == len(set(names)) and names[-1] == "mamba2-8b"
+    assert names.index("mamba-2.8b") < names.index("mamba2-tiny") < names.index("mamba2-130m")
+    for name, m in REGISTRY.items():
+        shape = model_shape(name)
+        assert shape.family == m.config.family
+        assert (shape.d_model, shape.n_layer, shape.vocab, shape.tied) == (
+            m.config.d_model, m.config.n_layer, m.config.vocab_size, m.config.tie_embeddings)
+    cfg = REGISTRY["mamba2-130m"].config
+    d, di, n, g, k, heads = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.ngroups, cfg.d_conv, cfg.nheads
+    ops = {op.name: op for op in model_shape("mamba2-130m").layer_ops}
+    assert ops["in_proj"].macs == d * cfg.d_in_proj == d * (2 * di + 2 * g * n + heads)
+    assert ops["conv"].macs == cfg.conv_dim * k and ops["scan"].scan == (di, n)
+    # norm, in_proj, conv weight and bias, A_log/D/dt_bias per head, the gated norm, out_proj
+    per_layer = d + d * cfg.d_in_proj + cfg.conv_dim * (k + 1) + 3 * heads + di + di * d
+    assert sum(op.weight_elems() for op in model_shape("mamba2-130m").layer_ops) == per_layer
+    tiny = model_shape("mamba2-tiny")
+    assert (tiny.family, tiny.d_model, tiny.n_layer, tiny.vocab) == ("mamba2", 256, 4, 256)
+
+
+def test_mamba2_figures_are_pinned():
+    """mamba2-130m's figures as before the cost model read qsim.config (MACs and bytes per token, w8a8)."""
+    shape = model_shape("mamba2-130m")
+    assert sum(op.macs * k for op, k in shape.ops(PRESETS["w8a8"])) == 128_888_832
+    assert shape.weight_bytes(PRESETS["w8a8"]) == 129_022_096
+    assert shape.state_bytes(PRESETS["w8a8"]) == 19_003_392
+
+
+MAMBA2_FOLDER = Mamba2Config(d_model=96, n_layer=3, vocab_size=512, d_state=16, headdim=32, ngroups=2)
+
+
+@pytest.mark.parametrize("fmt", ["transformers", "mamba_ssm"])
+def test_mamba2_checkpoint_folder_with_config(tmp_path, fmt):
+    cfg = MAMBA2_FOLDER
+    hf = cfg.to_hf() if fmt == "transformers" else {
+        "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": 500, "pad_vocab_size_multiple": 16,
+        "d_intermediate": 0, "tie_embeddings": True,
+        "ssm_cfg": {"layer": "Mamba2", "d_state": cfg.d_state, "headdim": cfg.headdim, "ngroups": cfg.ngroups}}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    shape = model_shape(str(tmp_path))
+    assert (shape.family, shape.d_model, shape.n_layer, shape.vocab, shape.d_state) == ("mamba2", 96, 3, 512, 16)
+    ops = {op.name: op for op in shape.layer_ops}
+    heads, gn = 192 // 32, 2 * 16
+    assert ops["in_proj"].macs == 96 * (2 * 192 + 2 * gn + heads)
+    assert ops["scan"].shared_in == 2 * gn
+
+
+def test_bad_mamba2_config_folder_is_one_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba2", "hidden_size": 64}))
+    with pytest.raises(QsimError, match="config.json"):
+        model_shape(str(tmp_path))
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(QsimError, match="JSON object"):
+        model_shape(str(tmp_path))
 
 
 def test_checkpoint_folder_with_config(tmp_path):

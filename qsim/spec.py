@@ -32,7 +32,10 @@ import numpy as np
 
 from qsim.errors import QsimError
 
-SPEC_VERSION = "1.4.0"
+SPEC_VERSION = "1.5.0"
+# Versions a loader accepts: 1.5.0 added the Mamba-2 SSD datapath (SPEC.md section 15) and changed nothing in
+# Mamba-1's, so a 1.4.0 (Mamba-1) artifact is read as written (qsim/artifacts/mamba-tiny-w8a8 is one).
+ACCEPTED_SPEC_VERSIONS = ("1.4.0", "1.5.0")
 
 MULT_BITS = 15  # requantization multipliers live in [2**14, 2**15)
 RESIDUAL_BITS = 24  # residual stream width
@@ -51,6 +54,13 @@ PRODUCT_LIMIT = 1 << 62  # every product and pre-shift sum of a valid artifact s
 RSQRT_TABLE_BITS = 19  # rsqrt table values are round(2**19 / sqrt(m)), m in [256, 1024)
 NORM_FRAC_BITS = 15  # RMSNorm's normalized value r/sqrt(sum r^2) in Q15
 
+# Mamba-2 SSD datapath (SPEC.md section 15)
+SSD_STATE_BITS_MIN, SSD_STATE_BITS_MAX = 12, 32  # state widths W the SSD bounds are proven for
+SSD_ACC_BITS = 48  # ys's accumulator C.h + Dq*x is exact, never narrowed; a valid layer keeps it below 2**47
+SSD_OUT_BITS = 16  # ys = C.h + D*x requantized per channel onto the gated norm's common scale
+GATE_PRODUCT_SHIFT = 7  # ys * SiLU(z) (int16 x int16, |.| <= 2**30) shifted to |g| <= 2**23 for the gated RMSNorm
+GATE_PRODUCT_MAX = 1 << 23  # |g| bound: rshift_round(2**30, 7)
+
 
 def scan_acc_shift(state_bits: int) -> int:
     """Right shift (round half up) of y's accumulator C.h + D*x before the gate multiply.
@@ -68,6 +78,19 @@ def scan_dq_limit(d_state: int, state_bits: int) -> int:
     k = scan_acc_shift(state_bits)
     room = ((1 << (SCAN_ACC_BITS - 1)) << k) - ((1 << k) >> 1) - d_state * (1 << (state_bits - 1)) * 128 - 1
     return room // 128 if room > 0 else -1
+
+
+def ssd_acc_bound(d_state: int, state_bits: int, dq_maxabs: int) -> int:
+    """Largest |C.h + Dq*x| of one Mamba-2 channel: N products int8 x int(W), plus |Dq| * 2**7."""
+    return d_state * (1 << 7) * (1 << (state_bits - 1)) + dq_maxabs * (1 << 7)
+
+
+def ssd_dq_limit(d_state: int, state_bits: int) -> int:
+    """Largest |Dq| that keeps ys's accumulator below 2**(SSD_ACC_BITS - 1) for every input; -1 when none does.
+
+    For d_state <= 128 and state_bits <= 32 the C.h part is at most 2**45, leaving |Dq| up to 3 * 2**38 - 1."""
+    room = (1 << (SSD_ACC_BITS - 1)) - 1 - ssd_acc_bound(d_state, state_bits, 0)
+    return room // 128 if room >= 0 else -1
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:

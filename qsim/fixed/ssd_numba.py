@@ -1,0 +1,131 @@
+"""Numba twins of qsim.fixed.ssd: the same integers (SPEC.md section 15), computed in compiled loops.
+
+Heads are independent, time is the recurrence: the SSD kernel runs its heads in parallel
+(numba.prange) when a call has enough work, serially otherwise (a decode step). Every value is
+int64; the bounds of SPEC.md 5.3 keep every product below 2**62.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from qsim import spec
+from qsim.errors import QsimError
+from qsim.fixed.ops_numba import PARALLEL_MIN_WORK, _bit_length, _rshift_round, _sat
+from qsim.fixed.ssd import new_state
+
+__all__ = ["gated_rmsnorm", "new_state", "ssd_prefill", "ssd_step"]
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+def _ssd_impl(x, B, C, dt_raw, state, dt_table, a_q, frac, exp_tab, m_h, s_h, Dq, m_y, s_y, state_bits, out_bits,
+              decay_bits, exp_frac_bits, shift_cap):
+    L, D = x.shape
+    H, P, N = state.shape
+    hpg = H // B.shape[1]  # heads per SSD group
+    h = state.copy()
+    ys = np.empty((L, D), np.int64)
+    hlo, hhi = -(np.int64(1) << (state_bits - 1)), (np.int64(1) << (state_bits - 1)) - 1
+    ylo, yhi = -(np.int64(1) << (out_bits - 1)), (np.int64(1) << (out_bits - 1)) - 1
+    fmask = (np.int64(1) << exp_frac_bits) - 1
+    sat_h = 0
+    sat_y = 0
+    for hd in numba.prange(H):
+        g = hd // hpg
+        for t in range(L):
+            dt = dt_table[hd, dt_raw[t, hd] + 128]
+            er = _rshift_round(dt * a_q[hd], frac - exp_frac_bits)
+            dA = _rshift_round(exp_tab[er & fmask], min(er >> exp_frac_bits, shift_cap))
+            for p in range(P):
+                d = hd * P + p
+                xv = x[t, d]
+                dxm = dt * xv * m_h[d]
+                sh = s_h[d]
+                acc = Dq[d] * xv
+                for n in range(N):
+                    v, c = _sat(_rshift_round(dA * h[hd, p, n], decay_bits) + _rshift_round(dxm * B[t, g, n], sh),
+                                hlo, hhi)
+                    sat_h += c
+                    h[hd, p, n] = v
+                    acc += C[t, g, n] * v
+                ys[t, d], c = _sat(_rshift_round(acc * m_y[d], s_y[d]), ylo, yhi)
+                sat_y += c
+    return ys, h, sat_h, sat_y
+
+
+_ssd_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_ssd_impl)
+_ssd_serial = _jit(_ssd_impl)
+
+
+def _i64(a):
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def ssd_prefill(x, B, C, dt_raw, state, p: dict, parallel: bool | None = None):
+    """As qsim.fixed.ssd.ssd_prefill: ys (L, D) int16, the final state, {"state": n, "ssd_out": n}.
+
+    `parallel` None picks the threaded kernel when L * D * N reaches PARALLEL_MIN_WORK."""
+    x, B, C, dt_raw = _i64(x), _i64(B), _i64(C), _i64(dt_raw)
+    H = p["a_q"].shape[0]
+    if x.ndim != 2 or B.ndim != 3 or x.shape[1] % H or B.shape[1] < 1 or H % B.shape[1]:
+        raise QsimError(f"ssd: shapes x {x.shape}, B {B.shape} and {H} heads do not fit")
+    if not spec.A_FRAC_MIN <= p["frac"] <= spec.A_FRAC_MAX:
+        raise QsimError(f"decay: frac {p['frac']} outside [{spec.A_FRAC_MIN}, {spec.A_FRAC_MAX}]")
+    state = new_state(H, x.shape[1] // H, B.shape[2]) if state is None else _i64(state)
+    if parallel is None:
+        parallel = x.size * B.shape[2] >= PARALLEL_MIN_WORK
+    fn = _ssd_parallel if parallel else _ssd_serial
+    ys, h, sat_h, sat_y = fn(x, B, C, dt_raw, state, _i64(p["dt_table"]), _i64(p["a_q"]), int(p["frac"]),
+                             _i64(p["exp_tab"]), _i64(p["m_h"]), _i64(p["s_h"]), _i64(p["Dq"]), _i64(p["m_y"]),
+                             _i64(p["s_y"]), int(p["state_bits"]), spec.SSD_OUT_BITS, spec.DECAY_BITS,
+                             spec.EXP_FRAC_BITS, spec.DECAY_SHIFT_CAP)
+    return ys, h, {"state": int(sat_h), "ssd_out": int(sat_y)}
+
+
+def ssd_step(x, B, C, dt_raw, state, p: dict):
+    """One token (x (D,), B and C (G, N), dt_raw (H,)), serial: as qsim.fixed.ssd.ssd_step."""
+    ys, h, sat = ssd_prefill(np.asarray(x)[None], np.asarray(B)[None], np.asarray(C)[None],
+                             np.asarray(dt_raw)[None], state, p, parallel=False)
+    return ys[0], h, sat
+
+
+@_jit
+def _gated_rmsnorm(ys, sz, w, eps_int, m, s, tab, tab_bits_minus_frac, gate_shift, out_bits):
+    L, D = ys.shape
+    gn = eps_int.shape[0]
+    per = D // gn
+    out = np.empty((L, D), np.int64)
+    g = np.empty(per, np.int64)
+    lo, hi = -(np.int64(1) << (out_bits - 1)), (np.int64(1) << (out_bits - 1)) - 1
+    nsat = 0
+    for i in range(L):
+        for k in range(gn):
+            ss = eps_int[k]
+            for j in range(per):
+                v = _rshift_round(ys[i, k * per + j] * sz[i, k * per + j], gate_shift)
+                g[j] = v
+                ss += v * v
+            sh = _bit_length(ss) - 10
+            sh += sh & 1
+            mant = ss >> sh if sh >= 0 else ss << (-sh)
+            t = tab[mant - 256]
+            shift = tab_bits_minus_frac + sh // 2
+            for j in range(per):
+                d = k * per + j
+                out[i, d], c = _sat(_rshift_round(_rshift_round(g[j] * t, shift) * w[d] * m, s), lo, hi)
+                nsat += c
+    return out, nsat
+
+
+def gated_rmsnorm(ys, sz, w, eps_int, m, s, rsqrt_tab):
+    """As qsim.fixed.ssd.gated_rmsnorm: (y int16 with the shape of ys, saturation count)."""
+    ys = np.asarray(ys)
+    y2, sz2 = _i64(np.atleast_2d(ys)), _i64(np.atleast_2d(sz))
+    eps = _i64(np.atleast_1d(eps_int))
+    if y2.shape[1] % eps.shape[0]:
+        raise QsimError(f"gated_rmsnorm: {y2.shape[1]} channels do not split into {eps.shape[0]} norm groups")
+    out, n = _gated_rmsnorm(y2, sz2, _i64(w), eps, int(m), int(s), _i64(rsqrt_tab),
+                            spec.RSQRT_TABLE_BITS - spec.NORM_FRAC_BITS, spec.GATE_PRODUCT_SHIFT, spec.GATED_BITS)
+    return out.reshape(ys.shape), int(n)

@@ -37,7 +37,14 @@ def new_state(nheads: int, headdim: int, d_state: int) -> np.ndarray:
 def dt_lookup(dt_raw, dt_table) -> np.ndarray:
     """dt[..., h] = dt_table[h, dt_raw[..., h] + 128]: each head reads its own 256-entry row (7.4)."""
     dt_raw = np.asarray(dt_raw, dtype=np.int64)
+    check_int8("dt_raw", dt_raw)
     return dt_table[np.arange(dt_table.shape[0]), dt_raw + 128]
+
+
+def check_int8(name: str, v: np.ndarray) -> None:
+    """Table indices must be int8 codes (an out-of-range index would read another head's row)."""
+    if v.size and (v.min() < -128 or v.max() > 127):
+        raise QsimError(f"ssd: {name} outside int8 ([{int(v.min())}, {int(v.max())}])")
 
 
 def head_decay(dt, a_q, frac, exp_tab) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from qsim import spec
 from qsim.errors import QsimError
 from qsim.fixed.ops_numba import PARALLEL_MIN_WORK, _bit_length, _rshift_round, _sat
-from qsim.fixed.ssd import new_state
+from qsim.fixed.ssd import check_int8, new_state
 
 __all__ = ["gated_rmsnorm", "new_state", "ssd_prefill", "ssd_step"]
 
@@ -73,7 +73,12 @@ def ssd_prefill(x, B, C, dt_raw, state, p: dict, parallel: bool | None = None):
         raise QsimError(f"ssd: shapes x {x.shape}, B {B.shape} and {H} heads do not fit")
     if not spec.A_FRAC_MIN <= p["frac"] <= spec.A_FRAC_MAX:
         raise QsimError(f"decay: frac {p['frac']} outside [{spec.A_FRAC_MIN}, {spec.A_FRAC_MAX}]")
+    check_int8("dt_raw", dt_raw)
+    if dt_raw.shape != (x.shape[0], H):
+        raise QsimError(f"ssd: dt_raw {dt_raw.shape} is not (tokens, heads) = {(x.shape[0], H)}")
     state = new_state(H, x.shape[1] // H, B.shape[2]) if state is None else _i64(state)
+    if state.shape != (H, x.shape[1] // H, B.shape[2]) or C.shape != B.shape or B.shape[0] != x.shape[0]:
+        raise QsimError(f"ssd: state {state.shape}, B {B.shape}, C {C.shape} do not fit x {x.shape} and {H} heads")
     if parallel is None:
         parallel = x.size * B.shape[2] >= PARALLEL_MIN_WORK
     fn = _ssd_parallel if parallel else _ssd_serial

@@ -450,3 +450,14 @@ def test_validate_gated_norm_refuses(change, match):
     ssd.validate_gated_norm(pn, 8, "layers.1.norm")
     with pytest.raises(QsimError, match=f"layers.1.norm: {match}"):
         ssd.validate_gated_norm({**pn, **change}, 8, "layers.1.norm")
+
+
+@pytest.mark.parametrize("impl", [ssd, ssd_numba], ids=["numpy", "numba"])
+def test_dt_raw_outside_int8_is_refused(impl):
+    """dt_raw indexes the head's table row: a code outside int8 would read another row (or memory)."""
+    r = np.random.default_rng(2)
+    p = small_params(r)
+    S = np.zeros((4, 3, 5), np.int64)
+    with pytest.raises(QsimError, match="dt_raw outside int8"):
+        impl.ssd_step(np.zeros(12, np.int64), np.zeros((2, 5), np.int64), np.zeros((2, 5), np.int64),
+                      np.array([0, 128, 0, 0]), S, p)

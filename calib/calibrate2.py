@@ -33,7 +33,7 @@ SMALL_KEYS = ("norm", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gnorm", "x_g
 class ChannelObserver(ObserverHook):
     """ObserverHook plus the per-channel max |x| of the SSM input and of B and C (grouped scales)."""
 
-    PER_CHANNEL = ("x", "B", "C")
+    PER_CHANNEL = ("x", "B", "C", "conv_pre", "ys")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,6 +44,10 @@ class ChannelObserver(ObserverHook):
         if name in self.PER_CHANNEL:
             m = np.abs(x).max(axis=0).astype(np.float64)
             key = (layer, name)
+            self.channel[key] = np.maximum(self.channel[key], m) if key in self.channel else m
+        elif name == "h":  # running max |state| (H, P, N): per channel of x
+            m = x.max(axis=-1).reshape(-1).astype(np.float64)
+            key = (layer, "h")
             self.channel[key] = np.maximum(self.channel[key], m) if key in self.channel else m
 
 
@@ -143,6 +147,10 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, observed) -> Quan
     qm.set_linear("lm_head", lin)
     qm.tensors["lm_head.scale"] = np.asarray(sc, np.float64)
     qm.manifest["lm_head"] = {"tied_to_embedding": tied}
+    if bits.act_bits == 8:
+        from calib import datapath2
+
+        datapath2.add(qm, lm, hook, small, s.state_bits)
     return qm
 
 

@@ -184,14 +184,29 @@ def _sqnr_tensors(seen: dict, i: int, src: dict) -> dict[str, np.ndarray]:
 
 
 def _fixed_tensors(qm, tr, i: int) -> dict[str, np.ndarray]:
+    if qm.config.family == "mamba2":
+        return _fixed_tensors2(qm, tr, i)
     sc, di = qm.layer(i)["scales"], qm.config.d_inner
     xz = tr.get(i, "xz").astype(np.float64)
     xz[:, :di] *= sc["x"]
     xz[:, di:] *= sc["z"]
-    yo = tr.get(i, "yo") * sc["yo"]
-    if qm.manifest["hadamard"]:
-        yo = hadamard.fwht_float_t(yo) / math.sqrt(di)
-    return unsmoothed(qm, i, {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"], "out_proj_in": yo})
+    return unsmoothed(qm, i, {"in_proj": xz, "scan": tr.get(i, "y") * sc["y"],
+                              "out_proj_in": _unrotated(qm, tr.get(i, "yo") * sc["yo"])})
+
+
+def _unrotated(qm, yo: np.ndarray) -> np.ndarray:
+    di = qm.config.d_inner
+    return hadamard.fwht_float_t(yo) / math.sqrt(di) if qm.manifest["hadamard"] else yo
+
+
+def _fixed_tensors2(qm, tr, i: int) -> dict[str, np.ndarray]:
+    """Mamba-2's SQNR tensors from the fixed trace, in real units: in_proj's z and xBC rows, ys, out_proj's input."""
+    c, sc, p = qm.config, qm.layer(i)["scales"], f"layers.{i}"
+    zx = tr.get(i, "in_proj")[:, : c.d_inner + c.conv_dim].astype(np.float64)
+    zx[:, : c.d_inner] *= sc["z"]
+    zx[:, c.d_inner :] *= sc["xBC"]
+    ys = tr.get(i, "ys") * np.repeat(qm.t(f"{p}.ys.scale"), c.d_inner // qm.t(f"{p}.ys.scale").size)
+    return {"in_proj": zx, "scan": ys, "out_proj_in": _unrotated(qm, tr.get(i, "yo") * sc["y_rot"])}
 
 
 def unsmoothed(qm, i: int, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -225,8 +240,9 @@ def fixed_executor(qm: artifact.QuantizedModel, name: str):
         except ImportError as exc:
             raise QsimError(f"--executor cuda: {exc} (install the [gpu] extra)") from None
     from qsim.fixed.executor import FixedExecutor
+    from qsim.fixed.executor2 import FixedExecutor2
 
-    return FixedExecutor(qm, name)
+    return (FixedExecutor2 if qm.config.family == "mamba2" else FixedExecutor)(qm, name)
 
 
 def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], executor: str):
@@ -241,7 +257,7 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
     dequant, hook_cls = (quamba2.dequant_weights, quamba2.Quamba2Hook) if mamba2 else (dequant_weights, QuambaHook)
     quamba_w = dequant(qm) if qm is not None else fp16_weights(cfg, lm.weights)
     fixed = None
-    if qm is not None and bits.integer_activations and not mamba2:
+    if qm is not None and bits.integer_activations:
         from qsim.fixed.executor import Trace
 
         fixed = fixed_executor(qm, executor)
@@ -261,7 +277,7 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
     r_float = [timed("float", fm.embed, lm.weights, w) for w in windows]
     r_quamba = [timed("quamba", fm.embed, quamba_w, w) for w in windows]
     if fixed is not None:
-        traces = [Trace(names={"xz", "y", "yo"}) for _ in windows]
+        traces = [Trace(names={"in_proj", "ys", "yo"} if mamba2 else {"xz", "y", "yo"}) for _ in windows]
         states = [fixed.new_state() for _ in windows]
         r_fixed = [timed("fixed", fixed.embed, w, tr) for w, tr in zip(windows, traces)]
     for i in progress(range(cfg.n_layer), desc=f"run {lm.name} {bits.name} ({len(windows)} seq)", unit="layer"):
@@ -375,9 +391,8 @@ def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> d
         "sqnr_db": {k: {t: acc.sqnr(k, t, cfg.n_layer) for t in SQNR_TENSORS}
                     for k in numerics if k != "float" and qm is not None},
         "saturation": {"fixed": acc.saturation["fixed"], "quamba": acc.saturation["quamba"]},
-        "fixed_unavailable": None if fixed_ran else (
-            "the Mamba-2 integer datapath has no executor in this qsim yet" if cfg.family == "mamba2" and
-            bits.integer_activations else f"the integer datapath is defined for 8-bit activations; {bits.name} has none"),
+        "fixed_unavailable": None if fixed_ran else
+        f"the integer datapath is defined for 8-bit activations; {bits.name} has none",
         "tokens_per_s": {k: n_tok / timing[k] for k in numerics if timing.get(k, 0) > 0},
         "fixed_executor": opts.executor if fixed_ran else None,
         "wall_time_s": time.perf_counter() - p.t_start,

@@ -1,5 +1,8 @@
 """`qsim bench`: the Numba fixed executor against transformers' fp32 forward, same weights, one run.
 
+Mamba-1 against MambaForCausalLM, Mamba-2 against Mamba2ForCausalLM (its torch
+path on a CPU: the chunked SSD for prefill, the recurrent step for decode).
+
 Prefill of P tokens and D greedy decode steps; medians over repeats; the
 ratio is fixed / transformers throughput (above 1: the bit-accurate integer
 simulation is faster than the float reference).
@@ -33,12 +36,13 @@ def _median_time(fn, repeats: int = REPEATS) -> float:
 
 
 def transformers_model(lm: LoadedModel):
-    """transformers' MambaForCausalLM holding exactly lm's fp32 weights."""
+    """transformers' MambaForCausalLM (Mamba2ForCausalLM for Mamba-2) holding exactly lm's fp32 weights."""
     import torch
-    from transformers import MambaConfig, MambaForCausalLM
+    import transformers
 
+    kind = "Mamba2" if lm.config.family == "mamba2" else "Mamba"
     hf = {k: v for k, v in lm.config.to_hf().items() if k != "architectures"}
-    model = MambaForCausalLM(MambaConfig(**hf)).eval()
+    model = getattr(transformers, f"{kind}ForCausalLM")(getattr(transformers, f"{kind}Config")(**hf)).eval()
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_hf_tensors(lm.config, lm.weights).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
@@ -50,14 +54,15 @@ def transformers_model(lm: LoadedModel):
 def bench(model: str, prefill: int, decode: int, require_weights: bool, json_path: str | None) -> dict:
     import torch
 
-    from qsim.fixed.executor import FixedExecutor
-    from qsim.run import RunOptions, get_artifact
+    from qsim.run import RunOptions, fixed_executor, get_artifact, settings_for
 
     if prefill < 1 or decode < 1:
         raise QsimError(f"--prefill {prefill} / --decode {decode}: both must be >= 1")
     lm = resolve(model, require_weights)
-    qm, _, _ = get_artifact(lm, preset("w8a8"), RunOptions(model=model))
-    ex = FixedExecutor(qm, "numba")
+    bits = preset("w8a8")
+    opts = RunOptions(model=model)
+    qm, _, _ = get_artifact(lm, bits, RunOptions(model=model, calib=settings_for(lm, bits, opts.calib)))
+    ex = fixed_executor(qm, "numba")
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, min(lm.config.vocab_size, 256), prefill)
 

@@ -23,7 +23,7 @@ from calib.calibrate import (
 )
 from calib.observers import snap_range
 from calib.ssd_params import gated_norm_params, silu_z_table, ssd_params
-from qsim import spec, tables
+from qsim import artifact_check, spec, tables
 from qsim.artifact import QuantizedModel
 from qsim.errors import QsimError
 
@@ -121,3 +121,4 @@ def add(qm: QuantizedModel, lm, hook, small: list[dict], state_bits: int) -> Non
                             "norm_f")
     qm.tensors["norm_f.g"] = gq
     m["final_norm"].update(fnorm)
+    artifact_check.validate(qm)  # as calib.calibrate: a calibration outside the spec's bounds fails here

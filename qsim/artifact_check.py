@@ -6,7 +6,10 @@ silently (2**40 * (2**31 - 1) gives -1 where 8,388,607 is right). Each bound
 below is the worst case over every input the declared widths allow
 (activations) and the stored values (constants such as biases and Dq), so an
 artifact that passes cannot overflow on any input. The first violation is
-refused with one line naming the parameter and its layer.
+refused with one line naming the parameter and its layer. A Mamba-2 artifact
+(SPEC.md 15.7) is checked the same way with 5.3's bounds for its SSD and gated
+norm (qsim.fixed.ssd.validate_ssd, validate_gated_norm); with other than 8-bit
+activations (quamba numerics only) its tensors' shapes are checked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ NORMED_MAX = 1 << 16  # RMSNorm's Q15 normalized value (|r|/sqrt(sum r^2) <= 1, 
 class _Checker:
     def __init__(self, qm):
         self.qm, self.m, self.cfg = qm, qm.manifest, qm.config
+        self.at = ""  # the layer being checked, for a missing manifest key
 
     def fail(self, name: str, why: str):
         raise QsimError(f"{name}: {why}")
@@ -96,10 +100,11 @@ class _Checker:
                 self.fail(f"tables.{name}", "differs from the table the spec defines")
 
     def layer(self, i: int):
-        c, L, p = self.cfg, self.m["layers"][i], f"layers.{i}"
+        self.at = p = f"layers.{i}"
+        c, L = self.cfg, self.m["layers"][i]
         di, n, rk = c.d_inner, c.d_state, c.dt_rank
         self.norm(f"{p}.norm", f"{p}.norm.g", L["norm"])
-        rq = lambda name, rows: (self.tensor(f"{p}.{name}.rq_m", (rows,)),  # noqa: E731
+        rq = lambda name, rows: (self.tensor(f"{p}.{name}.rq_m", (rows,)),
                                  self.tensor(f"{p}.{name}.rq_s", (rows,)))
         self.requant(f"{p}.in_proj", self.linear_acc(f"{p}.in_proj", 2 * di, c.d_model), *rq("in_proj", 2 * di))
         cw = self.tensor(f"{p}.conv.w", (di, c.d_conv))
@@ -136,21 +141,79 @@ class _Checker:
                      self.tensor(f"{p}.scan.m_y", (di,)), self.tensor(f"{p}.scan.s_y", (di,)))
 
     def mamba2(self):
-        """A Mamba-2 artifact (quamba numerics: no integer datapath constants yet): every tensor's shape."""
-        c = self.cfg
+        """A Mamba-2 artifact: every tensor's shape; with 8-bit activations every integer constant of the
+        fixed datapath (SPEC.md 15.7) against 5.1 and 5.3, naming the layer and the constant."""
+        m, c = self.m, self.cfg
+        fixed = m["bits"]["act_bits"] == 8
+        if fixed:
+            self.in_range("state_bits", m["state_bits"], spec.SSD_STATE_BITS_MIN, spec.SSD_STATE_BITS_MAX)
+            if m["residual"]["bits"] != spec.RESIDUAL_BITS:
+                self.fail("residual.bits", f"{m['residual']['bits']}, expected {spec.RESIDUAL_BITS}")
+            self.hadamard_size()
+            self.tables()
         self.in_range("embedding.q", self.tensor("embedding.q", (c.vocab_size, c.d_model)), -128, 127)
+        if fixed:
+            self.requant("embedding", INT8, m["embedding"]["m"], m["embedding"]["s"])
         for i in range(c.n_layer):
-            p = f"layers.{i}"
-            self.linear_acc(f"{p}.in_proj", c.d_in_proj, c.d_model)
-            self.linear_acc(f"{p}.out_proj", c.d_model, c.d_inner)
-            self.in_range(f"{p}.conv.w", self.tensor(f"{p}.conv.w", (c.conv_dim, c.d_conv)), -128, 127)
-            self.tensor(f"{p}.conv.b", (c.conv_dim,))
-            for name, shape in (("x.scale", (c.d_inner,)), ("B.scale", (c.ngroups,)), ("C.scale", (c.ngroups,)),
-                                ("dt_bias", (c.nheads,)), ("gnorm", (c.d_inner,)), ("norm", (c.d_model,))):
-                t = self.qm.t(f"{p}.{name}")
-                if tuple(t.shape) != shape or not np.isfinite(t).all():
-                    self.fail(f"{p}.{name}", f"shape {tuple(t.shape)} (expected {shape}) or not finite")
-        self.linear_acc("lm_head", c.vocab_size, c.d_model)
+            self.layer2(i, fixed)
+        self.at = ""
+        if fixed:
+            self.norm("final_norm", "norm_f.g", m["final_norm"])
+        logits = self.linear_acc("lm_head", c.vocab_size, c.d_model)
+        if fixed and logits >= 1 << 53:
+            self.fail("lm_head", f"logit accumulators can reach {logits:.3e}, beyond 2**53")
+
+    def layer2(self, i: int, fixed: bool):
+        """Layer i of a Mamba-2 artifact (SPEC.md 15.7): shapes, and the datapath constants when `fixed`."""
+        self.at = p = f"layers.{i}"
+        c = self.cfg
+        di, cd, nh, k = c.d_inner, c.conv_dim, c.nheads, c.d_conv
+        in_acc = self.linear_acc(f"{p}.in_proj", c.d_in_proj, c.d_model)
+        out_acc = self.linear_acc(f"{p}.out_proj", c.d_model, di)
+        self.in_range(f"{p}.conv.w", self.tensor(f"{p}.conv.w", (cd, k)), -128, 127)
+        cb = self.tensor(f"{p}.conv.b", (cd,))
+        for name, shape in (("x.scale", (di,)), ("B.scale", (c.ngroups,)), ("C.scale", (c.ngroups,)),
+                            ("dt_bias", (nh,)), ("gnorm", (di,)), ("norm", (c.d_model,))):
+            t = self.qm.t(f"{p}.{name}")  # informative float tensors: shape only
+            if tuple(t.shape) != shape or not np.isfinite(t).all():
+                self.fail(f"{p}.{name}", f"shape {tuple(t.shape)} (expected {shape}) or not finite")
+        if not fixed:
+            return
+        from qsim.fixed.ssd import validate_gated_norm, validate_ssd
+
+        L = self.m["layers"][i]
+        rq = lambda name, rows: (self.tensor(f"{p}.{name}.rq_m", (rows,)),
+                                 self.tensor(f"{p}.{name}.rq_s", (rows,)))
+        self.norm(f"{p}.norm", f"{p}.norm.g", L["norm"])
+        self.requant(f"{p}.in_proj", in_acc, *rq("in_proj", c.d_in_proj))
+        self.requant(f"{p}.conv", int(np.abs(cb).max(initial=0)) + k * INT8 * INT8, *rq("conv", cd))
+        tabs = self.qm.t(f"{p}.silu_conv")
+        if tabs.ndim != 2 or tabs.shape[1] != 256 or not 1 <= tabs.shape[0] <= cd or tabs.dtype.kind not in "iu":
+            self.fail(f"{p}.silu_conv", f"{tabs.dtype} {tuple(tabs.shape)}, expected an integer (groups, 256) table "
+                      f"with 1 <= groups <= conv_dim {cd}")
+        self.in_range(f"{p}.silu_conv", tabs, -128, 127)
+        self.in_range(f"{p}.conv.group", self.tensor(f"{p}.conv.group", (cd,)), 0, tabs.shape[0] - 1)
+        shapes = {"dt_table": (nh, 256), "a_q": (nh,), "m_h": (di,), "s_h": (di,), "Dq": (di,), "m_y": (di,),
+                  "s_y": (di,)}
+        ssd = {key: self.tensor(f"{p}.ssd.{key}", shapes[key]) for key in shapes}
+        ssd.update(frac=L["ssd"]["frac"], state_bits=self.m["state_bits"],
+                   exp_tab=np.asarray(self.m["tables"]["exp2_frac"], np.int64))
+        validate_ssd(ssd, c.d_state, c.ngroups, where=f"{p}.ssd")
+        self.in_range(f"{p}.silu_z", self.tensor(f"{p}.silu_z", (256,)), -spec.GATE_MAX - 1, spec.GATE_MAX)
+        gn = c.ngroups if c.norm_per_group else 1
+        gnorm = {"w": self.tensor(f"{p}.gated_norm.w", (di,)), "eps_int": self.tensor(f"{p}.gated_norm.eps_int", (gn,)),
+                 "m": L["gated_norm"]["m"], "s": L["gated_norm"]["s"]}
+        validate_gated_norm(gnorm, di, where=f"{p}.gated_norm")
+        y_max = INT16 * (di if self.m["hadamard"] else 1)  # the Hadamard sums d_inner int16 values
+        self.requant(f"{p}.out_in", y_max, L["out_in"]["m"], L["out_in"]["s"])
+        self.requant(f"{p}.out_proj", out_acc, *rq("out_proj", c.d_model))
+
+    def hadamard_size(self):
+        if self.m["hadamard"]:
+            from qsim import hadamard
+
+            if not hadamard.supported(self.cfg.d_inner):
+                self.fail("hadamard", f"d_inner {self.cfg.d_inner} is not 2**k, 12*2**k or 20*2**k")
 
     def run(self):
         m, c = self.m, self.cfg
@@ -159,16 +222,13 @@ class _Checker:
         if m["bits"]["act_bits"] != 8:
             return  # the fixed datapath (all these bounds) is defined for 8-bit activations only
         self.in_range("state_bits", m["state_bits"], spec.STATE_BITS_MIN, spec.STATE_BITS_MAX)
-        if m["hadamard"]:
-            from qsim import hadamard
-
-            if not hadamard.supported(c.d_inner):
-                self.fail("hadamard", f"d_inner {c.d_inner} is not 2**k, 12*2**k or 20*2**k")
+        self.hadamard_size()
         self.tables()
         self.in_range("embedding.q", self.tensor("embedding.q", (c.vocab_size, c.d_model)), -128, 127)
         self.requant("embedding", INT8, m["embedding"]["m"], m["embedding"]["s"])
         for i in range(c.n_layer):
             self.layer(i)
+        self.at = ""
         self.norm("final_norm", "norm_f.g", m["final_norm"])
         logits = self.linear_acc("lm_head", c.vocab_size, c.d_model)
         if logits >= 1 << 53:  # the reference sums exactly in float64 (spec.exact_int_matmul)
@@ -177,7 +237,9 @@ class _Checker:
 
 def validate(qm) -> None:
     """Raise QsimError naming the first parameter (and layer) outside the spec's bounds."""
+    checker = _Checker(qm)
     try:
-        _Checker(qm).run()
+        checker.run()
     except KeyError as exc:
-        raise QsimError(f"manifest: key {exc} is missing") from None
+        where = f" (manifest layers[{checker.at.split('.')[1]}])" if checker.at else ""
+        raise QsimError(f"manifest: key {exc} is missing{where}") from None

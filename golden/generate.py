@@ -16,6 +16,14 @@ Kinds:
   hadamard  int16 rows y, raw transform y_had, int8 yo = requantize(y_had, m, s, 8)
   tables    SiLU / softplus tables of each layer, exp2-frac and rsqrt tables
   hadamard_matrices, decay, rounding   the spec's rules on their edges (qsim/SPEC.md)
+
+Mamba-2 (SPEC.md section 15), cut from qsim/artifacts/mamba2-tiny-w8a8 and part of the catalogue
+only while that folder exists:
+  ssd       per token x, B, C (T, G, N), dt_raw, start flags; the layer's SSD constants dt_table,
+            a_q, Dq, m_h, s_h, m_y, s_y, exp table (frac, state_bits in the manifest); intermediates
+            dt, dA (per head); outputs ys (int16), final state (int32; per token when small)
+  gated_norm   ys, z, silu_z table, sz, norm constants w, eps_int, rsqrt table (m, s in the
+            manifest); intermediate g = ys*sz >> 7; output y (int16)
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import math
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -44,6 +52,7 @@ LARGE = HERE / "large"  # generated on demand, git-ignored (golden/.gitignore)
 TEXT = Path(__file__).parents[1] / "qsim" / "data" / "shakespeare" / "calib.txt"
 REPO = Path(__file__).parents[1]
 ARTIFACT = SHIPPED_ARTIFACTS / "mamba-tiny-w8a8"  # the committed contract the real-layer sets are cut from
+ARTIFACT2 = SHIPPED_ARTIFACTS / "mamba2-tiny-w8a8"  # the Mamba-2 one: its sets are catalogued while it exists
 REAL_TOKENS, LARGE_TOKENS = 16, 64
 WINDOW_OFFSET = 4096  # byte offset of the prompt in calib.txt (away from the header)
 PER_TOKEN_STATE_LIMIT = 1 << 16  # store h after every token when T*D*N is at most this
@@ -161,11 +170,11 @@ def edge_scan(folder: str, layer: int):
     def seq(T, xs, dt, B, C, z):
         seqs.append((T, xs, dt, B, C, z))
 
-    zi = lambda T, w: np.zeros((T, w), np.int64)  # noqa: E731
-    ri = lambda T, w, lo=-128, hi=128: rng.integers(lo, hi, (T, w))  # noqa: E731
+    zi = lambda T, w: np.zeros((T, w), np.int64)
+    ri = lambda T, w, lo=-128, hi=128: rng.integers(lo, hi, (T, w))
     seq(3, zi(3, di), zi(3, di), zi(3, n), zi(3, n), zi(3, di))
     seq(3, ri(3, di), zi(3, di), ri(3, n), ri(3, n), ri(3, di))  # dt = 0: no decay, no input
-    full = lambda T, w, v: np.full((T, w), v, np.int64)  # noqa: E731
+    full = lambda T, w, v: np.full((T, w), v, np.int64)
     seq(4, full(4, di, 127), full(4, di, spec.DT_MAX), full(4, n, 127), full(4, n, 127), full(4, di, 127))  # saturate
     seq(4, full(4, di, -128), full(4, di, spec.DT_MAX), full(4, n, 127), full(4, n, -128), full(4, di, -128))
     seq(4, ri(4, di), ri(4, di, 0, spec.DT_MAX + 1), ri(4, n), ri(4, n), ri(4, di))
@@ -310,8 +319,207 @@ def rounding_set():
     return arrays, meta
 
 
-def catalog(folder: str | Path = ARTIFACT, large: bool = False) -> dict:
-    """Name -> zero-argument builder of every set (committed, or the large on-demand ones)."""
+# ---------------------------------------------------------------- Mamba-2 (SPEC.md section 15)
+SSD_CONSTANTS = {"dt_table": np.uint16, "a_q": np.uint16, "Dq": np.int64, "m_h": np.int32, "s_h": np.int32,
+                 "m_y": np.int32, "s_y": np.int32, "exp_tab": np.uint16}
+
+
+@lru_cache(maxsize=4)
+def traced2(folder: str, tokens: int):
+    """As `traced`, through FixedExecutor2 (numpy) of a Mamba-2 artifact."""
+    from qsim.fixed.executor import Trace
+    from qsim.fixed.executor2 import FixedExecutor2
+
+    qm, toks = quantized(folder)
+    if qm.config.family != "mamba2":
+        raise QsimError(f"golden: {relative(Path(folder))} is not a Mamba-2 artifact")
+    window = toks[WINDOW_OFFSET: WINDOW_OFFSET + tokens]
+    ex = FixedExecutor2(qm, "numpy")
+    trace = Trace()
+    _, state = ex.prefill(window, trace=trace)
+    return ex, trace, state, window
+
+
+def ssd_set(p: dict, x, B, C, dt_raw, start) -> tuple[dict, dict]:
+    """Run ssd.ssd_step token by token (the state restarts from zeros where start[t]); p must pass validate_ssd."""
+    from qsim.fixed import ssd
+
+    x, B, C, dt_raw = (np.asarray(v, np.int64) for v in (x, B, C, dt_raw))
+    T, D = x.shape
+    G, N = B.shape[1:]
+    H = p["a_q"].shape[0]
+    ssd.validate_ssd(p, N, G, "golden")
+    h = ssd.new_state(H, D // H, N)
+    ys = np.zeros((T, D), np.int64)
+    hs = np.zeros((T, H, D // H, N), np.int64)
+    dt = ssd.dt_lookup(dt_raw, p["dt_table"])
+    dA = np.stack([ssd.head_decay(dt[t], p["a_q"], p["frac"], p["exp_tab"]) for t in range(T)])
+    sat = {"state": 0, "ssd_out": 0}
+    for t in range(T):
+        if start[t]:
+            h = ssd.new_state(H, D // H, N)
+        ys[t], h, n = ssd.ssd_step(x[t], B[t], C[t], dt_raw[t], h, p)
+        hs[t] = h
+        sat = {k: sat[k] + int(n[k]) for k in sat}
+    arrays = {"x": (x, np.int8), "B": (B, np.int8), "C": (C, np.int8), "dt_raw": (dt_raw, np.int8),
+              "start": (start, np.uint8), **{k: (p[k], dtype) for k, dtype in SSD_CONSTANTS.items()},
+              "dt": (dt, np.uint16), "dA": (dA, np.uint16), "ys": (ys, np.int16), "h_final": (h, np.int32)}
+    if T * D * N <= PER_TOKEN_STATE_LIMIT:
+        arrays["h"] = (hs, np.int32)
+    meta = {"kind": "ssd", "constants": {"frac": int(p["frac"]), "state_bits": int(p["state_bits"])},
+            "dims": {"tokens": T, "d_inner": D, "nheads": H, "headdim": D // H, "ngroups": G, "d_state": N},
+            "saturations": sat,
+            "layout": "x (T, D), B and C (T, G, N), dt_raw (T, H); head h reads group h // (H / G); the state "
+                      "(H, headdim, N) is 0 before every token with start=1 (and token 0); intermediates dt = "
+                      "dt_table[h, dt_raw + 128], dA = 9.1's decay per head; ys = requantize(C.S + Dq*x, m_y, "
+                      "s_y, 16), int16 (SPEC.md 15.3-15.4)"}
+    return arrays, meta
+
+
+def gated_norm_set(ys, z, silu_z, w, eps_int, m: int, s: int, rsqrt_tab) -> tuple[dict, dict]:
+    """sz = silu_z[z + 128], g = ys*sz >> 7, y = the gated RMSNorm per norm group (SPEC.md 15.5)."""
+    from qsim.fixed import ssd
+
+    ys, z = np.asarray(ys, np.int64), np.asarray(z, np.int64)
+    pn = {"w": np.asarray(w, np.int64), "eps_int": np.asarray(eps_int, np.int64), "m": int(m), "s": int(s)}
+    ssd.validate_gated_norm(pn, ys.shape[1], "golden")
+    sz = ops.lut(z, silu_z)
+    y, sat = ssd.gated_rmsnorm(ys, sz, pn["w"], pn["eps_int"], pn["m"], pn["s"], rsqrt_tab)
+    arrays = {"ys": (ys, np.int16), "z": (z, np.int8), "silu_z": (silu_z, np.int16), "sz": (sz, np.int16),
+              "w": (pn["w"], np.int16), "eps_int": (pn["eps_int"], np.int64), "rsqrt": (rsqrt_tab, np.uint16),
+              "g": (ssd.gate_product(ys, sz), np.int32), "y": (y, np.int16)}
+    meta = {"kind": "gated_norm", "constants": {"m": pn["m"], "s": pn["s"]},
+            "dims": {"tokens": ys.shape[0], "d_inner": ys.shape[1], "norm_groups": pn["eps_int"].shape[0]},
+            "saturations": {"gated_norm": int(sat)},
+            "layout": "ys, sz, y (T, D); norm group k = channels k*D/Gn ... (k+1)*D/Gn - 1; sz = silu_z[z + 128]; "
+                      "intermediate g = rshift_round(ys*sz, 7); y = requantize(normed*w, m, s, 16) (SPEC.md 15.5)"}
+    return arrays, meta
+
+
+def real_ssd(folder: str, layer: int, tokens: int):
+    ex, trace, state, window = traced2(folder, tokens)
+    c = ex.cfg
+    di, gn = c.d_inner, c.ngroups * c.d_state
+    xbc = trace.get(layer, "xBC")
+    B = xbc[:, di: di + gn].reshape(tokens, c.ngroups, c.d_state)
+    C = xbc[:, di + gn:].reshape(tokens, c.ngroups, c.d_state)
+    dt_raw = trace.get(layer, "in_proj")[:, di + c.conv_dim:]
+    start = np.zeros(tokens, np.int64)
+    start[0] = 1
+    arrays, meta = ssd_set(ex.layers[layer]["ssd"], xbc[:, :di], B, C, dt_raw, start)
+    if not np.array_equal(arrays["ys"][0], trace.get(layer, "ys")) or \
+            not np.array_equal(arrays["h_final"][0], state.h[layer]):
+        raise QsimError(f"golden: SSD of layer {layer} disagrees with the executor's trace")
+    meta["source"] = source(folder, layer, tokens=window.tolist())
+    return arrays, meta
+
+
+def edge_ssd(folder: str, layer: int):
+    """Real layer constants, crafted inputs: all zero; dt_raw = -128 and 127 (each head's smallest and largest
+    dt) with random x, B, C; saturating x, B, C at dt_raw = 127, the state driven to both rails; random.
+    Each sequence starts from the zero state."""
+    ex, *_ = traced2(folder, REAL_TOKENS)
+    c = ex.cfg
+    D, H, G, N = c.d_inner, c.nheads, c.ngroups, c.d_state
+    rng = np.random.default_rng(11)
+    seqs = []
+
+    def seq(T, x, bc, dt_raw):  # bc: (B, C) values, or None for random
+        B, C = (np.full((T, G, N), v, np.int64) for v in bc) if bc else rng.integers(-128, 128, (2, T, G, N))
+        seqs.append((x if np.ndim(x) else np.full((T, D), x, np.int64), B, C,
+                     dt_raw if np.ndim(dt_raw) else np.full((T, H), dt_raw, np.int64)))
+
+    seq(3, 0, (0, 0), 0)
+    seq(3, rng.integers(-128, 128, (3, D)), None, -128)  # the smallest dt of each head's table
+    seq(3, rng.integers(-128, 128, (3, D)), None, 127)  # the largest
+    seq(4, 127, (-128, 127), 127)  # x*B at its negative extreme: the state saturates low
+    seq(4, -128, (-128, -128), 127)  # x*B = +2**14: the state saturates high, C.S negative
+    seq(4, rng.integers(-128, 128, (4, D)), None, rng.integers(-128, 128, (4, H)))
+    x, B, C, dt_raw = (np.concatenate([s[k] for s in seqs]) for k in range(4))
+    start = np.concatenate([np.eye(1, len(s[0]), dtype=np.int64)[0] for s in seqs])
+    arrays, meta = ssd_set(ex.layers[layer]["ssd"], x, B, C, dt_raw, start)
+    meta["source"] = source(folder, layer, inputs="crafted: zero (3), dt_raw=-128 random (3), dt_raw=127 random "
+                            "(3), dt_raw=127 saturating x*B<0 (4) and x*B>0 (4), random (4); default_rng(11)")
+    return arrays, meta
+
+
+def random_ssd(seed: int, nheads: int, headdim: int, d_state: int, ngroups: int, tokens: int, state_bits: int):
+    """Random constants within 5.3's bounds. frac = 28 and head 0 at a_q = 65535 with dt = DT_MAX on every
+    other token (no input on its channels there): the widest decay exponent, whose rounding add
+    dt*a_q + 2**(frac-9) needs 32 bits, shapes its state alone. Odd channels take a 31-bit m_h; the last
+    channel's |Dq| is ssd_dq_limit (ys's accumulator near 2**47); every row's dt_table starts at dt = 0."""
+    rng = np.random.default_rng(seed)
+    H, P, N, G, T, W = nheads, headdim, d_state, ngroups, tokens, state_bits
+    D = H * P
+    dt_table = np.sort(rng.integers(0, spec.DT_MAX + 1, (H, 256)), axis=1)  # monotone, as a softplus
+    dt_table[:, 0], dt_table[0, 255] = 0, spec.DT_MAX
+    a_q = rng.integers(0, 65536, H)
+    a_q[0] = 65535
+    wide = np.arange(D) % 2
+    m_h = np.where(wide, rng.integers(1 << 30, 1 << 31, D), rng.integers(1 << 14, 1 << 15, D))
+    limit = spec.ssd_dq_limit(N, W)
+    Dq = rng.integers(-(1 << 20), (1 << 20) + 1, D)
+    Dq[-1] = -limit
+    p = {"dt_table": dt_table, "a_q": a_q, "frac": 28, "exp_tab": tables.exp2_frac_table(), "m_h": m_h,
+         "s_h": rng.integers(W + 2, W + 6, D) + 16 * wide, "Dq": Dq, "m_y": rng.integers(1 << 14, 1 << 15, D),
+         "s_y": rng.integers(0, 4, D), "state_bits": W}
+    x = rng.integers(-128, 128, (T, D))
+    B, C = rng.integers(-128, 128, (2, T, G, N))
+    dt_raw = rng.integers(-128, 128, (T, H))
+    dt_raw[1::2, 0], x[1::2, :P] = 127, 0
+    dt_raw[2::3, H - 1] = -128  # dt = 0: no decay and no input
+    start = np.zeros(T, np.int64)
+    start[[0, T // 2]] = 1
+    base = p["s_y"].copy()
+    base[-1] += 22  # Dq * x reaches 2**47, about 2**21 times the other channels' accumulators
+    for off in range(64):  # the smallest common offset of the output shifts that saturates at most 1 output in 8
+        p["s_y"] = base + off
+        arrays, meta = ssd_set(p, x, B, C, dt_raw, start)
+        if meta["saturations"]["ssd_out"] * 8 <= T * D:
+            break
+    meta["source"] = {"model": None, "layer": None,
+                      "inputs": f"numpy default_rng({seed}): random constants and inputs"}
+    return arrays, meta
+
+
+def ssd_random_g2():
+    return random_ssd(8, 4, 4, 8, 2, 12, 20)
+
+
+def real_gated_norm(folder: str, layer: int, tokens: int):
+    ex, trace, _, window = traced2(folder, tokens)
+    P, di = ex.layers[layer], ex.cfg.d_inner
+    arrays, meta = gated_norm_set(trace.get(layer, "ys"), trace.get(layer, "in_proj")[:, :di], P["silu_z"],
+                                  *P["gnorm"], ex.rsqrt_tab)
+    if not np.array_equal(arrays["sz"][0], trace.get(layer, "sz")) or \
+            not np.array_equal(arrays["y"][0], trace.get(layer, "y")):
+        raise QsimError(f"golden: gated norm of layer {layer} disagrees with the executor's trace")
+    meta["source"] = source(folder, layer, tokens=window.tolist())
+    return arrays, meta
+
+
+def mamba2_catalog(folder2: str | Path | None = None) -> dict:
+    """Name -> builder of the Mamba-2 sets; empty while the Mamba-2 artifact (default ARTIFACT2) does not exist.
+
+    Cheap: reads only the artifact's manifest.json (for the last layer's number)."""
+    folder2 = Path(ARTIFACT2 if folder2 is None else folder2)
+    if not (folder2 / "manifest.json").is_file():
+        return {}
+    last = json.loads((folder2 / "manifest.json").read_text())["model"]["config"]["n_layer"] - 1
+    f = str(folder2)
+    return {
+        "ssd_real_l0": lambda: real_ssd(f, 0, REAL_TOKENS),
+        f"ssd_real_l{last}": lambda: real_ssd(f, last, REAL_TOKENS),
+        "ssd_edge_l0": lambda: edge_ssd(f, 0),
+        "ssd_random_g2": ssd_random_g2,
+        "gated_norm_real_l0": lambda: real_gated_norm(f, 0, REAL_TOKENS),
+    }
+
+
+def catalog(folder: str | Path = ARTIFACT, large: bool = False, folder2: str | Path | None = None) -> dict:
+    """Name -> zero-argument builder of every set (committed, or the large on-demand ones).
+
+    The Mamba-2 sets (cut from `folder2`, default ARTIFACT2) follow Mamba-1's while that folder exists."""
     folder = str(folder)
     qm, _ = quantized(folder)
     n_layer, model = qm.config.n_layer, qm.manifest["model"]["name"]
@@ -336,6 +544,7 @@ def catalog(folder: str | Path = ARTIFACT, large: bool = False) -> dict:
         "decay": decay_set,
         "rounding": rounding_set,
         "tables": lambda: table_set(folder),
+        **mamba2_catalog(folder2),
     }
 
 
@@ -394,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m golden", description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifact", type=Path, default=ARTIFACT,
                     help=f"quantized artifact to cut the real-layer sets from (default {relative(ARTIFACT)})")
+    ap.add_argument("--artifact2", type=Path, default=None,
+                    help=f"Mamba-2 artifact to cut the ssd/gated_norm sets from (default {relative(ARTIFACT2)}; "
+                         "those sets are left out while it does not exist)")
     ap.add_argument("--large", action="store_true", help=f"write the large sets to {LARGE} instead")
     ap.add_argument("--out", type=Path, help="folder to write into (default golden/sets or golden/large)")
     ap.add_argument("--check", action="store_true", help="regenerate in memory and compare with the stored sets")
@@ -401,7 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     root = a.out or (LARGE if a.large else SETS)
     try:
-        sets = catalog(a.artifact, a.large)
+        sets = catalog(a.artifact, a.large, a.artifact2)
+        unknown = sorted(set(a.only or ()) - set(sets))
+        if unknown:
+            raise QsimError(f"--only: no set named {', '.join(unknown)} in the catalogue "
+                            f"(the Mamba-2 sets need {relative(a.artifact2 or ARTIFACT2)})")
         bad = 0
         for name, build in sets.items():
             if a.only and name not in a.only:

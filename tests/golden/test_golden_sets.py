@@ -5,6 +5,9 @@ changed what they compute: regenerate with `python -m golden`, bump
 qsim.spec.SPEC_VERSION if a rule changed, and commit the new sets (a visible,
 versioned event). Regeneration runs integer code only (the real-layer sets come
 from the committed artifact), so these bytes are the same on every machine.
+
+The Mamba-2 sets join the catalogue once qsim/artifacts/mamba2-tiny-w8a8 is
+committed; until their folders are committed too, their checks skip and say so.
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ import json
 
 import pytest
 
+from golden import generate as G
 from golden.generate import SETS, catalog, load, render
 from qsim import spec
 
-NAMES = sorted(p.name for p in SETS.iterdir() if (p / "manifest.json").is_file())
+COMMITTED = sorted(p.name for p in SETS.iterdir() if (p / "manifest.json").is_file())
+PENDING = sorted(set(G.mamba2_catalog()) - set(COMMITTED))  # Mamba-2 sets the committed artifact calls for
+NAMES = sorted(set(COMMITTED) | set(PENDING))
+
+
+def pending_reason(names) -> str:
+    return (f"{', '.join(names)} not committed yet: cut with `python -m golden --only {' '.join(names)}` "
+            f"from {G.relative(G.ARTIFACT2)}, then commit golden/sets/")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +36,9 @@ def sets():
 
 
 def test_committed_sets_are_the_catalog(sets):
-    assert NAMES == sorted(sets), "golden/sets and golden.generate.catalog list different sets"
+    assert COMMITTED == sorted(set(sets) - set(PENDING)), "golden/sets and golden.generate.catalog list different sets"
+    if PENDING:
+        pytest.skip(pending_reason(PENDING))
 
 
 def test_golden_folder_is_small():
@@ -35,7 +48,10 @@ def test_golden_folder_is_small():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_set_regenerates_byte_for_byte(name, sets):
-    manifest, _ = load(name)  # checks every file's sha256 against the manifest
+    if name in PENDING:
+        pytest.skip(pending_reason([name]))
+    assert name in sets, f"golden/sets/{name} is committed but the catalogue has no such set"
+    manifest, _ = load(name, SETS)  # checks every file's sha256 against the manifest
     assert manifest["spec_version"] == spec.SPEC_VERSION, f"{name} was cut under spec {manifest['spec_version']}"
     stored = {p.name: p.read_bytes() for p in (SETS / name).iterdir()}
     fresh = render(name, *sets[name]())

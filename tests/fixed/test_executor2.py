@@ -197,3 +197,84 @@ def test_a_corrupted_constant_is_refused_on_load_in_one_line(small_qm, case, tmp
         artifact.load(tmp_path / "bad")
     msg = str(info.value)
     assert "\n" not in msg and name in msg and str(tmp_path / "bad") in msg, msg
+
+
+# ---------------------------------------------------------------- SPEC.md 15.8, transcribed
+def _rsr(v, s):
+    """2.1 rshift_round, elementwise."""
+    v, s = np.asarray(v, np.int64), np.asarray(s, np.int64)
+    return np.where(s > 0, (v + np.left_shift(1, np.maximum(s - 1, 0))) >> s, v)
+
+
+def _rq(acc, m, s, bits):
+    """2.3 requantize."""
+    return np.clip(_rsr(np.asarray(acc, np.int64) * np.asarray(m, np.int64), s), -(1 << bits - 1), (1 << bits - 1) - 1)
+
+
+def _normed(r, eps_int, rs_tab):
+    """7.1 up to `normed`, on Python integers."""
+    ss = int(eps_int) + sum(int(v) * int(v) for v in r)
+    sh = ss.bit_length() - 10
+    sh += sh & 1
+    mant = ss >> sh if sh >= 0 else ss << -sh
+    return _rsr(np.asarray(r, np.int64) * int(rs_tab[mant - 256]), 4 + sh // 2)
+
+
+def _spec_token_loop(qm, tokens):
+    """SPEC.md 15.8 (with 7.1-7.5, 9.1, 10 and 15.3-15.5) read line by line, one token at a time: no executor,
+    no qsim.fixed code; only the artifact and section 10's matrix."""
+    from qsim.hadamard import matrix
+
+    c, m, t = qm.config, qm.manifest, lambda name: qm.t(name).astype(np.int64)
+    D, N, K, G, H, hd = c.d_inner, c.d_state, c.d_conv, c.ngroups, c.nheads, c.headdim
+    cd, gn = D + 2 * G * N, G if c.norm_per_group else 1
+    T, Rs, W = m["tables"]["exp2_frac"], m["tables"]["rsqrt"], m["state_bits"]
+    window = [np.zeros((K - 1, cd), np.int64) for _ in range(c.n_layer)]
+    S = [np.zeros((H, hd, N), np.int64) for _ in range(c.n_layer)]
+    logits = []
+    for token in tokens:
+        r = _rq(t("embedding.q")[token], m["embedding"]["m"], m["embedding"]["s"], 24)
+        for i, L in enumerate(m["layers"]):
+            P = f"layers.{i}"
+            u = _rq(_normed(r, L["norm"]["eps_int"], Rs) * t(f"{P}.norm.g"), L["norm"]["m"], L["norm"]["s"], 8)
+            v = _rq(t(f"{P}.in_proj.q") @ u, t(f"{P}.in_proj.rq_m"), t(f"{P}.in_proj.rq_s"), 8)
+            z, xbc, dt_raw = v[:D], v[D : D + cd], v[D + cd :]
+            xp = np.vstack([window[i], xbc[None]])
+            window[i] = xp[1:]
+            acc = t(f"{P}.conv.b") + sum(xp[j] * t(f"{P}.conv.w")[:, j] for j in range(K))
+            pre = _rq(acc, t(f"{P}.conv.rq_m"), t(f"{P}.conv.rq_s"), 8)
+            xs = t(f"{P}.silu_conv")[t(f"{P}.conv.group"), pre + 128]
+            x, B, C = xs[:D], xs[D : D + G * N].reshape(G, N), xs[D + G * N :].reshape(G, N)
+            ssd = {k: t(f"{P}.ssd.{k}") for k in ("dt_table", "a_q", "m_h", "s_h", "Dq", "m_y", "s_y")}
+            ys = np.zeros(D, np.int64)
+            for h in range(H):
+                g = h // (H // G)
+                dt = int(ssd["dt_table"][h, dt_raw[h] + 128])
+                er = int(_rsr(dt * int(ssd["a_q"][h]), L["ssd"]["frac"] - 8))
+                dA = int(_rsr(T[er & 255], min(er >> 8, 40)))
+                for p in range(hd):
+                    d = h * hd + p
+                    dbx = _rsr(dt * int(x[d]) * B[g] * int(ssd["m_h"][d]), int(ssd["s_h"][d]))
+                    S[i][h, p] = np.clip(_rsr(dA * S[i][h, p], 15) + dbx, -(1 << W - 1), (1 << W - 1) - 1)
+                    acc_d = int(C[g] @ S[i][h, p]) + int(ssd["Dq"][d]) * int(x[d])
+                    ys[d] = _rq(acc_d, int(ssd["m_y"][d]), int(ssd["s_y"][d]), 16)
+            gate = _rsr(ys * t(f"{P}.silu_z")[z + 128], 7)
+            normed = np.concatenate([_normed(grp, e, Rs) for grp, e in
+                                     zip(gate.reshape(gn, D // gn), t(f"{P}.gated_norm.eps_int"))])
+            y = _rq(normed * t(f"{P}.gated_norm.w"), L["gated_norm"]["m"], L["gated_norm"]["s"], 16)
+            if m["hadamard"]:
+                y = matrix(D).astype(np.int64) @ y
+            yo = _rq(y, L["out_in"]["m"], L["out_in"]["s"], 8)
+            out = _rq(t(f"{P}.out_proj.q") @ yo, t(f"{P}.out_proj.rq_m"), t(f"{P}.out_proj.rq_s"), 24)
+            r = np.clip(r + out, -(1 << 23), (1 << 23) - 1)
+        fn = m["final_norm"]
+        uf = _rq(_normed(r, fn["eps_int"], Rs) * t("norm_f.g"), fn["m"], fn["s"], 8)
+        logits.append(t("lm_head.q") @ uf)
+    return np.stack(logits)
+
+
+def test_the_spec_token_loop_transcribed_gives_the_executors_integers(qm, tokens):
+    """Someone who reads only SPEC.md 15.7-15.8 gets the same logits as FixedExecutor2 (int8 weights)."""
+    short = tokens[:24]
+    ref, _ = FixedExecutor2(qm, "numpy").prefill(short)
+    assert np.array_equal(_spec_token_loop(qm, short), ref)

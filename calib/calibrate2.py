@@ -27,7 +27,7 @@ from qsim.progress import progress
 from qsim.qweights import IntLinear, quantize_int8
 from qsim.weights import LoadedModel
 
-SMALL_KEYS = ("norm", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gnorm", "x_groups")
+SMALL_KEYS = ("norm", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gnorm", "x_groups", "chan_perm")
 
 
 class ChannelObserver(ObserverHook):
@@ -94,6 +94,7 @@ def _layer(qm: QuantizedModel, i: int, lw: dict, lin_q: dict, cfg, hook: Channel
     qm.tensors[f"{p}.B.scale"], qm.tensors[f"{p}.C.scale"] = bc["B"], bc["C"]
     if groups is not None:
         qm.tensors[f"{p}.x_groups"] = np.asarray(groups, np.int32)
+        qm.tensors[f"{p}.chan_perm"] = np.asarray(lw["chan_perm"], np.int32)  # informative: the reorder
     for name in ("in_proj", "out_proj"):
         lin, wsc = lin_q[name]
         qm.set_linear(f"{p}.{name}", lin)

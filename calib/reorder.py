@@ -16,9 +16,9 @@ The procedure, per SSD group (the statistic is, per channel of x, the mean
 2. the heads are clustered by those vectors: agglomerative, Ward linkage,
    HEAD_GROUPS clusters;
 3. inside each head cluster the sorted channel positions are clustered by
-   k-means (CHANNEL_GROUPS clusters, each position's feature is its value in
-   every member head, initialised at every headdim/CHANNEL_GROUPS-th
-   position), so a channel group is a set of sorted positions shared by the
+   k-means (CHANNEL_GROUPS clusters, each position's feature is its
+   normalised value in every member head, initialised at every
+   headdim/CHANNEL_GROUPS-th position), so a channel group is a set of sorted positions shared by the
    cluster's heads while each head keeps its own channel order.
 Heads are then laid out cluster by cluster and a head's channels group by
 group. Clustering uses scikit-learn, deterministically (fixed k-means init, one run).
@@ -71,7 +71,7 @@ def plan(stat: np.ndarray, nheads: int, ngroups: int) -> Reorder:
         labels = _relabel(labels, sorted_s[heads].mean(axis=1))
         for hc in range(n_hc):
             members = heads[labels == hc]
-            feats = sorted_s[members].T  # (headdim, members): one point per sorted position
+            feats = vecs[labels == hc].T  # (headdim, members): one point per sorted position (normalised)
             init = feats[np.arange(n_cc) * (headdim // n_cc)]
             pos_labels = (KMeans(n_clusters=n_cc, init=init, n_init=1, random_state=0).fit_predict(feats)
                           if n_cc > 1 else np.zeros(headdim, int))
@@ -98,7 +98,8 @@ def apply(lw: dict[str, np.ndarray], r: Reorder, cfg) -> dict[str, np.ndarray]:
 
     in_proj rows: z and x by channel, B and C untouched, dt by head; the conv's x
     channels; dt_bias, A_log and D by head; the gated norm's weight by channel;
-    out_proj's input columns by channel. `x_groups` records the scale groups."""
+    out_proj's input columns by channel. `x_groups` records the scale groups and
+    `chan_perm` the channel order (run puts the float model's tensors in it to compare)."""
     di = cfg.d_inner
     rows = np.concatenate([r.chan_perm, di + r.chan_perm, np.arange(2 * di, 2 * di + 2 * cfg.ngroups * cfg.d_state),
                            di + cfg.conv_dim + r.head_perm])
@@ -111,4 +112,5 @@ def apply(lw: dict[str, np.ndarray], r: Reorder, cfg) -> dict[str, np.ndarray]:
     out["gnorm"] = lw["gnorm"][r.chan_perm]
     out["out_proj"] = lw["out_proj"][:, r.chan_perm]
     out["x_groups"] = r.groups
+    out["chan_perm"] = r.chan_perm.astype(np.int32)
     return out

@@ -209,6 +209,17 @@ def _fixed_tensors2(qm, tr, i: int) -> dict[str, np.ndarray]:
     return {"in_proj": zx, "scan": ys, "out_proj_in": _unrotated(qm, tr.get(i, "yo") * sc["y_rot"])}
 
 
+def reordered(qm, i: int, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float model's SQNR tensors in the channel order of a Mamba-2 artifact whose recipe reordered
+    heads and channels (Quamba2): in_proj's z and x rows, the scan output and out_proj's input."""
+    key = f"layers.{i}.chan_perm"
+    if qm is None or key not in qm.tensors:
+        return t
+    perm, di = qm.t(key).astype(np.int64), qm.config.d_inner
+    rows = np.concatenate([perm, di + perm, np.arange(2 * di, t["in_proj"].shape[1])])
+    return {"in_proj": t["in_proj"][:, rows], "scan": t["scan"][:, perm], "out_proj_in": t["out_proj_in"][:, perm]}
+
+
 def unsmoothed(qm, i: int, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Scan output and out_proj input back in the float model's units: a smoothing recipe divided them by
     out_smooth per channel (the rotations need no undoing here: in_proj's output and y do not rotate)."""
@@ -285,7 +296,7 @@ def evaluate(lm: LoadedModel, qm, bits: BitsPreset, windows: list[np.ndarray], e
         for k, acc in enumerate(accs):
             rec = _Recorder(src)
             r_float[k] = timed("float", fm.block, cfg, lw, r_float[k], i, rec)
-            fl = _sqnr_tensors(rec.seen, i, src)
+            fl = reordered(qm, i, _sqnr_tensors(rec.seen, i, src))
             r_quamba[k] = timed("quamba", fm.block, cfg, qlw, r_quamba[k], i, hooks[k])
             if qm is not None:
                 qt = unsmoothed(qm, i, _sqnr_tensors(hooks[k].seen, i, {**src, "scan": "scan",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from qsim.bits import PRESETS, preset
-from qsim.config import MambaConfig
+from qsim.config import Mamba2Config, MambaConfig
 from qsim.errors import QsimError
 from qsim.fileio import write_json_atomic, write_text_atomic
 from qsim.hw import latency_report, plots, units
@@ -30,7 +30,7 @@ from qsim.hw.render import (
     markdown_table,
 )
 from qsim.hw.rtl_check import check
-from qsim.hw.shapes import ModelShape, mamba1_shape, model_names, model_shape
+from qsim.hw.shapes import ModelShape, model_names, model_shape, shape_for
 from qsim.hw.target import load_target, preset_names
 
 
@@ -55,7 +55,9 @@ def _run_shape(path: Path, data: dict) -> ModelShape:
     except QsimError:
         if not isinstance(data.get("config"), dict):
             raise
-        return mamba1_shape(str(data["model"]), MambaConfig.from_dict(data["config"]), f"{path} config")
+        cfg = data["config"]
+        cls = Mamba2Config if "headdim" in cfg else MambaConfig  # a Mamba-2 run report's config has heads
+        return shape_for(str(data["model"]), cls.from_dict(cfg), f"{path} config")
 
 
 def _pareto(reports: Path, targets, prompt_len: int, out: Path, md: list[str]) -> Path | None:

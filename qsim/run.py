@@ -380,6 +380,9 @@ def report(p: Prepared, accs: list[_Accumulator], timing: dict[str, float]) -> d
         "qsim_spec_version": spec.SPEC_VERSION,
         "model": lm.name,
         "config": cfg.to_dict(),
+        **({"gated_norm": ("per group of d_inner / ngroups channels (mamba_ssm; transformers >= 5)"
+                           if cfg.norm_per_group else "over the whole d_inner (transformers < 5)")}
+           if cfg.family == "mamba2" else {}),
         "weights": "synthetic" if lm.synthetic else "checkpoint",
         "weights_source": lm.source,
         "weights_location": lm.location,

@@ -100,7 +100,16 @@ def block(cfg: MambaConfig, lw: dict, r: np.ndarray, layer: int, act: Hook) -> n
     """One residual block: the residual stream after layer `layer`."""
     r = _apply(act, layer, "residual", r)
     u = _apply(act, layer, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
-    return r + mixer(cfg, lw, u, layer, act)
+    return r + _mixer_of(cfg)(cfg, lw, u, layer, act)
+
+
+def _mixer_of(cfg):
+    """The mixer of the config's family: blocks, heads and batching are shared by Mamba-1 and Mamba-2."""
+    if cfg.family == "mamba2":
+        from qsim import float_model2
+
+        return float_model2.mixer
+    return mixer
 
 
 def final_norm(cfg: MambaConfig, w: MambaWeights, r: np.ndarray, act: Hook) -> np.ndarray:

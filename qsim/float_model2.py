@@ -28,19 +28,20 @@ import numpy as np
 from qsim import float_model
 from qsim.config import Mamba2Config
 from qsim.errors import QsimError
-from qsim.float_model import (
+from qsim.float_model import (  # block, forward and batching are shared; only the mixer is Mamba-2's
     Hook,
     _apply,
-    _identity,
+    block,
     causal_conv,
     embed,
     final_norm,
+    forward,
+    forward_batch,
     head,
     rmsnorm,
     silu,
     softplus,
 )
-from qsim.weights import MambaWeights
 
 __all__ = ["Hook", "block", "dispatch", "embed", "final_norm", "forward", "forward_batch", "gated_rmsnorm",
            "head", "mixer", "ssd_scan"]
@@ -107,33 +108,6 @@ def mixer(cfg: Mamba2Config, w: dict, u: np.ndarray, layer: int, act: Hook) -> n
     y = _apply(act, layer, "y", gated_rmsnorm((ys * sz).astype(np.float32), w["gnorm"], groups,
                                               cfg.layer_norm_epsilon))
     return _apply(act, layer, "out", y @ w["out_proj"].T)
-
-
-def block(cfg: Mamba2Config, lw: dict, r: np.ndarray, layer: int, act: Hook) -> np.ndarray:
-    """One residual block: the residual stream after layer `layer`."""
-    r = _apply(act, layer, "residual", r)
-    u = _apply(act, layer, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
-    return r + mixer(cfg, lw, u, layer, act)
-
-
-def forward(cfg: Mamba2Config, w: MambaWeights, tokens: np.ndarray, act: Hook | None = None) -> np.ndarray:
-    """Logits (L, vocab) of one token sequence."""
-    act = act or _identity
-    r = embed(w, tokens)
-    for i, lw in enumerate(w.layers):
-        r = block(cfg, lw, r, i, act)
-    return head(cfg, w, r, act)
-
-
-def forward_batch(cfg: Mamba2Config, w: MambaWeights, windows: list[np.ndarray],
-                  acts: list[Hook] | Hook | None = None) -> list[np.ndarray]:
-    """forward() of every window, layer-major (as float_model.forward_batch): identical logits,
-    each layer's weights used once for the whole batch; a hook sees layer 0 of every window, then layer 1, ..."""
-    hooks = acts if isinstance(acts, list) else [acts or _identity] * len(windows)
-    rs = [embed(w, t) for t in windows]
-    for i, lw in enumerate(w.layers):
-        rs = [block(cfg, lw, r, i, h) for r, h in zip(rs, hooks)]
-    return [head(cfg, w, r, h) for r, h in zip(rs, hooks)]
 
 
 def dispatch(cfg) -> ModuleType:

@@ -153,12 +153,16 @@ class FixedExecutor:
         trace.sat("state", sat_h)
         trace.sat("scan_out", sat_y)
         trace.rec(i, "y", y)
+        return self._out_proj(i, y, P, trace)
+
+    def _out_proj(self, i: int, y: np.ndarray, P: dict, trace: Trace) -> np.ndarray:
+        """The gated output y (int16) -> [Hadamard] -> int8 -> out_proj -> the residual's format (both families)."""
         if self.hadamard:
-            y = ops.hadamard_rows(y)
+            y = self.ops.hadamard_rows(y)
             trace.rec(i, "y_had", y)
         yo = self._requant(trace, "out_proj_in", y, P["out_in_rq"])
         trace.rec(i, "yo", yo)
-        out = self._requant(trace, "out_proj", ops.linear(yo, P["out_proj"]), P["out_rq"], spec.RESIDUAL_BITS)
+        out = self._requant(trace, "out_proj", self.ops.linear(yo, P["out_proj"]), P["out_rq"], spec.RESIDUAL_BITS)
         trace.rec(i, "out", out)
         return out
 

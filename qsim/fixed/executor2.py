@@ -15,7 +15,6 @@ import importlib
 
 import numpy as np
 
-from qsim import spec
 from qsim.fixed.executor import FixedExecutor, State, Trace
 
 SSD_BACKENDS = {"numpy": "qsim.fixed.ssd", "numba": "qsim.fixed.ssd_numba"}
@@ -78,11 +77,4 @@ class FixedExecutor2(FixedExecutor):
         y, n = self.ssd.gated_rmsnorm(ys, sz, *P["gnorm"], self.rsqrt_tab)
         trace.sat("gated_norm", n)
         trace.rec(i, "y", y)
-        if self.hadamard:
-            y = ops.hadamard_rows(y)
-            trace.rec(i, "y_had", y)
-        yo = self._requant(trace, "out_proj_in", y, P["out_in_rq"])
-        trace.rec(i, "yo", yo)
-        out = self._requant(trace, "out_proj", ops.linear(yo, P["out_proj"]), P["out_rq"], spec.RESIDUAL_BITS)
-        trace.rec(i, "out", out)
-        return out
+        return self._out_proj(i, y, P, trace)

@@ -22,37 +22,57 @@ _jit = numba.njit(cache=True, nogil=True)
 
 def _ssd_impl(x, B, C, dt_raw, state, dt_table, a_q, frac, exp_tab, m_h, s_h, Dq, m_y, s_y, state_bits, out_bits,
               decay_bits, exp_frac_bits, shift_cap):
+    """Branch-free inner loop over the state: the decay dA (< 2**16), the saturated state (W <= 32 bits) and C
+    (int8) are held as int32, so their int64 products are 32 x 32 -> 64-bit multiplies, which AVX2 vectorizes
+    (a general int64 multiply it does not); rounding adds (1 << s) >> 1, which is 0 for s = 0."""
     L, D = x.shape
     H, P, N = state.shape
     hpg = H // B.shape[1]  # heads per SSD group
-    h = state.copy()
+    h = state.astype(np.int32)
+    B32 = B.astype(np.int32)
+    C32 = C.astype(np.int32)
     ys = np.empty((L, D), np.int64)
     hlo, hhi = -(np.int64(1) << (state_bits - 1)), (np.int64(1) << (state_bits - 1)) - 1
     ylo, yhi = -(np.int64(1) << (out_bits - 1)), (np.int64(1) << (out_bits - 1)) - 1
     fmask = (np.int64(1) << exp_frac_bits) - 1
+    half_d = np.int64(1) << (decay_bits - 1)
     sat_h = 0
     sat_y = 0
     for hd in numba.prange(H):
         g = hd // hpg
+        dts = np.empty(L, np.int64)
+        dAs = np.empty(L, np.int64)
         for t in range(L):
             dt = dt_table[hd, dt_raw[t, hd] + 128]
             er = _rshift_round(dt * a_q[hd], frac - exp_frac_bits)
-            dA = _rshift_round(exp_tab[er & fmask], min(er >> exp_frac_bits, shift_cap))
-            for p in range(P):
-                d = hd * P + p
+            dts[t] = dt
+            dAs[t] = np.int32(_rshift_round(exp_tab[er & fmask], min(er >> exp_frac_bits, shift_cap)))
+        for p in range(P):  # one channel's state row stays in L1 through all L tokens
+            d = hd * P + p
+            sh = s_h[d]
+            half_s = (np.int64(1) << sh) >> 1
+            hp = h[hd, p]
+            for t in range(L):
                 xv = x[t, d]
-                dxm = dt * xv * m_h[d]
-                sh = s_h[d]
+                dA = dAs[t]
+                dxm = dts[t] * xv * m_h[d]  # < 2**53: split so both halves multiply B as 32-bit values
+                dxh = np.int64(np.int32(dxm >> 24))
+                dxl = np.int64(np.int32(dxm & 0xFFFFFF))
+                Bt = B32[t, g]
+                Ct = C32[t, g]
                 acc = Dq[d] * xv
+                nsat = 0
                 for n in range(N):
-                    v, c = _sat(_rshift_round(dA * h[hd, p, n], decay_bits) + _rshift_round(dxm * B[t, g, n], sh),
-                                hlo, hhi)
-                    sat_h += c
-                    h[hd, p, n] = v
-                    acc += C[t, g, n] * v
+                    u = ((dA * np.int64(hp[n]) + half_d) >> decay_bits) \
+                        + ((((dxh * np.int64(Bt[n])) << 24) + dxl * np.int64(Bt[n]) + half_s) >> sh)
+                    v = min(max(u, hlo), hhi)
+                    nsat += u != v
+                    hp[n] = np.int32(v)
+                    acc += np.int64(Ct[n]) * np.int64(hp[n])
+                sat_h += nsat
                 ys[t, d], c = _sat(_rshift_round(acc * m_y[d], s_y[d]), ylo, yhi)
                 sat_y += c
-    return ys, h, sat_h, sat_y
+    return ys, h.astype(np.int64), sat_h, sat_y
 
 
 _ssd_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_ssd_impl)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from qsim import hadamard, spec
 from qsim.errors import QsimError
-from qsim.fixed.ops import lut  # table look-up is a single gather in both backends
 from qsim.qweights import IntLinear
 
 _jit = numba.njit(cache=True, nogil=True)
@@ -30,7 +32,7 @@ _jit = numba.njit(cache=True, nogil=True)
 PARALLEL_MIN_WORK = 1 << 16
 I8_MAX_K = 1 << 17  # K * 128 * 128 < 2**31: int8 dot products of this length fit an int32
 F32_EXACT_K = 1 << 10  # K * 128 * 128 <= 2**24: int8 dot products of this length are exact in float32
-F32_MIN_ROWS = 32  # from this many rows on the BLAS path beats the Numba loop (crossover measured at 16-32)
+F32_MIN_ROWS = 16  # from this many rows on the BLAS path beats the Numba dot products (crossover measured at 16)
 
 __all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
 
@@ -44,47 +46,35 @@ def prepare_linear(w: IntLinear):
     return "f64", np.ascontiguousarray(w.effective().T.astype(np.float64))
 
 
+@intrinsic
+def _mac_i8(typingctx, acc, a, b):
+    """acc + int32(a) * int32(b) in 32-bit arithmetic. Numba widens every integer product to int64, which
+    AVX2 multiplies 4 lanes at a time; kept at 32 bits, LLVM turns the dot product into vpmaddwd (16 lanes)."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        acc_v, a_v, b_v = args
+        return builder.add(acc_v, builder.mul(builder.sext(a_v, i32), builder.sext(b_v, i32)))
+
+    return types.int32(types.int32, types.int8, types.int8), codegen
+
+
 @_jit
 def _dot_i8(a, b):
     acc = np.int32(0)
     for c in range(a.shape[0]):
-        acc += np.int32(a[c]) * np.int32(b[c])
+        acc = _mac_i8(acc, a[c], b[c])
     return acc
 
 
 def _gemm_i8_impl(x, w):
-    """x (M, K) int8 @ w (N, K).T; int32 sums (exact for K < 131072, see the module docstring) widened on store.
-
-    Blocks of 2 x rows by 4 weight rows share each loaded byte across 8 accumulators (measured 1.5-2x
-    over one dot product at a time on prefill); single rows and edge columns take plain dot products."""
-    m, k = x.shape
+    """x (M, K) int8 @ w (N, K).T, one vectorized dot product per output; int32 sums (exact for K < 131072,
+    see the module docstring) widened on store. Used for few rows, where reading the weights is the cost."""
+    m = x.shape[0]
     n = w.shape[0]
     out = np.empty((m, n), np.int64)
-    for jb in numba.prange((n + 3) // 4):
-        j0 = jb * 4
-        j1 = min(j0 + 4, n)
-        i0 = 0
-        if j1 - j0 == 4:
-            for i in range(0, m - 1, 2):
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.int32(0)
-                for c in range(k):
-                    xa, xb = np.int32(x[i, c]), np.int32(x[i + 1, c])
-                    w0, w1, w2, w3 = np.int32(w[j0, c]), np.int32(w[j0 + 1, c]), np.int32(w[j0 + 2, c]), \
-                        np.int32(w[j0 + 3, c])
-                    a0 += xa * w0
-                    a1 += xa * w1
-                    a2 += xa * w2
-                    a3 += xa * w3
-                    b0 += xb * w0
-                    b1 += xb * w1
-                    b2 += xb * w2
-                    b3 += xb * w3
-                out[i, j0], out[i, j0 + 1], out[i, j0 + 2], out[i, j0 + 3] = a0, a1, a2, a3
-                out[i + 1, j0], out[i + 1, j0 + 1], out[i + 1, j0 + 2], out[i + 1, j0 + 3] = b0, b1, b2, b3
-            i0 = m - m % 2
-        for j in range(j0, j1):
-            for i in range(i0, m):
-                out[i, j] = _dot_i8(x[i], w[j])
+    for j in numba.prange(n):
+        for i in range(m):
+            out[i, j] = _dot_i8(x[i], w[j])
     return out
 
 
@@ -132,22 +122,48 @@ def _sat(v, lo, hi):
 
 @_jit
 def _requant2d(acc, m, s, lo, hi):
+    """m and s hold one value per column, or one for all (step 0); rounding adds (1 << s) >> 1 (0 for s = 0)."""
     out = np.empty(acc.shape, np.int64)
+    step = 1 if m.shape[0] > 1 else 0
     nsat = 0
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
-            out[i, j], c = _sat(_rshift_round(acc[i, j] * m[j], s[j]), lo, hi)
-            nsat += c
+            sj = s[j * step]
+            v = (acc[i, j] * m[j * step] + ((np.int64(1) << sj) >> 1)) >> sj
+            q = min(max(v, lo), hi)
+            out[i, j] = q
+            nsat += v != q
     return out, nsat
 
 
 def requantize(acc, m, s, bits: int):
     acc = np.ascontiguousarray(acc, dtype=np.int64)
-    cols = acc.shape[1]
-    m = np.broadcast_to(np.asarray(m, np.int64), (cols,)).copy()
-    s = np.broadcast_to(np.asarray(s, np.int64), (cols,)).copy()
+    m = np.atleast_1d(np.asarray(m, np.int64))
+    s = np.atleast_1d(np.asarray(s, np.int64))
+    if m.shape != s.shape or m.shape[0] not in (1, acc.shape[1]):
+        raise QsimError(f"requantize: multipliers {m.shape} and shifts {s.shape} do not fit {acc.shape[1]} columns")
     lo, hi = spec.int_range(bits)
     return _requant2d(acc, m, s, lo, hi)
+
+
+@_jit
+def _lut(q, table):
+    out = np.empty(q.shape, np.int64)
+    bad = 0
+    for i in range(q.shape[0]):
+        k = q[i] + 128
+        bad += (k < 0) | (k > 255)
+        out[i] = table[min(max(k, 0), 255)]
+    return out, bad
+
+
+def lut(q, table):
+    """As qsim.fixed.ops.lut: int8 index into a 256-entry table."""
+    q = np.asarray(q)
+    out, bad = _lut(np.ascontiguousarray(q, np.int64).reshape(-1), np.ascontiguousarray(table, np.int64))
+    if bad:
+        raise QsimError(f"table look-up: {bad} indices outside int8")
+    return out.reshape(q.shape)
 
 
 @_jit
@@ -186,18 +202,23 @@ def rmsnorm(r, g, eps_int, m, s, rsqrt_tab):
 
 @_jit
 def _conv(x, conv_state, w, b):
+    """Inputs and weights are int8 (SPEC 4), held as int32 so the channel loop vectorizes 32 x 32 -> 64."""
     L, D = x.shape
     km1 = conv_state.shape[0]
     xp = np.empty((km1 + L, D), np.int64)
     xp[:km1] = conv_state
     xp[km1:] = x
+    xp32 = xp.astype(np.int32)
+    wt = w.T.astype(np.int32)
     acc = np.empty((L, D), np.int64)
     for t in range(L):
-        for d in range(D):
-            a = b[d]
-            for j in range(km1 + 1):
-                a += xp[t + j, d] * w[d, j]
-            acc[t, d] = a
+        a = acc[t]
+        a[:] = b
+        for j in range(km1 + 1):
+            xr = xp32[t + j]
+            wr = wt[j]
+            for d in range(D):
+                a[d] += np.int64(xr[d]) * np.int64(wr[d])
     return acc, xp[L:].copy()
 
 
@@ -214,6 +235,8 @@ def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, 
     hlo, hhi = -(np.int64(1) << (state_bits - 1)), (np.int64(1) << (state_bits - 1)) - 1
     ylo, yhi = -(np.int64(1) << (gated_bits - 1)), (np.int64(1) << (gated_bits - 1)) - 1
     half = np.int64(1) << (frac - 9)
+    half_d = np.int64(1) << (decay_bits - 1)
+    half_s = (np.int64(1) << s_h) >> 1
     sat_h = 0
     sat_y = 0
     for d in numba.prange(D):  # channels are independent; time is the recurrence
@@ -223,10 +246,11 @@ def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, 
             acc = Dq[d] * xs[t, d]
             for n in range(N):
                 er = (dtd * a_q[d, n] + half) >> (frac - 8)
-                dA = _rshift_round(exp_tab[er & 255], min(er >> 8, 40))
-                v, c = _sat(_rshift_round(dA * h[d, n], decay_bits) + _rshift_round(dx * B[t, n] * m_h, s_h),
-                            hlo, hhi)
-                sat_h += c
+                sh = min(er >> 8, 40)
+                dA = (exp_tab[er & 255] + ((np.int64(1) << sh) >> 1)) >> sh
+                u = ((dA * h[d, n] + half_d) >> decay_bits) + ((dx * B[t, n] * m_h + half_s) >> s_h)
+                v = min(max(u, hlo), hhi)
+                sat_h += u != v
                 h[d, n] = v
                 acc += C[t, n] * v
             y[t, d], c = _sat(_rshift_round(_rshift_round(acc, acc_shift) * sz[t, d] * m_y[d], s_y[d]), ylo, yhi)
@@ -262,12 +286,17 @@ def _fwht(y, m, p, base):
                         a, b = v[o + j], v[o + j + h]
                         v[o + j], v[o + j + h] = a + b, a - b
                 h *= 2
-        for i in range(m):  # then the small base matrix across blocks
-            for j in range(p):
-                s = 0
-                for k in range(m):
-                    s += base[i, k] * v[k * p + j]
-                tmp[i * p + j] = s
+        for i in range(m):  # then the small base matrix (entries +-1) across blocks, p lanes at a time
+            t = tmp[i * p:(i + 1) * p]
+            t[:] = 0
+            for k in range(m):
+                src = v[k * p:(k + 1) * p]
+                if base[i, k] > 0:
+                    for j in range(p):
+                        t[j] += src[j]
+                else:
+                    for j in range(p):
+                        t[j] -= src[j]
         out[r] = tmp
     return out
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from qsim import hadamard, spec, tables
 from qsim.fixed import ops
-from qsim.qweights import IntLinear, quantize_int4_grouped
 from qsim.float_model import rmsnorm as float_rmsnorm
+from qsim.qweights import IntLinear, quantize_int4_grouped
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -104,7 +104,7 @@ def test_scan_tracks_float_scan(seed):
     xs, dt = r.integers(-127, 128, (L, D)), r.integers(0, spec.DT_MAX + 1, (L, D))
     B, C = r.integers(-127, 128, (L, N)), r.integers(-127, 128, (L, N))
     sz = r.integers(-20 * 258, spec.GATE_MAX + 1, (L, D))
-    y, h, sat_h, sat_y = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
+    y, h, sat_h, _sat_y = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)
     hf = np.zeros((D, N))
     yf = np.empty((L, D))
     for t in range(L):
@@ -122,7 +122,7 @@ def test_scan_tracks_float_scan(seed):
 def test_scan_single_step_bound():
     r = np.random.default_rng(3)
     D, N = 8, 16
-    p, s, A, Dreal = _scan_params(r, D, N)
+    p, s, _A, Dreal = _scan_params(r, D, N)
     xs, dt = r.integers(-127, 128, (1, D)), r.integers(0, spec.DT_MAX + 1, (1, D))
     B, C, sz = r.integers(-127, 128, (1, N)), r.integers(-127, 128, (1, N)), r.integers(0, spec.GATE_MAX + 1, (1, D))
     y, h, _, _ = ops.scan(xs, dt, B, C, sz, np.zeros((D, N), np.int64), p)

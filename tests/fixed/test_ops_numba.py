@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from qsim import spec
 from qsim.errors import QsimError
 from qsim.fixed import ops, ops_numba
 from qsim.qweights import IntLinear
@@ -32,3 +33,61 @@ def test_int8_gemm_refuses_a_length_that_would_overflow_int32():
     w = IntLinear(q=np.zeros((1, ops_numba.I8_MAX_K), np.int8))
     with pytest.raises(QsimError, match="int32"):
         ops_numba.prepare_linear(w)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scan_equals_reference_at_the_edges(seed, tiny_artifacts):
+    """A real layer's constants (the tiny test checkpoint, layer 1) with int8 extremes, the largest dt its
+    table gives and a state started anywhere in its range (so the state saturates), over 40 tokens;
+    serial and threaded kernels."""
+    from qsim.fixed.executor import FixedExecutor
+
+    P = FixedExecutor(tiny_artifacts[1]["w8a8"], "numpy").layers[1]
+    p = P["scan"]
+    state_bits = p["state_bits"]
+    D, N = p["a_q"].shape
+    r = np.random.default_rng(seed)
+    L = 40
+    xs = r.integers(-128, 128, (L, D))
+    xs[:4] = -128
+    dt = r.choice(P["softplus_dt"], (L, D))
+    dt[:4] = P["softplus_dt"].max()
+    B, C = r.integers(-128, 128, (L, N)), r.integers(-128, 128, (L, N))
+    B[:4], C[:4] = -128, 127
+    sz = r.choice(P["silu_z"], (L, D))
+    lim = 1 << (state_bits - 1)
+    h = r.integers(-lim, lim, (D, N))
+    ref = ops.scan(xs, dt, B, C, sz, h, p)
+    assert ref[2] > 0 and np.abs(ref[0]).max() > 1000, "the inputs should saturate the state and move y"
+    for fn in (ops_numba._scan_serial, ops_numba._scan_parallel):
+        got = fn(xs, dt, B, C, sz, h, p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"],
+                 p["exp_tab"], state_bits, spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(state_bits))
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]) and got[2:] == ref[2:]
+
+
+def test_lut_equals_reference_and_refuses_non_int8_indices():
+    table = np.random.default_rng(0).integers(-(1 << 20), 1 << 20, 256)
+    q = np.arange(-128, 128).reshape(16, 16)
+    assert np.array_equal(ops_numba.lut(q, table), ops.lut(q, table))
+    for bad in (128, -129):
+        with pytest.raises(QsimError, match="outside int8"):
+            ops_numba.lut(np.array([[0, bad]]), table)
+
+
+@pytest.mark.parametrize("n,rows", [(64, 1), (1536, 5), (40, 3), (5120, 2)])
+def test_hadamard_rows_equal_reference(n, rows):
+    """Power-of-two sizes and the 12- and 20-point base matrices, int16 extremes included."""
+    y = np.random.default_rng(n).integers(-(1 << 15), 1 << 15, (rows, n))
+    y[0] = -(1 << 15)
+    assert np.array_equal(ops_numba.hadamard_rows(y), ops.hadamard_rows(y))
+
+
+@pytest.mark.parametrize("L", [1, 7])
+def test_conv_equals_reference(L):
+    r = np.random.default_rng(L)
+    D, K = 48, 4
+    x, state = r.integers(-128, 128, (L, D)), r.integers(-128, 128, (K - 1, D))
+    w, b = r.integers(-128, 128, (D, K)), r.integers(-(1 << 20), 1 << 20, D)
+    x[0], w[0] = -128, -128
+    ref, got = ops.conv(x, state, w, b), ops_numba.conv(x, state, w, b)
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])

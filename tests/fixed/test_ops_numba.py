@@ -25,8 +25,10 @@ def test_int8_gemm_equals_reference(m, k, n):
     got = ops_numba.linear(x, ops_numba.prepare_linear(w))
     assert got.dtype == np.int64 and np.array_equal(got, ref)
     assert ref[0, 0] == k * 128 * 128
-    for fn in (ops_numba._gemm_i8_serial, ops_numba._gemm_i8_parallel, ops_numba._gemm_i8_blas):  # every path
-        assert np.array_equal(fn(x, q), ref)
+    for parts in (1, 2, 3):  # the dot-product kernel, serial and in row slices (uneven included)
+        assert np.array_equal(ops_numba._gemm_i8_serial(x, q, parts), ref)
+        assert np.array_equal(ops_numba._gemm_i8_parallel(x, q, parts), ref)
+    assert np.array_equal(ops_numba._gemm_i8_blas(x, q), ref)
 
 
 def test_int8_gemm_refuses_a_length_that_would_overflow_int32():

@@ -6,8 +6,8 @@ magnitude, so every partial sum of a slice, in whatever order the BLAS adds,
 is an integer of magnitude <= 2**24 and therefore exact in float32; the slices
 are summed in int64. On this project's 2-core AVX2 machines that is 4-5x the
 Numba loop (56 vs 12 GMAC/s for 256 x 768 x 3072). Few rows (decode) are
-memory-bound, and there the Numba loop over the int8 rows, with int32 sums
-(exact while K < 131072), reads a quarter of the bytes. torch's CPU
+memory-bound, and there vectorized dot products over the stored int8 rows,
+with int32 sums (exact while K < 131072), read a quarter of the bytes. torch's CPU
 `_int_mm` measured ~1 GMAC/s here. int4-group weights (|q * gs| <= 2040) run
 on float64 BLAS, exact below 2**53.
 Everything else is explicit integer loops compiled by Numba; the GEMMs and the

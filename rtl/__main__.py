@@ -1,4 +1,5 @@
-"""`python -m rtl build|synth`: Verilog of a unit for a parameter set, or ECP5 synthesis figures."""
+"""`python -m rtl build|synth|image`: Verilog of a unit for a parameter set, ECP5 synthesis figures, or the
+decode engine's memory image of an artifact (rtl/IMAGE.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock in MHz")
     s.add_argument("--lanes", type=int, help="build every unit with this many lanes instead")
     s.add_argument("--seeds", type=int, default=3, help="place-and-route seeds 1..SEEDS; Fmax is the lowest")
+    im = sub.add_parser("image", help="an artifact's decode-engine memory image (rtl/IMAGE.md) and its layout")
+    im.add_argument("--artifact", type=Path, required=True, help="quantized Mamba-1 artifact folder")
+    im.add_argument("--out", type=Path, help="image file (default rtl/build/image/<artifact>_bus<N>.bin); "
+                    "the layout goes to OUT.json")
+    im.add_argument("--bus-bytes", type=int, default=8, help="alignment of every field: 1, 2, 4, ..., 64")
     a = ap.parse_args(argv)
+    if a.cmd == "image":
+        from qsim.errors import QsimError
+        from rtl.image import write_image
+
+        try:
+            out, meta = write_image(a.artifact, a.out, a.bus_bytes)
+        except QsimError as exc:
+            print(f"rtl image: {exc}", file=sys.stderr)
+            return 2
+        print(f"{out}\n{meta['bytes']} bytes, sha256 {meta['sha256']}")
+        return 0
     if a.cmd == "build":
         from rtl.build import BUILD, make_unit, properties, tag, write_verilog
 

@@ -1,4 +1,4 @@
-"""Cycle counts of the selective-scan unit and the Hadamard unit: the contract with RTL.
+"""Cycle counts of the selective-scan, Hadamard and GEMV units: the contract with RTL.
 
 The RTL components (issue 4) implement exactly these formulas, and their
 cocotb runs are compared with them (tests/hw/test_hw_rtl_agreement.py). To
@@ -27,6 +27,32 @@ Hadamard unit (serialized passes over an on-chip vector buffer)
         passes = k + (m - 1)
         hadamard_unit_cycles = vectors * passes * (ceil(n / lanes) + HADAMARD_PASS_LATENCY)
 
+GEMV unit (weights streamed from memory, rtl/gemv_unit.py; tests/rtl/test_rtl_gemv.py)
+    y = W x with W (n, k) int8 in memory, rows ``bus_bytes``-aligned. ``rows``
+    output rows in parallel, ``lanes`` MACs each, so a bus beat (one row's
+    ``bus_bytes`` columns) takes P = bus_bytes / lanes passes. The memory has a
+    fixed ``latency`` (request accepted to first beat) and gives one beat per
+    cycle (rtl/dram.py). Counted from the cycle the command is accepted (cycle 0)
+    to the cycle of the last output, inclusive, with x streamed one value per
+    cycle from cycle 1 and no back-pressure:
+
+        C = ceil(k / bus_bytes)  chunks per row      G = ceil(n / rows)  row groups
+        r = n - (G - 1) * rows   rows of the last group
+        T(q) = max(q, P)         cycles per chunk of a group of q rows
+        first = 1 + max(latency, k)          first beat taken (after x is loaded)
+        E = GEMV_PIPELINE_LATENCY + ceil(log4(lanes))   (gemv_pipeline_latency)
+        G == 1: out = first + r - 1 + (C - 1) * T(r) + P + E
+        G > 1:  out = first + rows - 1 + ((G - 1) * C - 1) * T(rows) + P + E + max(C * T(r), rows)
+        gemv_unit_cycles = out + r
+
+    ``out`` is the cycle of the last group's first output; the ``max`` with
+    ``rows`` is the previous group's outputs still leaving (tiny k). With
+    rows * lanes >= bus_bytes, T(rows) = rows: one beat per cycle, the memory is
+    the bottleneck (n * C beats). E, a group's last beat to its first output
+    less the passes, covers issue, x read, products, the adder tree
+    (ceil(log4 lanes) register levels), accumulator, output FIFO and output
+    register. The unit takes the next command after the last output.
+
 Measured cycle counts (reports/rtl/cycles.json) are expected as a list of
 records: {"unit": "scan", "lanes", "d_inner", "d_state", "tokens", "cycles"}
 or {"unit": "hadamard", "lanes", "n", "vectors", "cycles"}; other keys (e.g.
@@ -43,6 +69,7 @@ from qsim.hadamard import factor
 SCAN_PIPELINE_LATENCY = 28
 SCAN_RECURRENCE_LATENCY = 14
 HADAMARD_PASS_LATENCY = 9
+GEMV_PIPELINE_LATENCY = 7  # without the adder tree: plus gemv_tree_levels(lanes)
 
 
 def _positive(**values: int) -> None:
@@ -79,3 +106,33 @@ def hadamard_unit_cycles(lanes: int, n: int, vectors: int) -> int:
         return 0
     _positive(vectors=vectors)
     return vectors * hadamard_passes(n) * (math.ceil(n / lanes) + HADAMARD_PASS_LATENCY)
+
+
+def gemv_tree_levels(lanes: int) -> int:
+    """Register levels of the GEMV unit's per-row adder tree (4 inputs per adder)."""
+    levels = 0
+    while lanes > 1:
+        lanes, levels = -(-lanes // 4), levels + 1
+    return levels
+
+
+def gemv_pipeline_latency(lanes: int) -> int:
+    """A group's last beat to its first output, less the passes (formula in the module docstring)."""
+    return GEMV_PIPELINE_LATENCY + gemv_tree_levels(lanes)
+
+
+def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int, k: int) -> int:
+    """Cycles of one n x k GEMV command on the GEMV unit, accept to last output (module docstring)."""
+    _positive(rows=rows, lanes=lanes, bus_bytes=bus_bytes, latency=latency, n=n, k=k)
+    if bus_bytes % lanes:
+        raise QsimError(f"unit cycles: lanes {lanes} must divide bus_bytes {bus_bytes}")
+    P = bus_bytes // lanes
+    C, G = math.ceil(k / bus_bytes), math.ceil(n / rows)
+    r = n - (G - 1) * rows
+    first = 1 + max(latency, k)
+    tail = P + gemv_pipeline_latency(lanes)
+    if G == 1:
+        out = first + r - 1 + (C - 1) * max(r, P) + tail
+    else:
+        out = first + rows - 1 + ((G - 1) * C - 1) * max(rows, P) + tail + max(C * max(r, P), rows)
+    return out + r

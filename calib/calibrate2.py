@@ -156,5 +156,5 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, observed) -> Quan
 
 
 def calibrate(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, tokens: np.ndarray, where: str) -> QuantizedModel:
-    s.validate()
+    s.validate("mamba2")
     return build(lm, bits, s, observe(lm, sample_windows(tokens, s.samples, s.seq_len, where), s, bits))

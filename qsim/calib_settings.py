@@ -22,7 +22,9 @@ class CalibSettings:
     smooth_alpha: float = 0.5  # migration strength of the smoothing recipes: s = max|X|^a / max|W|^(1-a)
     group_heads: bool = True  # Mamba-2 (quamba2): head/channel reorder with grouped x scales (8-bit activations)
 
-    def validate(self) -> None:
+    def validate(self, family: str | None = None) -> None:
+        """Refuse settings outside their ranges; the state width's range is the model family's (SPEC 5.3,
+        15.1), the widest of them before the model is known."""
         if self.samples < 1 or self.seq_len < 1:
             raise QsimError(f"calibration: samples and length must be >= 1 (got {self.samples}, {self.seq_len})")
         from calib.recipes import get
@@ -32,6 +34,9 @@ class CalibSettings:
             raise QsimError(f"--smooth-alpha {self.smooth_alpha}: must be in (0, 1)")
         if not 0.0 < self.alpha <= 1.0:
             raise QsimError(f"--alpha {self.alpha}: must be in (0, 1]")
-        if not spec.STATE_BITS_MIN <= self.state_bits <= spec.STATE_BITS_MAX:
-            raise QsimError(f"--state-bits {self.state_bits}: must be in [{spec.STATE_BITS_MIN}, "
-                            f"{spec.STATE_BITS_MAX}] (int64 products stay exact)")
+        lo, hi = ((spec.STATE_BITS_MIN, spec.STATE_BITS_MAX) if family == "mamba"
+                  else (spec.SSD_STATE_BITS_MIN, spec.SSD_STATE_BITS_MAX))
+        if not lo <= self.state_bits <= hi:
+            model = f" for a {'Mamba-1' if family == 'mamba' else 'Mamba-2'} model" if family else ""
+            raise QsimError(f"--state-bits {self.state_bits}: must be in [{lo}, {hi}]{model} "
+                            "(int64 products stay exact)")

@@ -78,7 +78,7 @@ def build_artifact(lm: LoadedModel, bits: BitsPreset, calib: CalibSettings, dest
         calibrate = calibrate2.calibrate
     text, path = read_text(calib.text)
     tokens = for_model(lm.folder, lm.config.vocab_size).encode(text)
-    calib.validate()
+    calib.validate(lm.config.family)
     rewritten, notes = recipe.apply(lm, calib, sample_windows(tokens, calib.samples, calib.seq_len, str(path)))
     qm = calibrate(rewritten, bits, calib, tokens, str(path))
     qm.manifest["recipe"] = {"name": recipe.name, "summary": recipe.summary, "source": recipe.source,
@@ -347,9 +347,10 @@ def prepare(opts: RunOptions) -> Prepared:
     bits = preset(opts.bits)
     if opts.seq_len < 2 or opts.eval_seqs < 1:
         raise QsimError(f"--seq-len {opts.seq_len} / --eval-seqs {opts.eval_seqs}: need >= 2 and >= 1")
-    opts.calib.validate()
+    opts.calib.validate()  # the widest ranges: bad options fail before the model is read
     lm = resolve(opts.model, opts.require_weights)
     opts = replace(opts, calib=settings_for(lm, bits, opts.calib))
+    opts.calib.validate(lm.config.family)
     mem = memory.estimate(lm.config, bits, opts.calib, opts.eval_seqs, opts.seq_len,
                           calibrating=opts.artifact is None)
     memory.check(mem, f"run {lm.name} {bits.name}")

@@ -75,7 +75,7 @@ def test_calibrate_writes_artifact_usable_by_run(hf_checkpoint, tmp_path, capsys
 
 
 def _one_line_error(capsys, argv, *needles):
-    code, out, err = _run(capsys, *argv)
+    code, _out, err = _run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qsim: error:"), err
@@ -87,6 +87,12 @@ def _one_line_error(capsys, argv, *needles):
 
 def test_unknown_bits(capsys):
     _one_line_error(capsys, ["run", "--bits", "w3a5"], "w3a5", "fp16, w8a8, w4a8, w4a16")
+
+
+def test_state_bits_take_the_model_familys_range(capsys):
+    _one_line_error(capsys, ["run", "--model", "mamba-tiny", "--state-bits", "30"], "[12, 28] for a Mamba-1 model")
+    _one_line_error(capsys, ["run", "--model", "mamba2-tiny", "--state-bits", "33"], "[12, 32]")
+    _one_line_error(capsys, ["calibrate", "--model", "mamba-tiny", "--state-bits", "29", "--out", "x"], "[12, 28]")
 
 
 def test_unknown_option(capsys):

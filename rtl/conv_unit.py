@@ -1,0 +1,137 @@
+"""Conv unit: one token of the causal depthwise conv (SPEC 7.3, qsim.fixed.ops.conv with L = 1), its requantization
+to conv_pre and the SiLU table to xs (the executor's "conv_pre" and "xs"), bit for bit.
+
+Streams, per token, d_inner / lanes beats of `lanes` int8 x (channels in order) with a `first` flag: set on every
+beat of a sequence's first token, it reads the window as zeros (a new sequence, SPEC 7.3 "zeros at the start").
+Emits per beat `lanes` conv_pre (int8) and `lanes` xs (int8). The window (the d_conv - 1 previous x of every
+channel, oldest first) stays in on-chip memory across tokens: read at issue, written back shifted by one with
+the new x the cycle after (the read port is transparent to that write, so one row per token also works).
+
+Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
+Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes.
+
+Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 x*w per tap;
+3 b + sum; 6 * m (Pipeline.mul); 7 + rounding half, >> s; 8 saturated to int8 = conv_pre, SiLU table read;
+9 xs: conv_pre and xs into the output FIFO (rtl.engine_cycles.CONV_LATENCY).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from rtl.engine_cycles import CONV_STAGE, TABLE_ENTRIES
+from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.table_unit import (
+    Kind,
+    OutFifo,
+    beat,
+    cfg_signature,
+    fifo_depth,
+    rshift_round_var,
+    scalar_reg,
+    table_beats,
+    vector_write,
+)
+
+M_SHAPE = signed(32)  # 1 <= m < 2**31 (SPEC 2.3)
+S_SHAPE = unsigned(6)  # 0 <= s <= 62
+BIAS = signed(32)  # the image's int32 bias (rtl/IMAGE.md 4.4)
+
+
+class ConvUnit(wiring.Component):
+    def __init__(self, *, d_inner: int, d_conv: int, lanes: int):
+        if lanes < 1 or lanes & (lanes - 1) or d_inner % lanes or d_conv < 2:
+            raise ValueError(f"conv unit: lanes {lanes} must be a power of two dividing d_inner {d_inner}; "
+                             f"d_conv {d_conv} >= 2")
+        self.d_inner, self.d_conv, self.lanes, self.rows = d_inner, d_conv, lanes, d_inner // lanes
+        self.index_bits = max((d_inner - 1).bit_length(), 1)
+        if self.index_bits + max((d_conv - 1).bit_length(), 1) > 16:
+            raise ValueError("conv unit: w's cfg address does not fit 16 bits")
+        super().__init__({
+            "cfg": In(cfg_signature()),
+            "i": In(stream.Signature(data.StructLayout({"x": data.ArrayLayout(signed(8), lanes), "first": 1}))),
+            "o": Out(stream.Signature(data.StructLayout({"pre": data.ArrayLayout(signed(8), lanes),
+                                                         "xs": data.ArrayLayout(signed(8), lanes)}))),
+        })
+
+    def load_beats(self, w, b, m: int, s: int, silu) -> list[dict]:
+        """The cfg beats of one layer's conv constants (w (d_inner, d_conv), b (d_inner,), m, s, SiLU table)."""
+        if len(w) != self.d_inner or len(w[0]) != self.d_conv or len(b) != self.d_inner:
+            raise ValueError("conv unit: w must be (d_inner, d_conv) and b (d_inner,)")
+        return ([beat(Kind.W, (j << self.index_bits) | d, w[d][j]) for d in range(self.d_inner)
+                 for j in range(self.d_conv)] + [beat(Kind.VEC, d, b[d]) for d in range(self.d_inner)]
+                + [beat(Kind.M, 0, m), beat(Kind.S, 0, s)] + table_beats(silu))
+
+    def elaborate(self, platform):
+        m = Module()
+        pl = Pipeline(m)
+        L, K, R, cfg = self.lanes, self.d_conv, self.rows, self.cfg
+        lane_bits = (L - 1).bit_length()
+        m.d.comb += cfg.ready.eq(1)
+
+        # ---- constants: w (rows x lanes x K int8, one byte enable each), b, m, s, the SiLU table
+        m.submodules.w = wmem = Memory(shape=unsigned(8 * K * L), depth=R, init=[])
+        ww = wmem.write_port(granularity=8)
+        d = cfg.payload.addr[:self.index_bits]
+        tap = cfg.payload.addr[self.index_bits:16]
+        hit = cfg.valid & (cfg.payload.kind == Kind.W)
+        m.d.comb += [ww.addr.eq(d >> lane_bits), ww.data.eq(Cat(*[cfg.payload.value[:8]] * (K * L)))]
+        for j in range(L):
+            for k in range(K):
+                m.d.comb += ww.en[j * K + k].eq(hit & (tap == k) & ((d & (L - 1)) == j if L > 1 else 1))
+        m.submodules.b = bmem = Memory(shape=unsigned(32 * L), depth=R, init=[])
+        vector_write(m, cfg, Kind.VEC, bmem, L, BIAS, self.d_inner)
+        mult = scalar_reg(m, cfg, Kind.M, M_SHAPE, "m")
+        shift = scalar_reg(m, cfg, Kind.S, S_SHAPE, "s")
+        m.submodules.silu = silu = Memory(shape=unsigned(8), depth=TABLE_ENTRIES, init=[])
+        sw = silu.write_port()
+        m.d.comb += [sw.addr.eq(cfg.payload.addr[:8]), sw.data.eq(cfg.payload.value[:8]),
+                     sw.en.eq(cfg.valid & (cfg.payload.kind == Kind.TABLE))]
+
+        # ---- issue: one row of lanes channels per cycle, rows in order
+        out = OutFifo(m, self.o, 16 * L, fifo_depth(CONV_STAGE))
+        issue, row = Signal(), Signal(range(R))
+        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        with m.If(issue):
+            m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
+        m.submodules.win = wmemw = Memory(shape=unsigned(8 * (K - 1) * L), depth=R, init=[])
+        win_w = wmemw.write_port()
+        win_r = wmemw.read_port(transparent_for=(win_w,))
+        w_r, b_r = wmem.read_port(), bmem.read_port()
+        m.d.comb += [win_r.addr.eq(row), w_r.addr.eq(row), b_r.addr.eq(row)]
+
+        # ---- stage 1: memory data; window written back shifted
+        v1 = pl.reg(issue, 1, "v")
+        row1 = pl.reg(row, 1, "row")
+        first1 = pl.reg(self.i.payload.first, 1, "first")
+        x1 = [pl.reg(self.i.payload.x[j], 1, f"x{j}") for j in range(L)]
+        new_win = []
+        prods = []
+        for j in range(L):
+            old = [win_r.data[(j * (K - 1) + i) * 8:(j * (K - 1) + i + 1) * 8].as_signed() for i in range(K - 1)]
+            xp = [Mux(first1, 0, o) for o in old] + [x1[j]]  # oldest first; zeros at a sequence start
+            new_win += xp[1:]
+            prods.append([pl.reg(xp[k] * w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(),
+                                 2, f"p{j}_{k}", signed(16)) for k in range(K)])
+        m.d.comb += [win_w.addr.eq(row1), win_w.data.eq(Cat(*new_win)), win_w.en.eq(v1)]
+
+        # ---- stage 3 on: acc = b + sum x*w; requantized; SiLU table
+        pl.put(mult, 3)
+        pre, ports = [], []
+        for j in range(L):
+            bj = pl.put(Signal(BIAS, name=f"b{j}"), 1)
+            m.d.comb += bj.eq(b_r.data[32 * j:32 * (j + 1)])
+            acc = pl.reg(pl.at(bj, 2) + sum(prods[j]), 3, f"acc{j}", signed(36))
+            prod = pl.mul(acc, mult, 3, f"am{j}")
+            rounded = pl.reg(rshift_round_var(prod, shift), 3 + MUL_LATENCY + 1, f"r{j}")
+            q = pl.reg(saturate(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
+            p = silu.read_port()
+            m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
+            pre.append(pl.at(q, CONV_STAGE))
+            ports.append(p)
+        assert 3 + MUL_LATENCY + 2 == CONV_STAGE - 1
+        out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *(p.data for p in ports)))
+        return m

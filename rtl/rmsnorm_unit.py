@@ -1,0 +1,151 @@
+"""RMSNorm unit: qsim.fixed.ops.rmsnorm (SPEC 7.1) of one residual row to int8, bit for bit.
+
+Streams d_model / lanes beats of `lanes` residual values (RESIDUAL_BITS, SPEC 4.1) in and as many beats of
+`lanes` int8 out. Two passes over an on-chip row buffer:
+
+  pass 1  each beat is written to the buffer and its squares summed: ss = sum r^2 (pipelined, r*r 3 cycles, lane
+          sum, accumulated)
+  gap     ss + eps_int, its bit length, the even shift sh and the mantissa in [256, 1024), the rsqrt table entry
+          t and shift = 4 + sh / 2, latched (rtl.engine_cycles.RMSNORM_GAP cycles after the last input beat)
+  pass 2  the buffer is read back: normed = rshift_round(r * t, shift) (Q15, |normed| <= 2^15 + 2^7, SPEC 4.1),
+          u = sat8(rshift_round(normed * g * m, s)) into the output FIFO
+
+The rsqrt table is global and fixed by the spec (SPEC 6.1: "MUST equal these integers", qsim.tables.rsqrt_table):
+it is a ROM. Run-time constants (rtl.table_unit's cfg convention): Kind.VEC g[k] (int16), Kind.EPS eps_int,
+Kind.M m, Kind.S s: a layer's norm and the final norm load into the same build. Elaboration: d_model, lanes.
+Input is accepted only in pass 1; the next row's pass 1 starts after the last pass-2 issue.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qsim import spec, tables
+from rtl.engine_cycles import RMSNORM_GAP, RMSNORM_STAGE
+from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.table_unit import (
+    Kind,
+    OutFifo,
+    beat,
+    cfg_signature,
+    fifo_depth,
+    rshift_round_var,
+    scalar_reg,
+    vector_write,
+)
+
+RESIDUAL = signed(spec.RESIDUAL_BITS)
+G_SHAPE = signed(16)
+NORMED = signed(spec.NORM_FRAC_BITS + 4)  # |normed| <= 2^15 + 2^7 (SPEC 4.1)
+SS_BITS = 63  # 1 <= ss < 2^62 (SPEC 7.1)
+SQ_STAGE = MUL_LATENCY  # r*r of an issue at stage 0
+SUM_STAGE = SQ_STAGE + 1  # the lanes' squares summed; accumulated into ss the cycle after
+
+
+class RMSNormUnit(wiring.Component):
+    def __init__(self, *, d_model: int, lanes: int):
+        if lanes < 1 or lanes & (lanes - 1) or d_model % lanes:
+            raise ValueError(f"rmsnorm unit: lanes {lanes} must be a power of two dividing d_model {d_model}")
+        self.d_model, self.lanes, self.rows = d_model, lanes, d_model // lanes
+        super().__init__({
+            "cfg": In(cfg_signature()),
+            "i": In(stream.Signature(data.ArrayLayout(RESIDUAL, lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+        })
+
+    def load_beats(self, g, eps_int: int, m: int, s: int) -> list[dict]:
+        if len(g) != self.d_model:
+            raise ValueError(f"rmsnorm unit: g has {len(g)} entries, d_model is {self.d_model}")
+        return [beat(Kind.VEC, k, v) for k, v in enumerate(g)] + [
+            beat(Kind.EPS, 0, eps_int), beat(Kind.M, 0, m), beat(Kind.S, 0, s)]
+
+    def elaborate(self, platform):
+        m = Module()
+        pl = Pipeline(m)
+        L, R, cfg = self.lanes, self.rows, self.cfg
+        m.d.comb += cfg.ready.eq(1)
+
+        # ---- constants
+        m.submodules.g = gmem = Memory(shape=unsigned(16 * L), depth=R, init=[])
+        vector_write(m, cfg, Kind.VEC, gmem, L, G_SHAPE, self.d_model)
+        eps = scalar_reg(m, cfg, Kind.EPS, unsigned(SS_BITS), "eps")
+        mult = scalar_reg(m, cfg, Kind.M, signed(32), "m")
+        shift_s = scalar_reg(m, cfg, Kind.S, unsigned(6), "s")
+        m.submodules.rsqrt = rom = Memory(shape=unsigned(16), depth=768, init=[int(v) for v in tables.rsqrt_table()])
+
+        # ---- sequencer: pass 1 (input), gap, pass 2 (output)
+        phase_in, phase_gap, phase_out = Signal(init=1), Signal(), Signal()
+        t, gap = Signal(range(R)), Signal(range(RMSNORM_GAP))
+        out = OutFifo(m, self.o, 8 * L, fifo_depth(RMSNORM_STAGE))
+        issue_in, issue_out = Signal(), Signal()
+        m.d.comb += [issue_in.eq(phase_in & self.i.valid), self.i.ready.eq(issue_in),
+                     issue_out.eq(phase_out & out.room)]
+        last = t == R - 1
+        gap_last = phase_gap & (gap == RMSNORM_GAP - 2)
+        with m.If(issue_in | issue_out):
+            m.d.sync += t.eq(Mux(last, 0, t + 1))
+        with m.If(issue_in & last):
+            m.d.sync += [phase_in.eq(0), phase_gap.eq(1), gap.eq(0)]
+        with m.If(phase_gap):
+            m.d.sync += gap.eq(gap + 1)
+        with m.If(gap_last):
+            m.d.sync += [phase_gap.eq(0), phase_out.eq(1)]
+        with m.If(issue_out & last):
+            m.d.sync += [phase_out.eq(0), phase_in.eq(1)]
+
+        m.submodules.buf = buf = Memory(shape=unsigned(spec.RESIDUAL_BITS * L), depth=R, init=[])
+        bw, br, gr = buf.write_port(), buf.read_port(), gmem.read_port()
+        m.d.comb += [bw.addr.eq(t), bw.data.eq(self.i.payload.as_value()), bw.en.eq(issue_in),
+                     br.addr.eq(t), gr.addr.eq(t)]
+
+        # ---- pass 1: ss = eps + sum r^2
+        r0 = [pl.put(Signal(RESIDUAL, name=f"r0_{j}"), 0) for j in range(L)]
+        m.d.comb += [r0[j].eq(self.i.payload[j]) for j in range(L)]
+        squares = [pl.mul(r, r, 0, f"sq{j}") for j, r in enumerate(r0)]
+        lane_sum = pl.reg(sum(squares), SUM_STAGE, "lane_sum", unsigned(SS_BITS))
+        acc = Signal(unsigned(SS_BITS))
+        with m.If(pl.at(pl.reg(issue_in, 1, "v_in"), SUM_STAGE)):
+            m.d.sync += acc.eq(acc + lane_sum)
+
+        # ---- gap: ss's bit length, even shift, mantissa, table entry (recomputed every cycle, latched at its end)
+        ss = Signal(unsigned(SS_BITS))
+        m.d.sync += ss.eq(acc + eps)
+        bl = Signal(range(SS_BITS + 1))
+        for b in range(SS_BITS):  # the highest set bit wins
+            with m.If(ss[b]):
+                m.d.comb += bl.eq(b + 1)
+        sh = Signal(signed(8))  # bit_length - 10, rounded up to even: [-8, 52]
+        mant = Signal(unsigned(10))
+        sh_odd = Signal(signed(8))
+        m.d.comb += sh_odd.eq(bl - 10)
+        m.d.sync += [sh.eq(sh_odd + sh_odd[0]),
+                     mant.eq(((ss << 8) >> (sh_odd + sh_odd[0] + 8).as_unsigned()[:7])[:10])]
+        rr = rom.read_port()
+        m.d.comb += rr.addr.eq(mant - 256)
+        t_r, norm_shift = Signal(unsigned(16)), Signal(unsigned(5))
+        with m.If(gap_last):  # the table entry of the finished ss; acc cleared for the next row
+            m.d.sync += [t_r.eq(rr.data), norm_shift.eq(4 + (sh >> 1)), acc.eq(0)]
+
+        # ---- pass 2: normed = rshift_round(r * t, shift); u = sat8(rshift_round(normed * g * m, s))
+        v1 = pl.reg(issue_out, 1, "v_out")
+        pl.put(t_r, 1)
+        ys = []
+        for j in range(L):
+            r1 = pl.put(Signal(RESIDUAL, name=f"r1_{j}"), 1)
+            g1 = pl.put(Signal(G_SHAPE, name=f"g1_{j}"), 1)
+            m.d.comb += [r1.eq(br.data[spec.RESIDUAL_BITS * j:spec.RESIDUAL_BITS * (j + 1)].as_signed()),
+                         g1.eq(gr.data[16 * j:16 * (j + 1)].as_signed())]
+            rt = pl.mul(r1, t_r, 1, f"rt{j}")
+            normed = pl.reg(rshift_round_var(rt, norm_shift), 2 + MUL_LATENCY, f"normed{j}", NORMED)
+            ng = pl.mul(normed, g1, 2 + MUL_LATENCY, f"ng{j}")
+            if j == 0:
+                pl.put(mult, 2 + 2 * MUL_LATENCY)
+            ngm = pl.mul(ng, mult, 2 + 2 * MUL_LATENCY, f"ngm{j}")
+            q = pl.reg(rshift_round_var(ngm, shift_s), 3 + 3 * MUL_LATENCY, f"q{j}")
+            ys.append(pl.reg(saturate(q, signed(8)), RMSNORM_STAGE, f"u{j}"))
+        assert 4 + 3 * MUL_LATENCY == RMSNORM_STAGE
+        out.connect(issue_out, pl.at(v1, RMSNORM_STAGE), Cat(*ys))
+        return m

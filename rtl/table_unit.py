@@ -1,0 +1,183 @@
+"""Decode-engine table look-up and residual-add units, and the run-time constant interface of the engine's units.
+
+Constant loading (the convention of every engine unit: TableUnit, ResidualUnit, rtl.conv_unit.ConvUnit,
+rtl.rmsnorm_unit.RMSNormUnit). A unit is built once per model configuration; every per-layer constant reaches
+it at run time through its `cfg` stream, one constant element per beat, payload CFG:
+
+  kind   what the beat writes (Kind below)
+  addr   which element: a vector's index k (g, b, a table's entry q + 128); a 2-D constant's element
+         (row d, column j) at addr = (j << index_bits) | d, index_bits = (rows - 1).bit_length();
+         0 for a scalar
+  value  the element, signed 64-bit (every per-layer constant of the image fits: eps_int < 2**62)
+
+`cfg.ready` is always high: a load takes one cycle per beat (rtl.engine_cycles.*_cfg_beats). Beats may come in
+any order; a constant keeps its value until written again, so a new layer overwrites the old one. Loading while
+a vector is in flight is not allowed (the engine loads between tokens). `load_beats` of each unit lists the beats
+of one layer's constants.
+
+TableUnit: `lanes` int8 codes per beat in, table[q + 128] out (softplus_dt, SiLU(z), SiLU(conv) with the per-layer
+table loaded at run time). ResidualUnit: r + out saturated to RESIDUAL_BITS (SPEC 7.5) with a running saturation
+count (`sat`, cleared by `sat_clear`).
+
+Both issue one beat per cycle into an output FIFO with credits (rtl.hadamard_unit's scheme): the issue stage
+holds off when the FIFO could fill, so back-pressure never reaches the pipeline registers.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qsim import spec
+from rtl.engine_cycles import FIFO_LATENCY, RESIDUAL_STAGE, TABLE_ENTRIES, TABLE_STAGE
+from rtl.pipeline import Pipeline, saturate
+
+
+class Kind(IntEnum):
+    """What a cfg beat writes."""
+
+    VEC = 0  # a per-channel vector: RMSNorm g, the conv bias b
+    W = 1  # a 2-D constant: the conv weight w (d_inner x d_conv)
+    M = 2  # the requantization multiplier
+    S = 3  # the requantization shift
+    EPS = 4  # RMSNorm eps_int
+    TABLE = 5  # a 256-entry table: entry q + 128
+
+
+CFG_VALUE_BITS = 64
+CFG = data.StructLayout({"kind": unsigned(3), "addr": unsigned(16), "value": signed(CFG_VALUE_BITS)})
+
+
+def cfg_signature():
+    return stream.Signature(CFG)
+
+
+def beat(kind: Kind, addr: int, value: int) -> dict:
+    return {"kind": int(kind), "addr": int(addr), "value": int(value)}
+
+
+def table_beats(table) -> list[dict]:
+    if len(table) != TABLE_ENTRIES:
+        raise ValueError(f"a table has {TABLE_ENTRIES} entries, got {len(table)}")
+    return [beat(Kind.TABLE, q, v) for q, v in enumerate(table)]
+
+
+def vector_write(m: Module, cfg, kind: Kind, mem: Memory, lanes: int, shape, n: int):
+    """A write port of `mem` (rows of `lanes` elements of `shape`) taking cfg beats of `kind`, addr = index < n."""
+    w = mem.write_port(granularity=shape.width)
+    lane_bits = (lanes - 1).bit_length()
+    addr = cfg.payload.addr[:max((n - 1).bit_length(), 1)]
+    hit = cfg.valid & (cfg.payload.kind == kind)
+    m.d.comb += [w.addr.eq(addr >> lane_bits), w.data.eq(Cat(*[cfg.payload.value[:shape.width]] * lanes))]
+    for j in range(lanes):
+        m.d.comb += w.en[j].eq(hit & ((addr & (lanes - 1)) == j if lanes > 1 else 1))
+    return w
+
+
+def scalar_reg(m: Module, cfg, kind: Kind, shape, name: str) -> Signal:
+    reg = Signal(shape, name=name)
+    with m.If(cfg.valid & (cfg.payload.kind == kind)):
+        m.d.sync += reg.eq(cfg.payload.value)
+    return reg
+
+
+class OutFifo:
+    """The output FIFO and its credits: `room` allows an issue whose result is written `stage` cycles later."""
+
+    def __init__(self, m: Module, o, width: int, depth: int):
+        m.submodules.fifo = self.fifo = SyncFIFOBuffered(width=width, depth=depth)
+        self.pending = Signal(range(depth + 1))
+        self.room = self.pending < depth
+        self.m, self.o = m, o
+        m.d.comb += [o.valid.eq(self.fifo.r_rdy), o.payload.eq(self.fifo.r_data), self.fifo.r_en.eq(o.ready)]
+
+    def connect(self, issue, w_en, w_data) -> None:
+        self.m.d.sync += self.pending.eq(self.pending + issue - (self.o.valid & self.o.ready))
+        self.m.d.comb += [self.fifo.w_en.eq(w_en), self.fifo.w_data.eq(w_data)]
+
+
+def fifo_depth(stage: int) -> int:
+    """Enough credits to issue every cycle while the results drain at one per cycle."""
+    return max(4, stage + FIFO_LATENCY + 2)
+
+
+def rshift_round_var(v, s):
+    """qsim.spec.rshift_round for a run-time shift s >= 0: (v + (2**s >> 1)) >> s, arithmetic."""
+    return (v + ((Const(1, 1) << s) >> 1)) >> s
+
+
+class TableUnit(wiring.Component):
+    """int8 codes in, a run-time loaded 256-entry table's values out, `lanes` per beat (SPEC 7.4)."""
+
+    def __init__(self, *, lanes: int, out_shape):
+        self.lanes, self.out_shape = lanes, out_shape
+        super().__init__({
+            "cfg": In(cfg_signature()),
+            "i": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
+        })
+
+    @staticmethod
+    def load_beats(table) -> list[dict]:
+        return table_beats(table)
+
+    def elaborate(self, platform):
+        m = Module()
+        L, W = self.lanes, self.out_shape.width
+        m.submodules.tab = tab = Memory(shape=unsigned(W), depth=TABLE_ENTRIES, init=[])
+        w = tab.write_port()
+        m.d.comb += [self.cfg.ready.eq(1), w.addr.eq(self.cfg.payload.addr[:8]),
+                     w.data.eq(self.cfg.payload.value[:W]),
+                     w.en.eq(self.cfg.valid & (self.cfg.payload.kind == Kind.TABLE))]
+        out = OutFifo(m, self.o, W * L, fifo_depth(TABLE_STAGE))
+        issue = Signal()
+        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        ports = [tab.read_port() for _ in range(L)]
+        for j, p in enumerate(ports):  # code q reads entry q + 128: flip the sign bit
+            m.d.comb += p.addr.eq(Cat(self.i.payload[j][:7], ~self.i.payload[j][7]))
+        v = Signal()
+        m.d.sync += v.eq(issue)
+        out.connect(issue, v, Cat(*(p.data for p in ports)))
+        return m
+
+
+RESIDUAL = signed(spec.RESIDUAL_BITS)
+
+
+class ResidualUnit(wiring.Component):
+    """r + out saturated to the residual width, `lanes` per beat (SPEC 7.5); `sat` counts clamped values."""
+
+    def __init__(self, *, lanes: int):
+        self.lanes = lanes
+        arr = data.ArrayLayout(RESIDUAL, lanes)
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"r": arr, "d": arr}))),
+            "o": Out(stream.Signature(arr)),
+            "sat": Out(unsigned(32)),
+            "sat_clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, B = self.lanes, spec.RESIDUAL_BITS
+        pl = Pipeline(m)
+        out = OutFifo(m, self.o, B * L, fifo_depth(RESIDUAL_STAGE))
+        issue = Signal()
+        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        sums = [self.i.payload.r[j] + self.i.payload.d[j] for j in range(L)]
+        ys = [pl.reg(saturate(s, RESIDUAL), RESIDUAL_STAGE, f"y{j}") for j, s in enumerate(sums)]
+        clamped = [pl.reg(issue & ((s > (1 << (B - 1)) - 1) | (s < -(1 << (B - 1)))), RESIDUAL_STAGE, f"c{j}")
+                   for j, s in enumerate(sums)]
+        v = pl.reg(issue, RESIDUAL_STAGE, "v")
+        count = Signal(unsigned(32))
+        m.d.sync += count.eq(count + sum(clamped))
+        with m.If(self.sat_clear):
+            m.d.sync += count.eq(0)
+        m.d.comb += self.sat.eq(count)
+        out.connect(issue, v, Cat(*ys))
+        return m

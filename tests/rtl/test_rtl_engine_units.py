@@ -144,6 +144,21 @@ def test_rmsnorm_unit(model):
     assert set(cfg) == {ec.rmsnorm_cfg_beats(dm)}
 
 
+def test_rmsnorm_unit_gaps(model):
+    """Idle input and output cycles (valid and ready low at random) change no value; a small build."""
+    ex, _ = model
+    dm, lanes = 64, 8
+    rng = np.random.default_rng(5)
+    dut = RMSNormUnit(d_model=dm, lanes=lanes)
+    g = rng.integers(-32767, 32768, dm)
+    r = rng.integers(-(1 << 20), 1 << 20, (4, dm))
+    u, _ = ops.rmsnorm(r, g, 12345, 20000, 36, ex.rsqrt_tab)
+    jobs = [("cfg", dut.load_beats(g.tolist(), 12345, 20000, 36))] + [("vec", rows(v, lanes), dm // lanes) for v in r]
+    outs, _, _ = run(dut, jobs, gaps=0.4)
+    for k, got in enumerate(outs):
+        check(f"rmsnorm vector {k}", flat(got), u[k])
+
+
 # ---------------------------------------------------------------- conv
 
 def conv_ref(x, w, b, m, s, silu, first):

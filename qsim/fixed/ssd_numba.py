@@ -12,7 +12,13 @@ import numpy as np
 
 from qsim import spec
 from qsim.errors import QsimError
-from qsim.fixed.ops_numba import PARALLEL_MIN_WORK, _bit_length, _rshift_round, _sat
+from qsim.fixed.ops_numba import (
+    PARALLEL_MIN_WORK,
+    _bit_length,
+    _rshift_round,
+    _sat,
+    serial_and_parallel,
+)
 from qsim.fixed.ssd import check_int8, new_state
 
 __all__ = ["gated_rmsnorm", "new_state", "ssd_prefill", "ssd_step"]
@@ -75,8 +81,7 @@ def _ssd_impl(x, B, C, dt_raw, state, dt_table, a_q, frac, exp_tab, m_h, s_h, Dq
     return ys, h.astype(np.int64), sat_h, sat_y
 
 
-_ssd_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_ssd_impl)
-_ssd_serial = _jit(_ssd_impl)
+_ssd_serial, _ssd_parallel = serial_and_parallel(_ssd_impl)
 
 
 def _i64(a):

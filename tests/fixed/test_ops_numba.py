@@ -95,3 +95,14 @@ def test_conv_equals_reference(L):
     x[0], w[0] = -128, -128
     ref, got = ops.conv(x, state, w, b), ops_numba.conv(x, state, w, b)
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
+def test_serial_and_threaded_builds_have_their_own_cache_entries():
+    """Numba caches by function name and line: a shared name made both builds run one cached kernel."""
+    from qsim.fixed import ssd_numba
+
+    for serial, threaded in [(ops_numba._gemm_i8_serial, ops_numba._gemm_i8_parallel),
+                             (ops_numba._scan_serial, ops_numba._scan_parallel),
+                             (ssd_numba._ssd_serial, ssd_numba._ssd_parallel)]:
+        assert not serial.targetoptions.get("parallel") and threaded.targetoptions.get("parallel")
+        assert serial._cache._cache_file._index_name != threaded._cache._cache_file._index_name

@@ -1,0 +1,108 @@
+"""Requantization unit for the decode engine: spec.requantize (SPEC 2.3) of GEMV accumulators, bit for bit.
+
+y = saturate(rshift_round((v + b) * m, s), 8 or RESIDUAL_BITS): qsim.fixed.executor `_requant` of
+in_proj / x_proj / out_proj (per output row m, s), of dt_proj (its int32 bias b per row, one m, s) and of the
+embedding row (one m, s, residual width). One value per beat; each beat says which row it is (`idx`) and how
+to treat it:
+
+  idx      the row: selects b[idx], and m[idx], s[idx] unless `uniform`
+  uniform  use m[0], s[0] (a layer-wide multiplier and shift)
+  bias     add b[idx] before the multiply (dt_proj)
+  wide     saturate to RESIDUAL_BITS (out_proj, embedding) instead of int8
+
+Run-time constants (rtl.table_unit's cfg convention, cfg.ready always high): Kind.M addr row: m (1 <= m < 2**31);
+Kind.S addr row: s in [0, 62]; Kind.VEC addr row: b (int32). Elaboration: max_rows (the most rows one op
+requantizes), in_bits (the accumulator width, 32 for the GEMV unit's int32).
+
+Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 v + b; 5 * m (Pipeline.mul);
+6 rounded >> s; 7 saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later.
+The issue stage holds off when the output FIFO could fill (credits), as in rtl.table_unit.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qsim import spec
+from rtl.engine_cycles import FIFO_LATENCY
+from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.table_unit import (
+    Kind,
+    OutFifo,
+    beat,
+    cfg_signature,
+    fifo_depth,
+    rshift_round_var,
+)
+
+REQUANT_STAGE = 4 + MUL_LATENCY
+REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY
+RESIDUAL = signed(spec.RESIDUAL_BITS)
+
+
+def requant_unit_cycles(n: int) -> int:
+    """n values back to back, first input transfer to last output transfer, inclusive."""
+    return n + REQUANT_LATENCY
+
+
+def in_layout(max_rows: int, in_bits: int) -> data.StructLayout:
+    return data.StructLayout({"v": signed(in_bits), "idx": unsigned(max(max_rows - 1, 1).bit_length()),
+                              "uniform": 1, "bias": 1, "wide": 1})
+
+
+class RequantUnit(wiring.Component):
+    def __init__(self, *, max_rows: int, in_bits: int = 32):
+        if max_rows < 1 or not 1 <= in_bits <= 33:
+            raise ValueError(f"requant unit: max_rows {max_rows} >= 1 and in_bits {in_bits} in [1, 33]")
+        self.max_rows, self.in_bits = max_rows, in_bits
+        self.idx_bits = max(max_rows - 1, 1).bit_length()
+        super().__init__({
+            "cfg": In(cfg_signature()),
+            "i": In(stream.Signature(in_layout(max_rows, in_bits))),
+            "o": Out(stream.Signature(RESIDUAL)),
+        })
+
+    def load_beats(self, m, s, b=None) -> list[dict]:
+        """Per-row (or one-element) m and s, and optionally the per-row bias b."""
+        beats = [beat(Kind.M, k, v) for k, v in enumerate(m)] + [beat(Kind.S, k, v) for k, v in enumerate(s)]
+        return beats + ([beat(Kind.VEC, k, v) for k, v in enumerate(b)] if b is not None else [])
+
+    def elaborate(self, platform):
+        m = Module()
+        pl = Pipeline(m)
+        cfg, n = self.cfg, self.max_rows
+        m.d.comb += cfg.ready.eq(1)
+
+        mems = {}
+        for kind, name, shape in ((Kind.M, "m", unsigned(31)), (Kind.S, "s", unsigned(6)), (Kind.VEC, "b", signed(32))):
+            m.submodules[name] = mem = Memory(shape=shape, depth=n, init=[])
+            w = mem.write_port()
+            m.d.comb += [w.addr.eq(cfg.payload.addr[:self.idx_bits]), w.data.eq(cfg.payload.value[:shape.width]),
+                         w.en.eq(cfg.valid & (cfg.payload.kind == kind))]
+            mems[name] = mem.read_port()
+
+        out = OutFifo(m, self.o, spec.RESIDUAL_BITS, fifo_depth(REQUANT_STAGE))
+        issue = Signal()
+        p = self.i.payload
+        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        row = Mux(p.uniform, 0, p.idx)
+        m.d.comb += [mems["m"].addr.eq(row), mems["s"].addr.eq(row), mems["b"].addr.eq(p.idx)]
+
+        v = pl.reg(issue, 1, "v")
+        val = pl.reg(p.v, 1, "val")
+        bias, wide = pl.reg(p.bias, 1, "bias"), pl.reg(p.wide, 1, "wide")
+        mult = pl.put(Signal(signed(32), name="mult"), 1)
+        shift = pl.put(Signal(unsigned(6), name="shift"), 1)
+        b = pl.put(Signal(signed(32), name="b"), 1)
+        m.d.comb += [mult.eq(mems["m"].data), shift.eq(mems["s"].data), b.eq(mems["b"].data)]
+        acc = pl.reg(val + Mux(bias, b, 0), 2, "acc", signed(self.in_bits + 1))
+        prod = pl.mul(acc, mult, 2, "prod")
+        rnd = pl.reg(rshift_round_var(prod, pl.at(shift, 2 + MUL_LATENCY)), 3 + MUL_LATENCY, "rnd",
+                     signed(len(prod)))
+        y = pl.reg(Mux(pl.at(wide, 3 + MUL_LATENCY), saturate(rnd, RESIDUAL), saturate(rnd, signed(8))),
+                   REQUANT_STAGE, "y", RESIDUAL)
+        out.connect(issue, pl.at(v, REQUANT_STAGE), y)
+        return m

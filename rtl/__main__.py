@@ -1,5 +1,5 @@
-"""`python -m rtl build|synth|image`: Verilog of a unit for a parameter set, ECP5 synthesis figures, or the
-decode engine's memory image of an artifact (rtl/IMAGE.md)."""
+"""`python -m rtl build|synth|image`: Verilog of a unit for a configuration (its constants load at run time),
+ECP5 synthesis figures, or the decode engine's memory image of an artifact (rtl/IMAGE.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="write a unit's Verilog under rtl/build/")
     b.add_argument("--unit", choices=("scan", "hadamard"), required=True)
     b.add_argument("--lanes", type=int, default=8)
-    b.add_argument("--set", help="golden set whose constants to build with (default: layer 0 of the model)")
+    b.add_argument("--set", help="golden set whose dimensions to build for (default: layer 0 of the model); "
+                   "ignored where the dimensions are given")
     b.add_argument("--channels", type=int, help="scan: only the first CHANNELS channels of the layer")
-    b.add_argument("--out", type=Path, help="folder (default rtl/build/<unit>_<set>_l<lanes>)")
+    b.add_argument("--d-inner", type=int, help="scan: d_inner (with --d-state, --state-bits)")
+    b.add_argument("--d-state", type=int, help="scan: d_state")
+    b.add_argument("--state-bits", type=int, help="scan: state width W")
+    b.add_argument("--n", type=int, help="Hadamard: vector length")
+    b.add_argument("--out", type=Path, help="folder (default rtl/build/<unit>_<configuration>_l<lanes>)")
     s = sub.add_parser("synth", help="yosys + nextpnr-ecp5 on each unit; figures to reports/rtl/")
     s.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock in MHz")
     s.add_argument("--lanes", type=int, help="build every unit with this many lanes instead")
@@ -40,14 +45,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}\n{meta['bytes']} bytes, sha256 {meta['sha256']}")
         return 0
     if a.cmd == "build":
-        from rtl.build import BUILD, make_unit, properties, tag, write_verilog
+        from rtl.build import (
+            BUILD,
+            build_unit,
+            make_unit,
+            properties,
+            tag,
+            write_verilog,
+        )
 
+        dims = {"d_inner": a.d_inner, "d_state": a.d_state, "state_bits": a.state_bits} if a.unit == "scan" \
+            else {"n": a.n}
         try:
-            comp, _, _ = make_unit(a.unit, a.lanes, a.set, a.channels)
+            if all(v is not None for v in dims.values()):
+                comp = build_unit(a.unit, a.lanes, **dims)
+            elif any(v is not None for v in dims.values()):
+                raise ValueError(f"give all of {', '.join('--' + k.replace('_', '-') for k in dims)} or none")
+            else:
+                comp, _, _ = make_unit(a.unit, a.lanes, a.set, a.channels)
         except (ValueError, FileNotFoundError) as exc:
             print(f"rtl build: {exc}", file=sys.stderr)
             return 2
-        top = tag(a.unit, a.lanes, a.set, a.channels)
+        top = tag(comp)
         path = write_verilog(comp, a.out or BUILD / top, top)
         print(f"{path}\n{json.dumps(properties(comp))}")
         return 0

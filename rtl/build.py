@@ -1,8 +1,10 @@
-"""Units built from golden vector sets, and their Verilog: shared by the CLI, synthesis and the tests.
+"""Units built for a configuration, and their Verilog: shared by the CLI, synthesis and the tests.
 
-A unit's constants come from a golden set (a scan set's layer constants, a
-Hadamard set's requantization multiplier), so every build is tied to vectors
-that check it.
+A unit is built from its configuration alone (scan: lanes, d_inner, d_state,
+state_bits; Hadamard: lanes, n); a layer's constants reach it at run time
+through its `cfg` stream. A golden set supplies both: its dimensions pick the
+build (`make_unit`), its constants the beats a bench loads first (`config`),
+so one build runs every layer of a model.
 """
 
 from __future__ import annotations
@@ -19,8 +21,19 @@ BUILD = Path(__file__).parent / "build"  # git-ignored (the repository ignores b
 DEFAULT_SET = {"scan": "scan_real_l0", "hadamard": "hadamard_real_l0"}
 
 
+def build_unit(unit: str, lanes: int, **dims):
+    """`unit` for a configuration: scan d_inner, d_state, state_bits; Hadamard n."""
+    from rtl.hadamard_unit import HadamardUnit
+    from rtl.scan_unit import ScanUnit
+
+    if unit == "scan":
+        return ScanUnit(lanes=lanes, d_inner=dims["d_inner"], d_state=dims["d_state"], state_bits=dims["state_bits"])
+    return HadamardUnit(n=dims["n"], lanes=lanes)
+
+
 def make_unit(unit: str, lanes: int, set_name: str | None = None, channels: int | None = None):
-    """(component, manifest, arrays) for `unit` built with the constants of golden set `set_name`."""
+    """(component, manifest, arrays): `unit` built for the configuration of golden set `set_name` (optionally
+    only its first `channels` channels); config(component, manifest, arrays) loads the set's constants."""
     from rtl.hadamard_unit import HadamardUnit
     from rtl.scan_unit import ScanUnit
 
@@ -29,13 +42,23 @@ def make_unit(unit: str, lanes: int, set_name: str | None = None, channels: int 
     if manifest["kind"] != unit:
         raise ValueError(f"golden set {set_name} is a {manifest['kind']} set, not {unit}")
     if unit == "scan":
-        return ScanUnit.from_golden(manifest, arrays, lanes, channels), manifest, arrays
+        return ScanUnit.from_golden(manifest, lanes, channels), manifest, arrays
     return HadamardUnit.from_golden(manifest, lanes), manifest, arrays
 
 
-def tag(unit: str, lanes: int, set_name: str | None, channels: int | None) -> str:
-    """Folder/top-level name of one parameter set."""
-    return f"{unit}_{set_name or DEFAULT_SET[unit]}_l{lanes}" + (f"_c{channels}" if channels else "")
+def config(component, manifest: dict, arrays: dict) -> list[dict]:
+    """The `cfg` beats ({"addr", "data"}) that load a golden set's constants into `component`."""
+    if hasattr(component, "d_state"):
+        return component.golden_config(manifest, arrays)
+    return component.config_beats(**manifest["constants"])
+
+
+def tag(component) -> str:
+    """Folder/top-level name of one configuration."""
+    c = component
+    if hasattr(c, "d_state"):
+        return f"scan_d{c.d_inner}_n{c.d_state}_w{c.state_bits}_l{c.lanes}"
+    return f"hadamard_n{c.n}_l{c.lanes}"
 
 
 def write_verilog(component, folder: Path, top: str) -> Path:
@@ -53,9 +76,11 @@ def properties(c) -> dict:
     if hasattr(c, "d_state"):
         return {"unit": "scan", "lanes": c.lanes, "d_inner": c.d_inner, "d_state": c.d_state,
                 "state_bits": c.state_bits, "latency": c.latency, "recurrence_latency": c.recurrence_latency,
-                "cycles_per_token": c.cycles_per_token}
+                "cycles_per_token": c.cycles_per_token, "load_cycles": c.load_cycles(),
+                "cfg": {k: c.cfg_layout[k].shape.width for k in ("addr", "data")}}
     return {"unit": "hadamard", "lanes": c.lanes, "n": c.n, "passes": c.passes, "pass_latency": c.pass_latency,
-            "cycles_per_vector": c.cycles_per_vector}
+            "cycles_per_vector": c.cycles_per_vector, "load_cycles": c.load_cycles(),
+            "cfg": {k: c.cfg_layout[k].shape.width for k in ("addr", "data")}}
 
 
 def stamp(command: str) -> dict:

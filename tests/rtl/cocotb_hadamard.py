@@ -1,4 +1,5 @@
-"""cocotb bench of the Hadamard unit's Verilog: golden sets through, a burst timed, then gaps and back-pressure."""
+"""cocotb bench of the Hadamard unit's Verilog: each golden set's m, s loaded through `cfg`, then its vectors
+through (a burst timed, then gaps and back-pressure)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from rtl_tb import TB, Sink, Source, pack, scoreboard, signed
 from rtl_vectors import hadamard_beats
 
 from golden.generate import load
+from rtl.hadamard_unit import HadamardUnit
 
 
-async def run_set(tb, src, out, name, gap):
-    """Stream one golden set through; returns the number of vectors."""
+async def run_set(tb, cfg, src, out, name, gap):
+    """Load one golden set's constants, then stream its vectors through; returns the number of vectors."""
     lanes = tb.env["lanes"]
-    _, arrays = load(name)
+    u = HadamardUnit(n=tb.env["n"], lanes=lanes)
+    u._MustUse__silence = True  # never elaborated here: it turns the set's constants into cfg beats
+    manifest, arrays = load(name)
+    await cfg.send([pack(u.cfg_layout, b) for b in u.config_beats(**manifest["constants"])], gap)
     rows, ref = hadamard_beats(arrays, lanes)
     layout = data.ArrayLayout(sshape(16), lanes)
     feed = cocotb.start_soon(src.send([pack(layout, r) for r in rows], gap))
@@ -32,10 +37,10 @@ async def hadamard_golden(dut):
     tb = TB(dut)
     await tb.reset()
     env, lanes = tb.env, tb.env["lanes"]
-    src = Source(tb, "i")
+    cfg, src = Source(tb, "cfg"), Source(tb, "i")
     out = Sink(tb, "o", lambda v: [signed(v.to_unsigned() >> (8 * j), 8) for j in range(lanes)])
-    vectors = await run_set(tb, src, out, env["sets"][0], 0.0)  # timed: back to back
+    vectors = await run_set(tb, cfg, src, out, env["sets"][0], 0.0)  # timed: back to back
     tb.record(unit="hadamard", lanes=lanes, n=env["n"], vectors=vectors, cycles=out.last - src.first + 1,
-              set=env["sets"][0])
+              set=env["sets"][0], load_cycles=cfg.last - cfg.first + 1)
     for name in env["sets"]:
-        await run_set(tb, src, out, name, 0.3)
+        await run_set(tb, cfg, src, out, name, 0.3)

@@ -1,4 +1,5 @@
-"""cocotb bench of the scan unit's Verilog: golden sets through, a burst timed, then gaps and back-pressure."""
+"""cocotb bench of the scan unit's Verilog: each golden set's constants loaded through `cfg`, then its tokens
+through (a burst timed, then gaps and back-pressure); one build runs every set, reloading in between."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from rtl_tb import TB, Sink, Source, pack, scoreboard, signed
 from rtl_vectors import scan_beats
 
 from golden.generate import load
-from rtl.scan_unit import CHANNEL, bc_layout
+from rtl.scan_unit import CHANNEL, ScanUnit, bc_layout
 
 
-async def run_set(tb, bc, ch, out, name, channels, gap):
-    """Stream one golden set through; returns the number of tokens."""
-    _, arrays = load(name)
-    tokens, y_ref = scan_beats(arrays, channels)
+def unit(env) -> ScanUnit:
+    """The build's configuration as a Python object: it turns a set's constants into cfg beats."""
+    u = ScanUnit(lanes=env["lanes"], d_inner=env["d_inner"], d_state=env["d_state"], state_bits=env["state_bits"])
+    u._MustUse__silence = True  # never elaborated here
+    return u
+
+
+async def run_set(tb, cfg, bc, ch, out, name, gap):
+    """Load one golden set's constants, then stream its tokens through; returns the number of tokens."""
+    u = unit(tb.env)
+    manifest, arrays = load(name)
+    await cfg.send([pack(u.cfg_layout, b) for b in u.golden_config(manifest, arrays)], gap)
+    tokens, y_ref = scan_beats(arrays, u.d_inner)
     layout = bc_layout(arrays["B"].shape[1])
     feed = [cocotb.start_soon(bc.send([pack(layout, b) for b, _ in tokens], gap)),
             cocotb.start_soon(ch.send([pack(CHANNEL, c) for _, cs in tokens for c in cs], gap))]
@@ -31,10 +41,10 @@ async def scan_golden(dut):
     tb = TB(dut)
     await tb.reset()
     env = tb.env
-    bc, ch = Source(tb, "bc"), Source(tb, "i")
+    cfg, bc, ch = Source(tb, "cfg"), Source(tb, "bc"), Source(tb, "i")
     out = Sink(tb, "o", lambda v: signed(v.to_unsigned(), 16) if v.is_resolvable else str(v))
-    tokens = await run_set(tb, bc, ch, out, env["sets"][0], env["channels"], 0.0)  # timed: back to back
+    tokens = await run_set(tb, cfg, bc, ch, out, env["sets"][0], 0.0)  # timed: back to back
     tb.record(unit="scan", lanes=env["lanes"], d_inner=env["d_inner"], d_state=env["d_state"], tokens=tokens,
-              cycles=out.last - bc.first + 1, set=env["sets"][0])
+              cycles=out.last - bc.first + 1, set=env["sets"][0], load_cycles=cfg.last - cfg.first + 1)
     for name in env["sets"]:
-        await run_set(tb, bc, ch, out, name, env["channels"], 0.3)
+        await run_set(tb, cfg, bc, ch, out, name, 0.3)

@@ -50,7 +50,7 @@ class Source:
         self.tb = tb
         self.valid, self.ready, self.payload = (getattr(tb.dut, f"{name}__{s}") for s in ("valid", "ready", "payload"))
         self.valid.value = 0
-        self.first = None  # cycle of the first transfer
+        self.first = self.last = None  # cycles of the first and the latest transfer
 
     async def send(self, words, gap: float = 0.0):
         for w in words:
@@ -63,7 +63,8 @@ class Source:
                 await ReadOnly()
                 if raised and self.ready.value:
                     break
-            self.first = self.first or self.tb.next_edge()
+            self.last = self.tb.next_edge()
+            self.first = self.first or self.last
         await FallingEdge(self.tb.dut.clk)
         self.valid.value = 0
 

@@ -1,7 +1,10 @@
 """cocotb benches on the generated Verilog, on Icarus and Verilator, for several parameter sets.
 
-Each run streams golden sets through the unit (timed burst, then random valid
-gaps and back-pressure), and its measured cycles are merged into
+Each run builds the unit for a configuration (a golden set's dimensions) and
+streams golden sets through it, each preceded by a load of its constants
+through the unit's `cfg` stream (timed burst, then random valid gaps and
+back-pressure; sets of different layers run on the one build), and its
+measured cycles (the timed set's tokens or vectors, and its constant load) are merged into
 reports/rtl/cycles.json (stamped with the command, date and machine that
 measured them) and held to the qsim.hw.units formulas.
 """
@@ -25,10 +28,11 @@ KEY = ("unit", "lanes", "d_inner", "d_state", "n", "simulator", "set")  # a reco
 STAMP = ("command", "date", "machine")  # where a record came from (rtl.build.stamp), not what it measured
 LAST = sorted(p.name for p in SETS.glob("scan_real_l*"))[-1][len("scan_real_"):]  # last layer of the model
 
-# id: unit, lanes, golden sets (the first is timed; all share the first one's constants), channels (None: all;
-# a number: the layer's first channels, a smaller but exact problem since channels only share B and C)
+# id: unit, lanes, golden sets (the first is timed and gives the build's configuration; each set's constants are
+# loaded before its vectors, so one build runs several layers), channels (None: all; a number: the layer's first
+# channels, a smaller but exact problem since channels only share B and C)
 CASES = {
-    "scan-lanes4": ("scan", 4, ["scan_real_l0", "scan_edge_l0"], 128),
+    "scan-lanes4": ("scan", 4, ["scan_real_l0", "scan_edge_l0", f"scan_real_{LAST}"], 128),
     "scan-lanes8": ("scan", 8, [f"scan_real_{LAST}"], None),
     "hadamard-lanes4": ("hadamard", 4, ["hadamard_real_l0"], None),
     "hadamard-lanes8": ("hadamard", 8, [f"hadamard_real_{LAST}"], None),
@@ -72,7 +76,7 @@ def test_unit_verilog(simulator, case, request):
 
     unit, lanes, sets, channels = CASES[case]
     comp, manifest, _ = make_unit(unit, lanes, sets[0], channels)
-    top = tag(unit, lanes, sets[0], channels)
+    top = tag(comp)
     build_dir = BUILD / "cocotb" / f"{top}_{simulator}"
     source = write_verilog(comp, build_dir, top)
     runner = get_runner(simulator)
@@ -82,7 +86,8 @@ def test_unit_verilog(simulator, case, request):
                   build_args=["-Wno-fatal"] if simulator == "verilator" else ["-g2005"])
     result = build_dir / "cycles.result.json"
     result.unlink(missing_ok=True)
-    dims = {"d_inner": comp.d_inner, "d_state": comp.d_state} if unit == "scan" else {"n": comp.n}
+    dims = {"d_inner": comp.d_inner, "d_state": comp.d_state, "state_bits": comp.state_bits} if unit == "scan" \
+        else {"n": comp.n}
     bench = {"lanes": lanes, "sets": sets, "channels": channels, "result": str(result), **dims}
     try:
         runner.test(hdl_toplevel=top, test_module=f"cocotb_{unit}", test_dir=HERE, build_dir=build_dir,
@@ -92,6 +97,7 @@ def test_unit_verilog(simulator, case, request):
     record = {**json.loads(result.read_text()), "simulator": simulator,
               **stamp(f"QSIM_REQUIRE_HW=1 python -m pytest '{request.node.nodeid}'")}
     merge_record(record)
+    assert record["load_cycles"] == comp.load_cycles()  # one cfg beat a cycle
     if unit == "scan":
         formula = units.scan_unit_cycles(lanes, comp.d_inner, comp.d_state, record["tokens"])
         assert record["cycles"] == formula == comp.cycles(record["tokens"])

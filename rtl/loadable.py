@@ -1,0 +1,65 @@
+"""Run-time constants of the units: the configuration stream, and exact arithmetic on loaded shifts.
+
+A unit is built once per configuration (its dimensions); a layer's constants
+reach it as `cfg` stream beats of (addr, data), one a cycle, written into
+on-chip memories and registers while the unit is idle. A loaded shift `s`
+(spec 5.1: 0 <= s <= 62) costs no adder after the product: its rounding half
+2**(s-1) is decoded when the constant is written (or a few stages early) and
+joins the sum of the product's partial products (`mul_add`); what remains is
+a barrel shifter beside a masked sign test (`shift_saturate`), exact:
+saturate(floor((v + half) / 2**s)) == saturate(rshift_round(v, s)).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Mux, signed, unsigned
+from amaranth.lib import data
+
+from rtl.pipeline import MUL_LATENCY, pieces
+
+SHIFT_MAX = 62  # spec 5.1: 0 <= S <= 62
+SHIFT_BITS = SHIFT_MAX.bit_length()
+MULT_BITS = 31  # spec 5.1: 1 <= M < 2**31
+
+
+def cfg_layout(addr_bits: int, data_bits: int) -> data.StructLayout:
+    """One configuration beat: `data` (two's complement where the field is signed) written at `addr`."""
+    return data.StructLayout({"addr": unsigned(addr_bits), "data": unsigned(data_bits)})
+
+
+def half_of(s, width: int):
+    """2**(s-1) (0 when s == 0) as a `width`-bit value: the rounding half of a right shift by s."""
+    return Mux(s == 0, 0, (Const(1, width) << (s - 1)[:len(s)])[:width])
+
+
+def sat_mask(s, out_bits: int, width: int):
+    """Ones at bit positions >= out_bits - 1 + s of a `width`-bit value: those that must all equal its sign
+    for v >> s to fit `out_bits` signed bits."""
+    return (Const((1 << width) - 1, width) << (s + (out_bits - 1)))[:width]
+
+
+def shift_saturate(v, s, mask, shape):
+    """saturate(v >> s, shape) (arithmetic shift, signed `shape`) for a run-time shift s; `mask` is
+    sat_mask(s, shape.width, len(v)), registered beforehand. v >> s fits iff v's bits under the mask all
+    equal its sign, a test that runs beside the shifter."""
+    assert shape.signed and len(mask) >= len(v)
+    w = shape.width
+    sign = v[-1]
+    fits = (Mux(sign, ~v, v) & mask[:len(v)]) == 0
+    low = (v >> s)[:w].as_signed()
+    return Mux(fits, low, Mux(sign, Const(-(1 << (w - 1)), shape), Const((1 << (w - 1)) - 1, shape)))
+
+
+def mul_add(p, a, b, c, stage: int, name: str, retime: bool = False):
+    """a * b + c, as Pipeline.mul (operands taken at `stage`, valid at stage + MUL_LATENCY + retime, the same
+    registered DSP-sized pieces), with c (a signal, taken at stage + 2 + retime) one more term of the sum of
+    partial products: a rounding half rides in with the product, no adder after it."""
+    a, b = (Const(x) if isinstance(x, int) else p.reg(p.at(x, stage), stage + 1, f"{name}_in{i}")
+            for i, x in enumerate((a, b)))
+    parts = [(oa + ob, p.at(p.reg(pa * pb, stage + 2, f"{name}_pp{oa}_{ob}"), stage + 2 + retime))
+             for oa, pa in pieces(a) for ob, pb in pieces(b)]
+    total = sum((pp << off) if off else pp for off, pp in parts) + p.at(c, stage + 2 + retime)
+    sa, sb = a.shape(), b.shape()
+    width = max(sa.width + sb.width + (sa.signed != sb.signed), len(c)) + 1
+    shape = signed(width) if (sa.signed or sb.signed) else unsigned(width)
+    return p.reg(total, stage + MUL_LATENCY + retime, name, shape)

@@ -1,0 +1,474 @@
+"""Mamba-1 decode engine (issue 14, first integration): one token through every layer to the logits, bit for bit
+with qsim.fixed.executor (`embed`, `block`, `head`), every constant and weight read at run time from the memory
+image of rtl/image.py (rtl/IMAGE.md) through one read port (rtl.dram.read_port).
+
+Built once per configuration (the image header's configuration words: dimensions, linear formats, bus width);
+the layout of the image, and so every field's offset inside a layer record, follows from the configuration
+(rtl.image.layout_of), so the controller takes them as elaboration-time constants and walks the layers at run
+time (layer i's record at `layers + i * layer_stride`, a register stepped by the stride).
+
+Controller: a sequencer (one FSM) of steps run strictly one after another:
+
+  load   one image field: a burst of ceil(count * size / bus_bytes) beats, unpacked into one element per cycle
+         (little-endian, sign- or zero-extended by the field's dtype) and written as cfg beats into a unit
+         (rtl.table_unit's cfg convention, or the scan / Hadamard units' own (addr, data) beats); the scan's
+         per-channel (m_y, s_y) word is formed from two fields through a scratch memory
+  op     one vector through one unit (or a GEMV chained with its requantization): a reader streams an on-chip
+         buffer into the unit, a writer stores its outputs; the op ends with its last output written
+
+Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
+in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |
+dt_proj (+ bias, requant, softplus table) -> dt | SiLU(z) table -> sz | scan -> y | Hadamard (+ requant) ->
+yo | out_proj -> requant (residual width) | residual add; then the final norm and lm_head: int32 logits.
+
+Recurrent state: the conv window and the SSM state live inside the conv and scan units, which keep one layer's
+state each, so the engine has one conv and one scan unit per layer (a layer index into one unit's state memory
+would need a change of those units). A token with `start` set begins a new sequence: the conv reads a zero
+window and the scan starts from h = 0.
+
+Observation ports for testbenches: `layer_done` (one cycle after a layer's residual is written: the residual
+buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
+(`cyc_<label>`, running totals; loads count under `load`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qsim import spec
+from rtl import image
+from rtl import scan_unit as su
+from rtl.conv_unit import ConvUnit
+from rtl.dram import read_port
+from rtl.gemv_unit import GemvUnit
+from rtl.hadamard_unit import HadamardUnit
+from rtl.requant_unit import RequantUnit
+from rtl.rmsnorm_unit import RMSNormUnit
+from rtl.scan_unit import ScanUnit
+from rtl.table_unit import Kind, ResidualUnit, TableUnit
+
+ADDR_BITS = 32
+LEN_BITS = 16
+LABELS = ("embed", "norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj",
+          "residual", "final_norm", "lm_head", "load")
+TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
+
+
+class Engine(wiring.Component):
+    def __init__(self, header: dict, *, scan_lanes: int = 4, had_lanes: int = 4, gemv_lanes: int | None = None,
+                 n_layer: int | None = None):
+        h = dict(header)
+        B = h["bus_bytes"]
+        if B < 8 or h["d_model"] % B or h["d_inner"] % B or h["dt_rank"] % B:
+            raise ValueError(f"engine: bus_bytes {B} must be at least 8 and divide d_model, d_inner and dt_rank "
+                             "(the GEMV unit reads rows bus-aligned; the image packs them)")
+        if any(h[f"{k}.format"] != image.INT8 for k in image.LINEARS):
+            raise ValueError("engine: int8 linears only (grouped int4 is not supported yet)")
+        if not h["hadamard"]:
+            raise ValueError("engine: artifacts with the Hadamard transform only")
+        if h["d_conv"] & (h["d_conv"] - 1):
+            raise ValueError("engine: d_conv must be a power of two")
+        self.h, self.B = h, B
+        self.dm, self.D, self.N, self.R, self.K = h["d_model"], h["d_inner"], h["d_state"], h["dt_rank"], h["d_conv"]
+        self.V = h["vocab"]
+        self.n_layer = h["n_layer"] if n_layer is None else n_layer  # a shorter run: the first n_layer layers
+        if not 1 <= self.n_layer <= h["n_layer"]:
+            raise ValueError(f"engine: n_layer {n_layer} outside [1, {h['n_layer']}]")
+        self.layout, self.offsets = image.layout_of(h)
+        self.scan_lanes, self.had_lanes = scan_lanes, had_lanes
+        self.gemv_lanes = gemv_lanes or B
+        self.max_n = max(2 * self.D, self.R + 2 * self.N, self.dm, self.V)
+        self.max_k = max(self.dm, self.D, self.R)
+        sig = {"tok": In(stream.Signature(TOKEN)), "mem": Out(read_port(B, ADDR_BITS, LEN_BITS)),
+               "layer_done": Out(1), "done": Out(1), "busy": Out(1), "layer": Out(8)}
+        sig |= {f"cyc_{lab}": Out(unsigned(32)) for lab in LABELS}
+        super().__init__(sig)
+
+    @classmethod
+    def for_image(cls, data_: bytes, **kw):
+        return cls(image.read_header(data_), **kw)
+
+    # ---- image fields
+    def field(self, name: str):
+        """(offset, dtype, shape) of a field; layer fields (`P.` prefix) relative to the layer record."""
+        if name.startswith("P."):
+            off, dt, shape = self.layout[f"layers.0.{name[2:]}"]
+            return off - self.offsets["layers"], dt, shape, True
+        off, dt, shape = self.layout[name]
+        return off, dt, shape, False
+
+    def elaborate(self, platform):
+        m = Module()
+        B, dm, D, N, R, K, V, NL = self.B, self.dm, self.D, self.N, self.R, self.K, self.V, self.n_layer
+        HL = self.had_lanes
+        hl_bits = (HL - 1).bit_length()
+
+        # ---- units
+        m.submodules.norm = norm = RMSNormUnit(d_model=dm, lanes=1)
+        m.submodules.gemv = gemv = GemvUnit(rows=1, lanes=self.gemv_lanes, bus_bytes=B, max_k=self.max_k,
+                                            max_n=self.max_n, addr_width=ADDR_BITS)
+        m.submodules.rq = rq = RequantUnit(max_rows=self.max_n)
+        m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16))
+        m.submodules.had = had = HadamardUnit(n=D, lanes=HL)
+        m.submodules.res = res = ResidualUnit(lanes=1)
+        convs, scans = [], []
+        for i in range(NL):
+            m.submodules[f"conv{i}"] = c = ConvUnit(d_inner=D, d_conv=K, lanes=1)
+            m.submodules[f"scan{i}"] = s = ScanUnit(lanes=self.scan_lanes, d_inner=D, d_state=N,
+                                                    state_bits=self.h["state_bits"])
+            convs.append(c)
+            scans.append(s)
+        self.convs, self.scans = convs, scans
+
+        # ---- on-chip vectors
+        def mem(name, width, depth):
+            m.submodules[name] = mm = Memory(shape=unsigned(width), depth=depth, init=[])
+            return mm
+
+        RB = spec.RESIDUAL_BITS
+        self.rbuf = rbuf = mem("rbuf", RB, dm)  # the residual stream
+        obuf = mem("obuf", RB, dm)  # out_proj, requantized
+        ubuf = mem("ubuf", 8, dm)  # normed
+        xzbuf = mem("xzbuf", 8, 2 * D)
+        xsbuf = mem("xsbuf", 8, D)
+        xpbuf = mem("xpbuf", 8, R + 2 * N)
+        dtbuf = mem("dtbuf", 16, D)
+        szbuf = mem("szbuf", 16, D)
+        ybuf = mem("ybuf", 16 * HL, D // HL)
+        yobuf = mem("yobuf", 8 * HL, D // HL)
+        self.lbuf = lbuf = mem("lbuf", 32, V)  # logits
+        pmem = mem("pmem", 32, D)  # scratch: the scan's m_y until s_y arrives
+        rd_ = {n: mm.read_port() for n, mm in (("r", rbuf), ("o", obuf), ("u", ubuf), ("xz", xzbuf),
+                                                ("xs", xsbuf), ("xp", xpbuf), ("dt", dtbuf), ("sz", szbuf),
+                                                ("y", ybuf), ("yo", yobuf), ("p", pmem))}
+        wr_ = {n: mm.write_port() for n, mm in (("r", rbuf), ("o", obuf), ("u", ubuf), ("xz", xzbuf),
+                                                 ("xs", xsbuf), ("xp", xpbuf), ("dt", dtbuf), ("sz", szbuf),
+                                                 ("yo", yobuf), ("l", lbuf), ("p", pmem))}
+        wr_["y"] = ybuf.write_port(granularity=16)
+
+        # ---- controller registers
+        layer = Signal(range(max(NL, 2)))
+        lbase = Signal(ADDR_BITS)
+        token = Signal(16)
+        fresh = Signal()  # this token starts a sequence
+        vmax = max(self.max_n, D * N, D * K) + 1
+        rd, mid, wr = Signal(range(vmax)), Signal(range(vmax)), Signal(range(vmax))
+        prime, gst, bcs = Signal(), Signal(), Signal()
+        lst, e, cur, cur_v, jb = Signal(), Signal(range(vmax)), Signal(8 * B), Signal(), Signal(range(B))
+        emit = Signal()
+        bcr = [Signal(signed(8), name=f"bc{j}") for j in range(2 * N)]
+        cnt = {lab: Signal(32, name=f"cnt_{lab}") for lab in LABELS}
+        m.d.comb += [getattr(self, f"cyc_{lab}").eq(cnt[lab]) for lab in LABELS]
+        m.d.comb += self.layer.eq(layer)
+
+        def lane_val(size, signed_):
+            v = cur[:8 * size]
+            return v.as_signed() if signed_ else v
+
+        def addr_of(name):
+            off, _dt, _shape, rel = self.field(name)
+            return (lbase + off) if rel else off
+
+        # ---- the step list
+        steps = []  # (state name, label, builder)
+
+        def load(label, name, target, kind=None, index=None, sel=None):
+            steps.append((f"ld{len(steps)}_{name}", "load" if label is None else label,
+                          ("load", name, target, kind, index, sel)))
+
+        def op(label, name):
+            steps.append((f"op{len(steps)}_{name}", label, ("op", name)))
+
+        # start of a token: the embedding row, requantized to the residual width
+        load("load", "embedding.m", "rq", Kind.M)
+        load("load", "embedding.s", "rq", Kind.S)
+        load("embed", "embedding.q", "embed")
+        first_layer = len(steps)
+        for name, kind in (("P.norm.g", Kind.VEC), ("P.norm.eps_int", Kind.EPS), ("P.norm.m", Kind.M),
+                           ("P.norm.s", Kind.S)):
+            load(None, name, "norm", kind)
+        op("norm", "norm")
+        load(None, "P.in_proj.rq_m", "rq", Kind.M)
+        load(None, "P.in_proj.rq_s", "rq", Kind.S)
+        op("in_proj", "in_proj")
+        for name, kind in (("P.conv.w", Kind.W), ("P.conv.b", Kind.VEC), ("P.conv.m", Kind.M), ("P.conv.s", Kind.S),
+                           ("P.tables.silu_conv", Kind.TABLE)):
+            load(None, name, "conv", kind)
+        op("conv", "conv")
+        load(None, "P.x_proj.rq_m", "rq", Kind.M)
+        load(None, "P.x_proj.rq_s", "rq", Kind.S)
+        op("x_proj", "x_proj")
+        load(None, "P.dt_proj.b", "rq", Kind.VEC)
+        load(None, "P.dt_proj.m", "rq", Kind.M)
+        load(None, "P.dt_proj.s", "rq", Kind.S)
+        load(None, "P.tables.softplus_dt", "table", Kind.TABLE)
+        op("dt_proj", "dt_proj")
+        load(None, "P.tables.silu_z", "table", Kind.TABLE)
+        op("tables", "silu_z")
+        load(None, "P.scan.a_frac_bits", "scan", su.SCALAR, 0)
+        load(None, "P.scan.m_h", "scan", su.SCALAR, 1)
+        load(None, "P.scan.s_h", "scan", su.SCALAR, 2)
+        load(None, "P.A.q", "scan", su.A_Q)
+        load(None, "P.D.q", "scan", su.DQ)
+        load(None, "P.scan.m_y", "pair")
+        load(None, "P.scan.s_y", "scan", su.MY)
+        op("scan", "scan")
+        load(None, "P.out_in.m", "had", None, 0)
+        load(None, "P.out_in.s", "had", None, 1)
+        op("hadamard", "hadamard")
+        load(None, "P.out_proj.rq_m", "rq", Kind.M)
+        load(None, "P.out_proj.rq_s", "rq", Kind.S)
+        op("out_proj", "out_proj")
+        op("residual", "residual")
+        last_layer = len(steps) - 1
+        for name, kind in (("norm_f.g", Kind.VEC), ("final_norm.eps_int", Kind.EPS), ("final_norm.m", Kind.M),
+                           ("final_norm.s", Kind.S)):
+            load("load", name, "norm", kind)
+        op("final_norm", "norm")
+        op("lm_head", "lm_head")
+        names = [s[0] for s in steps]
+
+        # ---- shared step plumbing
+        mem_port = self.mem
+
+        def reset_step():
+            m.d.sync += [rd.eq(0), mid.eq(0), wr.eq(0), prime.eq(0), gst.eq(0), bcs.eq(0), lst.eq(0), e.eq(0),
+                         cur_v.eq(0)]
+
+        def reader(n, ready, ports):
+            """Stream n elements from buffers: ports [(read port, address function)]; returns (valid, data ready)."""
+            valid = prime & (rd < n)
+            take = valid & ready
+            m.d.sync += prime.eq(1)
+            for p, f in ports:
+                m.d.comb += p.addr.eq(f(rd + take))
+            with m.If(take):
+                m.d.sync += rd.eq(rd + 1)
+            return valid
+
+        def writer(src, port, n, data_, addr=None):
+            m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
+                         port.en.eq(src.valid)]
+            with m.If(src.valid):
+                m.d.sync += wr.eq(wr + 1)
+            return wr == n
+
+        def gemv_cmd(name, n, k):
+            m.d.comb += [gemv.cmd.valid.eq(~gst), gemv.cmd.payload.base.eq(addr_of(name)),
+                         gemv.cmd.payload.n.eq(n), gemv.cmd.payload.k.eq(k)]
+            with m.If(gemv.cmd.ready):
+                m.d.sync += gst.eq(1)
+            m.d.comb += [mem_port.req.valid.eq(gemv.mem.req.valid), mem_port.req.payload.addr.eq(gemv.mem.req.payload.addr),
+                         mem_port.req.payload.beats.eq(gemv.mem.req.payload.beats),
+                         gemv.mem.req.ready.eq(mem_port.req.ready), gemv.mem.data.valid.eq(mem_port.data.valid),
+                         gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
+
+        def gemv_x(k, port, f=lambda a: a, lane=None):
+            valid = reader(k, gemv.x.ready, [(port, f)])
+            d = port.data if lane is None else Array(port.data[8 * j:8 * j + 8] for j in range(HL))[lane]
+            m.d.comb += [gemv.x.valid.eq(valid), gemv.x.payload.eq(d[:8].as_signed())]
+
+        def gemv_rq(uniform=0, bias=0, wide=0):
+            m.d.comb += [rq.i.valid.eq(gemv.o.valid), gemv.o.ready.eq(rq.i.ready), rq.i.payload.v.eq(gemv.o.payload),
+                         rq.i.payload.idx.eq(mid), rq.i.payload.uniform.eq(uniform), rq.i.payload.bias.eq(bias),
+                         rq.i.payload.wide.eq(wide)]
+            with m.If(gemv.o.valid & rq.i.ready):
+                m.d.sync += mid.eq(mid + 1)
+
+        def sel(units, get):
+            s = Signal(len(get(units[0])), name="sel")
+            for i, u in enumerate(units):
+                with m.If(layer == i):
+                    m.d.comb += s.eq(get(u))
+            return s
+
+        # ---- the loader: one field, one burst, one element per cycle
+        def load_step(name, target, kind, index, nxt):
+            _off, dt, shape, _ = self.field(name)
+            size, signed_ = np.dtype(dt).itemsize, np.dtype(dt).kind == "i"
+            count = int(np.prod(shape, dtype=np.int64))
+            per = B // size
+            beats = -(-count * size // B)
+            base = addr_of(name)
+            if target == "embed":
+                base = base + token * dm
+                count, beats = dm, dm // B
+            last = e == count - 1
+            with m.If(~lst):
+                m.d.comb += [mem_port.req.valid.eq(1), mem_port.req.payload.addr.eq(base),
+                             mem_port.req.payload.beats.eq(beats)]
+                with m.If(mem_port.req.ready):
+                    m.d.sync += lst.eq(1)
+            val = Signal(signed(64), name=f"val_{size}_{int(signed_)}")
+            m.d.comb += val.eq(lane_val(size, signed_))
+            ready = 1
+            if target in ("norm", "rq", "table", "conv"):
+                addr = e
+                if kind in (Kind.EPS,) or (kind in (Kind.M, Kind.S) and count == 1):
+                    addr = 0
+                if kind == Kind.W:
+                    kb = (K - 1).bit_length()
+                    addr = ((e & (K - 1)) << convs[0].index_bits) | (e >> kb)
+                units = convs if target == "conv" else [{"norm": norm, "rq": rq, "table": table}[target]]
+                for i, u in enumerate(units):
+                    m.d.comb += [u.cfg.valid.eq(cur_v & (layer == i) if len(units) > 1 else cur_v),
+                                 u.cfg.payload.kind.eq(kind), u.cfg.payload.addr.eq(addr), u.cfg.payload.value.eq(val)]
+            elif target == "scan":
+                ib = scans[0].index_bits
+                idx = index if index is not None else e
+                dat = val
+                if kind == su.MY:
+                    dat = rd_["p"].data | (val << su.MY_BITS)
+                    m.d.comb += rd_["p"].addr.eq(e + emit)
+                for i, u in enumerate(scans):
+                    m.d.comb += [u.cfg.valid.eq(cur_v & (layer == i)), u.cfg.payload.addr.eq((kind << ib) | idx),
+                                 u.cfg.payload.data.eq(dat)]
+                ready = sel(scans, lambda u: u.cfg.ready)
+            elif target == "had":
+                m.d.comb += [had.cfg.valid.eq(cur_v), had.cfg.payload.addr.eq(index), had.cfg.payload.data.eq(val)]
+                ready = had.cfg.ready
+            elif target == "pair":
+                m.d.comb += [wr_["p"].addr.eq(e), wr_["p"].data.eq(val), wr_["p"].en.eq(emit)]
+            elif target == "embed":
+                m.d.comb += [rq.i.valid.eq(cur_v), rq.i.payload.v.eq(val), rq.i.payload.idx.eq(0),
+                             rq.i.payload.uniform.eq(1), rq.i.payload.wide.eq(1)]
+                ready = rq.i.ready
+            m.d.comb += [emit.eq(cur_v & ready),
+                         mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == per - 1))))]
+            with m.If(emit):
+                m.d.sync += [e.eq(e + 1), cur.eq(cur >> (8 * size)), jb.eq(jb + 1)]
+                with m.If((jb == per - 1) | last):
+                    m.d.sync += cur_v.eq(0)
+            with m.If(mem_port.data.valid & mem_port.data.ready):
+                m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
+            if target == "embed":
+                done = writer(rq.o, wr_["r"], dm, rq.o.payload)
+            else:
+                done = emit & last
+            with m.If(done):
+                reset_step()
+                m.next = nxt
+
+        # ---- the ops
+        def op_step(name, nxt, label):
+            done = Signal(name=f"done_{name}")
+            if name == "norm":
+                valid = reader(dm, norm.i.ready, [(rd_["r"], lambda a: a)])
+                m.d.comb += [norm.i.valid.eq(valid), norm.i.payload[0].eq(rd_["r"].data.as_signed())]
+                m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
+            elif name == "in_proj":
+                gemv_cmd("P.in_proj.q", 2 * D, dm)
+                gemv_x(dm, rd_["u"])
+                gemv_rq()
+                m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
+            elif name == "conv":
+                ready = sel(convs, lambda u: u.i.ready)
+                valid = reader(D, ready, [(rd_["xz"], lambda a: a)])
+                o_valid = sel(convs, lambda u: u.o.valid)
+                o_xs = sel(convs, lambda u: u.o.payload.xs.as_value())
+                for i, u in enumerate(convs):
+                    m.d.comb += [u.i.valid.eq(valid & (layer == i)), u.i.payload.x[0].eq(rd_["xz"].data.as_signed()),
+                                 u.i.payload.first.eq(fresh), u.o.ready.eq(layer == i)]
+                with m.If(o_valid):
+                    m.d.sync += wr.eq(wr + 1)
+                m.d.comb += [wr_["xs"].addr.eq(wr), wr_["xs"].data.eq(o_xs), wr_["xs"].en.eq(o_valid),
+                             done.eq(wr == D)]
+            elif name == "x_proj":
+                gemv_cmd("P.x_proj.q", R + 2 * N, D)
+                gemv_x(D, rd_["xs"])
+                gemv_rq()
+                for j in range(2 * N):
+                    with m.If(rq.o.valid & (wr == R + j)):
+                        m.d.sync += bcr[j].eq(rq.o.payload[:8])
+                m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
+            elif name == "dt_proj":
+                gemv_cmd("P.dt_proj.q", D, R)
+                gemv_x(R, rd_["xp"])
+                gemv_rq(uniform=1, bias=1)
+                m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
+                             table.i.payload[0].eq(rq.o.payload[:8].as_signed())]
+                m.d.comb += done.eq(writer(table.o, wr_["dt"], D, table.o.payload.as_value()))
+            elif name == "silu_z":
+                valid = reader(D, table.i.ready, [(rd_["xz"], lambda a: a + D)])
+                m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(rd_["xz"].data.as_signed())]
+                m.d.comb += done.eq(writer(table.o, wr_["sz"], D, table.o.payload.as_value()))
+            elif name == "scan":
+                ready = sel(scans, lambda u: u.i.ready)
+                bc_ready = sel(scans, lambda u: u.bc.ready)
+                valid = reader(D, ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
+                                          (rd_["sz"], lambda a: a)])
+                o_valid = sel(scans, lambda u: u.o.valid)
+                o_y = sel(scans, lambda u: u.o.payload)
+                for i, u in enumerate(scans):
+                    m.d.comb += [u.bc.valid.eq(~bcs & (layer == i)), u.bc.payload.start.eq(fresh),
+                                 u.i.valid.eq(valid & (layer == i)), u.i.payload.x.eq(rd_["xs"].data.as_signed()),
+                                 u.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
+                                 u.i.payload.sz.eq(rd_["sz"].data.as_signed()), u.o.ready.eq(layer == i)]
+                    m.d.comb += [u.bc.payload.b[j].eq(bcr[j]) for j in range(N)]
+                    m.d.comb += [u.bc.payload.c[j].eq(bcr[N + j]) for j in range(N)]
+                with m.If(bc_ready):
+                    m.d.sync += bcs.eq(1)
+                with m.If(o_valid):
+                    m.d.sync += wr.eq(wr + 1)
+                m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[o_y] * HL)),
+                             done.eq(wr == D)]
+                for j in range(HL):
+                    m.d.comb += wr_["y"].en[j].eq(o_valid & ((wr & (HL - 1)) == j))
+            elif name == "hadamard":
+                valid = reader(D // HL, had.i.ready, [(rd_["y"], lambda a: a)])
+                m.d.comb += [had.i.valid.eq(valid), had.i.payload.eq(rd_["y"].data)]
+                m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
+            elif name == "out_proj":
+                gemv_cmd("P.out_proj.q", dm, D)
+                gemv_x(D, rd_["yo"], lambda a: a >> hl_bits, lane=rd[:hl_bits])
+                gemv_rq(wide=1)
+                m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
+            elif name == "residual":
+                valid = reader(dm, res.i.ready, [(rd_["r"], lambda a: a), (rd_["o"], lambda a: a)])
+                m.d.comb += [res.i.valid.eq(valid), res.i.payload.r[0].eq(rd_["r"].data.as_signed()),
+                             res.i.payload.d[0].eq(rd_["o"].data.as_signed())]
+                m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
+            elif name == "lm_head":
+                gemv_cmd("lm_head.q", V, dm)
+                gemv_x(dm, rd_["u"])
+                m.d.comb += done.eq(writer(gemv.o, wr_["l"], V, gemv.o.payload))
+            else:
+                raise AssertionError(name)
+            with m.If(done):
+                reset_step()
+                if name == "residual":
+                    m.d.comb += self.layer_done.eq(1)
+                    with m.If(layer == NL - 1):
+                        m.next = nxt
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), lbase.eq(lbase + self.offsets["layer_stride"])]
+                        m.next = names[first_layer]
+                else:
+                    m.next = nxt
+
+        with m.FSM(name="ctl"):
+            with m.State("idle"):
+                m.d.comb += self.tok.ready.eq(1)
+                with m.If(self.tok.valid):
+                    m.d.sync += [token.eq(self.tok.payload.token), fresh.eq(self.tok.payload.start), layer.eq(0),
+                                 lbase.eq(self.offsets["layers"])]
+                    m.next = names[0]
+            for k, (state, label, spec_) in enumerate(steps):
+                nxt = names[k + 1] if k + 1 < len(steps) else "done"
+                with m.State(state):
+                    m.d.sync += cnt[label].eq(cnt[label] + 1)
+                    m.d.comb += self.busy.eq(1)
+                    if spec_[0] == "load":
+                        load_step(spec_[1], spec_[2], spec_[3], spec_[4], nxt)
+                    else:
+                        op_step(spec_[1], nxt, label)
+            with m.State("done"):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += fresh.eq(0)
+                m.next = "idle"
+        assert last_layer > first_layer
+        return m

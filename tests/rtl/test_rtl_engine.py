@@ -52,7 +52,7 @@ def _signed(v: int, bits: int) -> int:
 
 def run_engine(data: bytes, tokens, n_layer: int, **kw):
     """Decode `tokens` from an empty state. Per token: residuals after each layer (n_layer, d_model), logits (vocab,),
-    cycles per label, total cycles."""
+    cycles per label, total cycles, SSM states; and the engine's predicted cycles per label (token_cycles)."""
     dut = Engine.for_image(data, n_layer=n_layer, **kw)
     m = Module()
     m.submodules.dut = dut
@@ -87,7 +87,7 @@ def run_engine(data: bytes, tokens, n_layer: int, **kw):
 
     sim.add_testbench(tb)
     sim.run()
-    return out
+    return out, dut.token_cycles(LATENCY)
 
 
 def test_requant_unit():
@@ -165,10 +165,9 @@ def check(name, got, ref):
 def decode_and_compare(model, tokens, n_layer):
     ex, data = model
     t0 = time.time()
-    got = run_engine(data, tokens, n_layer)
+    got, expected = run_engine(data, tokens, n_layer)
     wall = time.time() - t0
     ref = reference(ex, tokens, n_layer)
-    expected = Engine.for_image(data, n_layer=n_layer).token_cycles(LATENCY)
     for t, ((res, logits, cyc, total, h), (rres, rlogits, rh)) in enumerate(zip(got, ref)):
         for i in range(n_layer):
             check(f"token {t} layer {i} residual", res[i], rres[i])

@@ -32,8 +32,9 @@ it, one table for every layer and model (a set whose table differs is refused).
 Run-time shifts stay exact without adders after the products (rtl.loadable):
 the rounding half of each loaded shift joins the sum of the product's partial
 products (decoded as the constant is written, or from the channel's s_y two
-stages early), and the shift itself is a barrel shifter. frac: er =
-(dt*a + 2**(frac-9)) >> (frac-8); s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
+stages early), and the shift itself is a barrel shifter. frac: t = (dt*a) >> (frac-9), registered,
+then er = (t + 1) >> 1 == rshift_round(dt*a, frac-8) (nested floors), so the
+exp table's address path holds a short add, not a shifter; s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
 per channel, (acc*sz*m_y[d] + 2**(s_y[d]-1)) >> s_y[d], saturated to int16 by
 a masked sign test beside the shifter. (A build with baked constants stored
 m_y[d] << (S - s_y[d]) with S = max s_y so one constant shift served every
@@ -43,8 +44,8 @@ its own shift; m_y is at most 23 bits, which 5.1 guarantees.)
 
 Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul` or `mul_add`, 3 cycles unless retimed):
    0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
-   2 memory data registered; e = dt*a + half, Dq*x               4 (dt*x)*B
-   5 exp-table index (e >> (frac-8))                     6 2**-frac by table     7-8 decay = table >> int, rounded
+   2 memory data registered; e = dt*a, Dq*x                      4 (dt*x)*B
+   5 exp-table index ((e >> (frac-9)) + 1) >> 1                     6 2**-frac by table     7-8 decay = table >> int, rounded
    7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> s_h)
   13 h = sat(decay*h + dBx): written back; C*h
   17-18 sum over lanes                   18 accumulate chunks (+ D*x + rounding half)
@@ -74,7 +75,7 @@ from rtl.loadable import (
     sat_mask,
     shift_saturate,
 )
-from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for, rshift_round, saturate
+from rtl.pipeline import MUL_LATENCY, PIECE, Pipeline, bits_for, rshift_round, saturate
 
 # dt and the gate SiLU(z) take their widths from the spec; the products they enter (dt*a, dt*x, (dt*x)*B*m_h,
 # acc*sz*m_y) take theirs from their operands (Pipeline.mul), so they stay exact for whatever widths the spec sets
@@ -91,7 +92,8 @@ FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 DEC_BITS = spec.DECAY_BITS
 # m_y: spec 5.1 with |acc * sz| <= 2**24 * 2**15 leaves 1 <= m_y < 2**23
 MY_BITS = 62 - (spec.SCAN_ACC_BITS - 1) - (spec.GATE_BITS - 1)
-A_FRAC_SPAN = spec.A_FRAC_MAX - spec.A_FRAC_MIN + 1  # 2**(frac-9) < 2**22
+assert spec.DT_BITS <= PIECE and 16 <= PIECE  # dt*a_q is one DSP product: its own partial product
+A_FRAC_SPAN = spec.A_FRAC_MAX - spec.A_FRAC_MIN + 1  # frac - 9 in [0, 21]
 A_Q, DQ, MY, SCALAR = range(4)  # cfg address kinds (top two address bits)
 
 
@@ -224,21 +226,19 @@ class ScanUnit(wiring.Component):
                      aq_w.en.eq(Mux(write & (kind == A_Q), (Const(1, L) << lane)[:L], 0)),
                      dq_w.addr.eq(index), dq_w.data.eq(cfg.data[:dq_shape.width]), dq_w.en.eq(write & (kind == DQ)),
                      my_w.addr.eq(index), my_w.data.eq(cfg.data), my_w.en.eq(write & (kind == MY))]
-        # scalars, with what the datapath needs of them decoded as they are written: exponent rounding half
-        # 2**(frac-9) and shift frac-8; m_h; s_h and its rounding half
-        half_e, e_sh = Signal(unsigned(A_FRAC_SPAN), init=1), Signal(range(spec.A_FRAC_MAX - 7), init=1)
+        # scalars, with what the datapath needs of them decoded as they are written: the exponent's shift
+        # frac-9; m_h; s_h and its rounding half
+        e_sh = Signal(range(A_FRAC_SPAN))
         m_h, s_h, half_h = Signal(unsigned(MULT_BITS)), Signal(unsigned(SHIFT_BITS)), Signal(unsigned(SHIFT_MAX))
         f = cfg.data[:5]
         with m.If(write & (kind == SCALAR)), m.Switch(index):
             with m.Case(0):
-                m.d.sync += [half_e.eq((Const(1, A_FRAC_SPAN) << (f - spec.A_FRAC_MIN)[:5])[:A_FRAC_SPAN]),
-                             e_sh.eq(f - (spec.A_FRAC_MIN - 1))]
+                m.d.sync += e_sh.eq(f - spec.A_FRAC_MIN)
             with m.Case(1):
                 m.d.sync += m_h.eq(cfg.data)
             with m.Case(2):
                 m.d.sync += [s_h.eq(cfg.data), half_h.eq(half_of(cfg.data[:SHIFT_BITS], SHIFT_MAX))]
         # constant while tokens flow: each is placed at the stage that takes it, no delay line
-        p.put(half_e, MEM + 2)
         p.put(m_h, DTXB + MUL_LATENCY)
         p.put(half_h, DTXB + MUL_LATENCY + 3)
 
@@ -286,9 +286,13 @@ class ScanUnit(wiring.Component):
             h_mem = p.reg(st_r.data[j * W:(j + 1) * W].as_signed(), MEM, f"hm{j}")
             h = p.reg(Mux(p.at(start, MEM), 0, h_mem), MEM + 1, f"h{j}")  # a new sequence starts from 0
             a = p.reg(aq_r.data[16 * j:16 * (j + 1)], MEM, f"a{j}")
-            e = mul_add(p, dt, a, half_e, MEM, f"e{j}")  # dt*a + 2**(frac-9)
+            # e = dt*a (one DSP: both operands are single pieces), shifted by frac-9 as the product's sum
+            # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1, a short add before the
+            # table (no shifter on the table's address path)
+            e = p.reg(p.reg(p.at(dt, MEM), MEM + 1, f"e{j}_in0") * p.reg(a, MEM + 1, f"e{j}_in1"), MEM + 2, f"e{j}")
+            t = p.reg(e >> e_sh, EXP, f"et{j}")
             # exponent in 1/256 units: its fraction indexes the 2**-f table, its integer part shifts
-            er = e >> e_sh
+            er = (t + 1) >> 1
             rp = exp.read_port()
             m.d.comb += rp.addr.eq(er[:8])
             tab = p.put(Signal(unsigned(16), name=f"tab{j}"), EXP + 1)

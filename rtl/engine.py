@@ -26,6 +26,13 @@ state each, so the engine has one conv and one scan unit per layer (a layer inde
 would need a change of those units). A token with `start` set begins a new sequence: the conv reads a zero
 window and the scan starts from h = 0.
 
+Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step from the units' contracts
+(rtl.engine_cycles, qsim.hw.units) and the controller's fixed overheads; the simulation meets it exactly. For
+mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
+other units one element a cycle and a DRAM latency of 8: 255 062 cycles a token, per layer in_proj 16 661,
+out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 525, tables 517, residual
+261 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 538, lm_head 4 364.
+
 Observation ports for testbenches: `layer_done` (one cycle after a layer's residual is written: the residual
 buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
 (`cyc_<label>`, running totals; loads count under `load`).

@@ -1,7 +1,8 @@
 """The Mamba-1 decode engine (rtl/engine.py) in the Amaranth simulator, serving the memory image of the committed
 mamba-tiny-w8a8 artifact (rtl.image.build_image) from the DRAM model: decode steps from an empty state compared,
-after every layer (the residual stream) and at the end (the logits), element by element with the NumPy `fixed`
-executor's step(); per-op cycle counts printed (run with -s to see them).
+after every layer (the residual stream and the layer's SSM state) and at the end (the logits), element by element
+with the NumPy `fixed` executor (embed, block, head; the same logits as step() for the whole model); every op's cycle
+count equal to Engine.token_cycles (printed with -s).
 
 The Python simulator runs the engine at roughly 250-700 cycles a second (load-dependent) and a token of the whole
 model is about 250 000 cycles, so the default test runs layer 0 (then the final norm and lm_head) for two tokens,
@@ -184,8 +185,8 @@ def test_engine_one_layer(model):
     decode_and_compare(model, TOKENS[:2], 1)
 
 
-@pytest.mark.skipif(not os.environ.get("QSIM_ENGINE_WHOLE"), reason="the whole model takes ~20-40 min in the Python "
-                    "simulator; QSIM_ENGINE_WHOLE=1 runs it")
+@pytest.mark.skipif(not os.environ.get("QSIM_ENGINE_WHOLE"), reason="the whole model takes 10-30 min a token in the "
+                    "Python simulator; QSIM_ENGINE_WHOLE=1 runs it")
 def test_engine_whole_model(model):
     """Every layer, QSIM_ENGINE_TOKENS tokens (default 2)."""
     tokens = TOKENS[: int(os.environ.get("QSIM_ENGINE_TOKENS", "2"))]

@@ -31,6 +31,16 @@ from qsim.qweights import IntLinear
 _jit = numba.njit(cache=True, nogil=True)
 
 
+# Threads pay off only above this many inner iterations (GEMM MACs, scan state
+# updates); below it, waking the workers costs more than the work.
+PARALLEL_MIN_WORK = 1 << 16
+I8_MAX_K = 1 << 17  # K * 128 * 128 < 2**31: int8 dot products of this length fit an int32
+F32_EXACT_K = 1 << 10  # K * 128 * 128 <= 2**24: int8 dot products of this length are exact in float32
+F32_MIN_ROWS = 16  # from this many rows on the BLAS path beats the Numba dot products (crossover measured at 16)
+
+__all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
+
+
 def serial_and_parallel(fn):
     """(serial, threaded) compiled builds of fn. Numba's on-disk cache keys a function by its name and line,
     not by its compile flags, so two builds of one function share a cache entry and a process gets whichever
@@ -40,14 +50,6 @@ def serial_and_parallel(fn):
                                 fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_threaded"
     return _jit(fn), numba.njit(cache=True, nogil=True, parallel=True)(twin)
-# Threads pay off only above this many inner iterations (GEMM MACs, scan state
-# updates); below it, waking the workers costs more than the work.
-PARALLEL_MIN_WORK = 1 << 16
-I8_MAX_K = 1 << 17  # K * 128 * 128 < 2**31: int8 dot products of this length fit an int32
-F32_EXACT_K = 1 << 10  # K * 128 * 128 <= 2**24: int8 dot products of this length are exact in float32
-F32_MIN_ROWS = 16  # from this many rows on the BLAS path beats the Numba dot products (crossover measured at 16)
-
-__all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
 
 
 def prepare_linear(w: IntLinear):

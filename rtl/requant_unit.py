@@ -15,7 +15,8 @@ Kind.S addr row: s in [0, 62]; Kind.VEC addr row: b (int32). Elaboration: max_ro
 requantizes), in_bits (the accumulator width, 32 for the GEMV unit's int32).
 
 Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 v + b; 5 * m (Pipeline.mul);
-6 rounded >> s; 7 saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later.
+6 rounded >> s; 7 saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later
+(the cycle contract, requant_unit_cycles, is in qsim.hw.units).
 The issue stage holds off when the output FIFO could fill (credits), as in rtl.table_unit.
 """
 
@@ -27,7 +28,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
-from rtl.engine_cycles import FIFO_LATENCY
+from qsim.hw.units import REQUANT_LATENCY, REQUANT_STAGE  # noqa: F401 (REQUANT_LATENCY: rtl.engine imports it here)
 from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
 from rtl.table_unit import (
     Kind,
@@ -38,14 +39,9 @@ from rtl.table_unit import (
     rshift_round_var,
 )
 
-REQUANT_STAGE = 4 + MUL_LATENCY
-REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY
 RESIDUAL = signed(spec.RESIDUAL_BITS)
-
-
-def requant_unit_cycles(n: int) -> int:
-    """n values back to back, first input transfer to last output transfer, inclusive."""
-    return n + REQUANT_LATENCY
+if REQUANT_STAGE != 4 + MUL_LATENCY:  # the contract's stage (qsim.hw.units) is this pipeline's
+    raise AssertionError(f"qsim.hw.units.REQUANT_STAGE {REQUANT_STAGE} != 4 + MUL_LATENCY {MUL_LATENCY}")
 
 
 def in_layout(max_rows: int, in_bits: int) -> data.StructLayout:

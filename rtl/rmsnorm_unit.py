@@ -6,7 +6,7 @@ Streams d_model / lanes beats of `lanes` residual values (RESIDUAL_BITS, SPEC 4.
   pass 1  each beat is written to the buffer and its squares summed: ss = sum r^2 (pipelined, r*r 3 cycles, lane
           sum, accumulated)
   gap     ss + eps_int, its bit length, the even shift sh and the mantissa in [256, 1024), the rsqrt table entry
-          t and shift = 4 + sh / 2, latched (rtl.engine_cycles.RMSNORM_GAP cycles after the last input beat)
+          t and shift = 4 + sh / 2, latched (qsim.hw.units.RMSNORM_GAP cycles after the last input beat)
   pass 2  the buffer is read back: normed = rshift_round(r * t, shift) (Q15, |normed| <= 2^15 + 2^7, SPEC 4.1),
           u = sat8(rshift_round(normed * g * m, s)) into the output FIFO
 
@@ -24,7 +24,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
-from rtl.engine_cycles import RMSNORM_GAP, RMSNORM_STAGE
+from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
 from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
 from rtl.table_unit import (
     Kind,

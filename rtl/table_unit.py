@@ -10,7 +10,7 @@ it at run time through its `cfg` stream, one constant element per beat, payload 
          0 for a scalar
   value  the element, signed 64-bit (every per-layer constant of the image fits: eps_int < 2**62)
 
-`cfg.ready` is always high: a load takes one cycle per beat (rtl.engine_cycles.*_cfg_beats). Beats may come in
+`cfg.ready` is always high: a load takes one cycle per beat (qsim.hw.units.*_cfg_beats). Beats may come in
 any order; a constant keeps its value until written again, so a new layer overwrites the old one. Loading while
 a vector is in flight is not allowed (the engine loads between tokens). `load_beats` of each unit lists the beats
 of one layer's constants.
@@ -34,7 +34,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
-from rtl.engine_cycles import FIFO_LATENCY, RESIDUAL_STAGE, TABLE_ENTRIES, TABLE_STAGE
+from qsim.hw.units import FIFO_LATENCY, RESIDUAL_STAGE, TABLE_ENTRIES, TABLE_STAGE
 from rtl.pipeline import Pipeline, saturate
 
 

@@ -1,7 +1,10 @@
-"""Cycle counts of the selective-scan, Hadamard and GEMV units: the contract with RTL.
+"""Cycle counts of the decode engine's units (scan, Hadamard, GEMV, RMSNorm, conv, table, residual, requant):
+the contract with RTL.
 
-The RTL components (issue 4) implement exactly these formulas, and their
-cocotb runs are compared with them (tests/hw/test_hw_rtl_agreement.py). To
+The RTL components (issues 4 and 14) implement exactly these formulas; their
+simulations are compared with them (tests/hw/test_hw_rtl_agreement.py,
+tests/rtl/test_rtl_engine_units.py, tests/rtl/test_rtl_engine.py), and
+qsim.hw.engine adds them up into the decode engine's cycles per token. To
 change a formula, change it here, in this docstring, together with the RTL.
 
 Scan unit (fully pipelined, state held on chip)
@@ -53,6 +56,40 @@ GEMV unit (weights streamed from memory, rtl/gemv_unit.py; tests/rtl/test_rtl_ge
     (ceil(log4 lanes) register levels), accumulator, output FIFO and output
     register. The unit takes the next command after the last output.
 
+Small units of the decode engine (rtl/rmsnorm_unit.py, rtl/conv_unit.py, rtl/table_unit.py,
+rtl/requant_unit.py)
+    Each formula counts the cycles of one token's vector from the first input
+    transfer to the last output transfer, both inclusive, when the inputs
+    arrive back to back (valid held high) and the output is always ready. Gaps
+    on either side only add the idle cycles. Every unit issues ``lanes``
+    elements per cycle; beats(n, lanes) = n / lanes (lanes divides n).
+
+        table_unit_cycles    = beats(n) + TABLE_LATENCY
+        residual_unit_cycles = beats(d_model) + RESIDUAL_LATENCY
+        conv_unit_cycles     = beats(d_inner) + CONV_LATENCY
+        rmsnorm_unit_cycles  = 2 * beats(d_model) + RMSNORM_GAP + RMSNORM_OUT_LATENCY - 1
+        requant_unit_cycles  = n + REQUANT_LATENCY  (one value a cycle)
+
+    Constants are loaded through each unit's ``cfg`` stream at one beat per
+    cycle (ready is always high), so a load takes exactly its beat count
+    (``*_cfg_beats``); the engine loads a layer's constants between tokens.
+
+    Latencies (stage of the output FIFO write + FIFO_LATENCY, the
+    SyncFIFOBuffered write-to-readable delay):
+
+      table     memory read (1 cycle), into the FIFO
+      residual  add and saturate (1 cycle), into the FIFO
+      conv      memory data (1), x*w (2), + b and sum (3), *m (6), rounded (7),
+                saturated (8), SiLU table read (9), into the FIFO
+      rmsnorm   pass 1: rows in, r*r (3 cycles), lane sum (4), accumulated (5);
+                RMSNORM_GAP cycles from the last input beat to the first pass-2
+                issue (ss + eps, bit length, mantissa, rsqrt ROM, registered);
+                pass 2: RMSNORM_OUT_LATENCY after each issue (r*t, rounded, *g,
+                *m, rounded, saturated, FIFO)
+      requant   issue and m/s/b reads (0), data (1), v + b (2), * m (5: the
+                3-cycle rtl.pipeline multiplier), rounded >> s (6), saturated
+                into the FIFO (7)
+
 Measured cycle counts (reports/rtl/cycles.json) are expected as a list of
 records: {"unit": "scan", "lanes", "d_inner", "d_state", "tokens", "cycles"}
 or {"unit": "hadamard", "lanes", "n", "vectors", "cycles"}; other keys (e.g.
@@ -70,6 +107,19 @@ SCAN_PIPELINE_LATENCY = 28
 SCAN_RECURRENCE_LATENCY = 14
 HADAMARD_PASS_LATENCY = 9
 GEMV_PIPELINE_LATENCY = 7  # without the adder tree: plus gemv_tree_levels(lanes)
+FIFO_LATENCY = 2  # amaranth.lib.fifo.SyncFIFOBuffered: written on cycle c, readable (and taken) on c + 2
+TABLE_STAGE = 1
+TABLE_LATENCY = TABLE_STAGE + FIFO_LATENCY
+RESIDUAL_STAGE = 1
+RESIDUAL_LATENCY = RESIDUAL_STAGE + FIFO_LATENCY
+CONV_STAGE = 9
+CONV_LATENCY = CONV_STAGE + FIFO_LATENCY
+RMSNORM_GAP = 10  # cycles from the last pass-1 issue to the first pass-2 issue
+RMSNORM_STAGE = 13
+RMSNORM_OUT_LATENCY = RMSNORM_STAGE + FIFO_LATENCY
+REQUANT_STAGE = 7  # 4 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
+REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY
+TABLE_ENTRIES = 256  # a table is indexed by an int8 code
 
 
 def _positive(**values: int) -> None:
@@ -136,3 +186,49 @@ def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int
     else:
         out = first + rows - 1 + ((G - 1) * C - 1) * max(rows, P) + tail + max(C * max(r, P), rows)
     return out + r
+
+
+def beats(n: int, lanes: int) -> int:
+    if lanes < 1 or n % lanes:
+        raise ValueError(f"lanes {lanes} must divide the vector length {n}")
+    return n // lanes
+
+
+def table_unit_cycles(n: int, lanes: int) -> int:
+    """One vector of n int8 codes through the table look-up."""
+    return beats(n, lanes) + TABLE_LATENCY
+
+
+def residual_unit_cycles(d_model: int, lanes: int) -> int:
+    """One residual row: r + out saturated to RESIDUAL_BITS."""
+    return beats(d_model, lanes) + RESIDUAL_LATENCY
+
+
+def conv_unit_cycles(d_inner: int, lanes: int) -> int:
+    """One token's x (d_inner int8) to conv_pre and xs."""
+    return beats(d_inner, lanes) + CONV_LATENCY
+
+
+def rmsnorm_unit_cycles(d_model: int, lanes: int) -> int:
+    """One residual row to u: pass 1 (rows beats), the normalisation gap, pass 2 (rows issues + latency)."""
+    rows = beats(d_model, lanes)
+    return rows + RMSNORM_GAP + rows + RMSNORM_OUT_LATENCY - 1
+
+
+def requant_unit_cycles(n: int) -> int:
+    """n values back to back through the requantization unit."""
+    return n + REQUANT_LATENCY
+
+
+def table_cfg_beats() -> int:
+    return TABLE_ENTRIES
+
+
+def rmsnorm_cfg_beats(d_model: int) -> int:
+    """g (d_model), eps_int, m, s."""
+    return d_model + 3
+
+
+def conv_cfg_beats(d_inner: int, d_conv: int) -> int:
+    """w (d_inner x d_conv), b (d_inner), m, s, the SiLU table (256)."""
+    return d_inner * d_conv + d_inner + 2 + TABLE_ENTRIES

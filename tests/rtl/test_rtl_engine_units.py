@@ -2,7 +2,7 @@
 
 Real constants and inputs from the committed mamba-tiny-w8a8 artifact (the NumPy executor's prepared layers and a
 traced prefill), plus int8 / saturation extremes; two layers' constants loaded into one build back to back;
-outputs compared element by element with qsim.fixed.ops; cycles equal to rtl.engine_cycles' formulas.
+outputs compared element by element with qsim.fixed.ops; cycles equal to qsim.hw.units' formulas.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from qsim import artifact, spec
 from qsim.fixed import ops
 from qsim.fixed.executor import FixedExecutor, Trace
-from rtl import engine_cycles as ec
+from qsim.hw import units as ec
 from rtl import stream
 from rtl.conv_unit import ConvUnit
 from rtl.rmsnorm_unit import RMSNormUnit

@@ -1,0 +1,129 @@
+"""qsim.hw.engine against the decode engine itself: decode_step_cycles equals rtl.engine.Engine.token_cycles (which
+the Amaranth simulation meets exactly, tests/rtl/test_rtl_engine.py) label by label, and every load and byte
+count equals the image layout's (rtl.image.layout_of), for mamba-tiny and synthetic configurations."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qsim.config import REGISTRY, Mamba2Config
+from qsim.errors import QsimError
+from qsim.hw.engine import (
+    LABELS,
+    EngineConfig,
+    EngineModel,
+    decode_step_cycles,
+    decode_step_dram,
+    final_loads,
+    layer_loads,
+    token_loads,
+)
+from rtl import image
+
+ARTIFACT = Path(__file__).resolve().parents[2] / "qsim" / "artifacts" / "mamba-tiny-w8a8"
+TINY = EngineModel(d_model=256, d_inner=512, d_state=16, dt_rank=16, d_conv=4, n_layer=5, vocab=256)
+# (model, engine): mamba-tiny as simulated, and two synthetic ones (other bus, lanes, latency, layers)
+CASES = [
+    (TINY, EngineConfig(bus_bytes=16, gemv_lanes=16, scan_lanes=4, hadamard_lanes=4, dram_latency=8, clock_mhz=100)),
+    (EngineModel(64, 128, 8, 8, 4, 2, 256),
+     EngineConfig(bus_bytes=8, gemv_lanes=4, scan_lanes=2, hadamard_lanes=2, dram_latency=3, clock_mhz=50)),
+    (EngineModel(128, 256, 16, 32, 2, 3, 512),
+     EngineConfig(bus_bytes=32, gemv_lanes=8, scan_lanes=8, hadamard_lanes=8, dram_latency=20, clock_mhz=200)),
+]
+
+
+def header(m: EngineModel, bus_bytes: int) -> dict:
+    """The configuration words of an int8 image with the Hadamard transform (rtl/IMAGE.md section 3)."""
+    h = {f.name: getattr(m, f.name) for f in m.__dataclass_fields__.values()}
+    h |= {"bus_bytes": bus_bytes, "state_bits": 24, "hadamard": 1}
+    return h | {f"{k}.{w}": 0 for k in image.LINEARS for w in ("format", "group")}
+
+
+def test_mamba_tiny_header_is_the_committed_artifacts():
+    from qsim import artifact
+
+    data, _ = image.build_image(artifact.load(ARTIFACT), 16)
+    h = image.read_header(data)
+    assert {k: h[k] for k in header(TINY, 16)} == header(TINY, 16)
+
+
+def test_mamba_tiny_step_is_the_simulated_figure():
+    c = decode_step_cycles(*CASES[0])
+    assert sum(c.values()) == 255_062  # rtl/engine.py's docstring, met by the simulation
+    assert (c["in_proj"], c["out_proj"], c["scan"], c["lm_head"]) == (5 * 16_661, 5 * 8_725, 5 * 2_078, 4_364)
+
+
+@pytest.mark.parametrize("m, e", CASES)
+def test_decode_step_cycles_equal_the_engines_label_by_label(m, e):
+    pytest.importorskip("amaranth")
+    from rtl.engine import LABELS as RTL_LABELS
+    from rtl.engine import Engine
+
+    eng = Engine(header(m, e.bus_bytes), scan_lanes=e.scan_lanes, had_lanes=e.hadamard_lanes,
+                 gemv_lanes=e.gemv_lanes)
+    assert LABELS == RTL_LABELS
+    assert decode_step_cycles(m, e) == eng.token_cycles(e.dram_latency)
+
+
+@pytest.mark.parametrize("m, e", CASES)
+def test_loads_are_the_engine_programs(m, e):
+    """The same fields, in the same order, as rtl.engine.Engine.program() loads (the embedding row aside)."""
+    pytest.importorskip("amaranth")
+    from rtl.engine import Engine
+
+    steps, _ = Engine(header(m, e.bus_bytes)).program()
+    loaded = [s[2][1] for s in steps if s[2][0] == "load" and s[2][2] != "embed"]
+    ours = ([x.field for x in token_loads(m)] + [f"P.{x.field}" for x in layer_loads(m)]
+            + [x.field for x in final_loads(m)])
+    assert loaded == ours
+
+
+@pytest.mark.parametrize("m, e", CASES)
+def test_loads_match_the_image_layout(m, e):
+    layout, _ = image.layout_of(header(m, e.bus_bytes))
+    for x in token_loads(m) + final_loads(m):
+        _, dt, shape = layout[x.field]
+        assert (dt, int(np.prod(shape, dtype=np.int64))) == (x.dtype, x.count), x.field
+    for x in layer_loads(m):
+        _, dt, shape = layout[f"layers.0.{x.field}"]
+        assert (dt, int(np.prod(shape, dtype=np.int64))) == (x.dtype, x.count), x.field
+
+
+@pytest.mark.parametrize("m, e", CASES)
+def test_dram_bytes_are_the_image_less_what_decode_does_not_read(m, e):
+    """A step reads every layer record whole, the embedding's m, s and one row, the final norm and lm_head; not
+    the header, the global tables (ROMs) or the other embedding rows."""
+    _, off = image.layout_of(header(m, e.bus_bytes))
+    B = e.bus_bytes
+    dram = decode_step_dram(m, e)
+    per_layer = sum(dram[k][0] for k in ("in_proj", "x_proj", "dt_proj", "out_proj")) // m.n_layer
+    per_layer += sum(math.ceil(x.count * np.dtype(x.dtype).itemsize / B) * B for x in layer_loads(m))
+    assert per_layer == off["layer_stride"]
+    unread = off["embedding"] + (off["layers"] - off["embedding"] - 2 * B - m.d_model)
+    assert sum(b for b, _ in dram.values()) == off["image_bytes"] - unread
+    head = off["image_bytes"] - off["lm_head"]
+    assert dram["lm_head"] == (head, e.dram_latency + head // B)
+
+
+def test_registered_configs_and_refusals():
+    assert EngineModel.of(REGISTRY["mamba-tiny"].config) == TINY
+    with pytest.raises(QsimError, match="Mamba-1 only"):
+        EngineModel.of(Mamba2Config(d_model=64, n_layer=2, vocab_size=256))
+    e = CASES[0][1]
+    with pytest.raises(QsimError, match="bus_bytes 16 .* dt_rank 8"):
+        decode_step_cycles(EngineModel(64, 128, 8, 8, 4, 2, 256), e)
+    with pytest.raises(QsimError, match="gemv_lanes 3"):
+        decode_step_cycles(TINY, EngineConfig(16, 3, 4, 4, 8, 100))
+    raw = {"bus_bytes": 16, "gemv_lanes": 16, "scan_lanes": 4, "hadamard_lanes": 4, "dram_latency": 8,
+           "clock_mhz": 100}
+    assert EngineConfig.from_dict(raw) == e
+    with pytest.raises(QsimError, match="unknown key.*scan_lane\\b"):
+        EngineConfig.from_dict(raw | {"scan_lane": 4})
+    with pytest.raises(QsimError, match="dram_latency must be a positive integer"):
+        EngineConfig.from_dict({k: v for k, v in raw.items() if k != "dram_latency"})
+    with pytest.raises(QsimError, match="bus_bytes must be a positive integer, got 16.0"):
+        EngineConfig.from_dict(raw | {"bus_bytes": 16.0})

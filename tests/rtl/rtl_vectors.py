@@ -36,3 +36,28 @@ def unpack_state(words: list[int], lanes: int, bits: int) -> np.ndarray:
             v = (w >> (j * bits)) & ((1 << bits) - 1)
             out.append(v - (1 << bits) if v >> (bits - 1) else v)
     return np.array(out, dtype=np.int64)
+
+
+def engine_reference(ex, prompt: list[int], steps: int, n_layer: int) -> dict:
+    """Greedy decoding by the `fixed` executor (embed, then n_layer blocks, then head), as the engine benches check it:
+    `steps` tokens, the prompt's first, then the argmax (first maximum) of the previous logits. Per token: the tokens
+    fed, the residual after each layer (steps, n_layer, d_model), each layer's SSM state (steps, n_layer,
+    d_inner * d_state) and conv window (steps, n_layer, d_conv - 1, d_inner), and the logits (steps, vocab)."""
+    from qsim.fixed.executor import Trace
+
+    state = ex.new_state()
+    out = {k: [] for k in ("tokens", "residual", "h", "conv", "logits")}
+    for t in range(steps):
+        token = prompt[t] if t < len(prompt) else int(np.argmax(out["logits"][-1]))
+        tr = Trace()
+        r = ex.embed([token], tr)
+        res = []
+        for i in range(n_layer):
+            r = ex.block(i, r, state, tr)
+            res.append(r[0])
+        out["tokens"].append(token)
+        out["residual"].append(res)
+        out["h"].append([state.h[i].ravel().copy() for i in range(n_layer)])
+        out["conv"].append([state.conv[i].copy() for i in range(n_layer)])
+        out["logits"].append(ex.head(r, tr)[0])
+    return {k: np.array(v, np.int64) for k, v in out.items()}

@@ -28,12 +28,27 @@ def estimate_command(args: argparse.Namespace) -> int:
     if args.prompt_len < 1:
         raise QsimError(f"--prompt-len must be at least 1, got {args.prompt_len}")
     target = with_synth_clock(load_target(args.target), Path(args.reports))
+    if args.engine_projection:
+        return projection_command(args, target)
+    if not args.model:
+        raise QsimError("estimate: --model is required (unless --engine-projection)")
     est = estimate(model_shape(args.model), preset(args.bits), target, args.prompt_len,
                    online_hadamard=not args.no_online_hadamard, scan_out_per_channel=args.scan_out_per_channel)
     print(estimate_text(est))
     if args.json:
         write_json_atomic(Path(args.json), estimate_dict(est))
         print(f"wrote {args.json}")
+    return 0
+
+
+def projection_command(args: argparse.Namespace, target) -> int:
+    """`estimate --engine-projection`: a w8a8 decode step of each model on the target's decode engine."""
+    from qsim.hw.cost import PROJECTION_MODELS, engine_projection
+    from qsim.hw.render import projection_text
+    from qsim.hw.shapes import model_shape
+
+    shapes = [model_shape(m) for m in ([args.model] if args.model else PROJECTION_MODELS)]
+    print(projection_text(target, shapes, engine_projection(target, shapes)))
     return 0
 
 
@@ -62,8 +77,7 @@ def add_parsers(subparsers) -> None:
 
     p = subparsers.add_parser("estimate", parents=[common],
                               help="cycles, time and energy per operation on an accelerator target")
-    p.add_argument("--model", required=True,
-                   help=f"{', '.join(model_names())}, or a folder with a Mamba config.json")
+    p.add_argument("--model", help=f"{', '.join(model_names())}, or a folder with a Mamba config.json")
     p.add_argument("--target", default="asic-28nm",
                    help=f"preset ({', '.join(preset_names())}) or a target .toml file (default asic-28nm)")
     p.add_argument("--no-online-hadamard", action="store_true",
@@ -71,6 +85,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--scan-out-per-channel", action="store_true",
                    help="a recipe whose scan output multiplier is per channel (smoothing of out_proj's input)")
     p.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
+    p.add_argument("--engine-projection", action="store_true",
+                   help="w8a8 decode on the target's decode engine (e.g. --target ecp5-85f) for mamba-tiny, "
+                        "mamba-130m and mamba-2.8b (or --model): cycles, tokens/s, J/token")
     p.set_defaults(func=estimate_command)
 
     r = subparsers.add_parser("report", parents=[common],

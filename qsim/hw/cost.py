@@ -10,6 +10,15 @@ import math
 from dataclasses import dataclass
 
 from qsim.bits import BitsPreset
+from qsim.errors import QsimError
+from qsim.hw.engine import (
+    LABELS,
+    PER_LAYER,
+    EngineModel,
+    check,
+    decode_step_cycles,
+    decode_step_dram,
+)
 from qsim.hw.shapes import ModelShape, Op, RecipeFeatures
 from qsim.hw.target import Target
 from qsim.hw.units import hadamard_adds, hadamard_unit_cycles, scan_unit_cycles
@@ -47,6 +56,15 @@ RULES = (
     "fp32 with 16-bit) + table lookups + on-chip buffer bytes (weights per read, activations, state read and "
     "written per token) + off-chip bytes; int4 weights with 16-bit activations add one fp16 dequantizing "
     "multiply per weight read; every entry scaled from its named table by the rule of qsim/hw/energy.py"),
+    ("a target with a decode engine ([engine], e.g. ecp5-85f) runs a Mamba-1 w8a8 decode step with the online "
+    "Hadamard on the engine (qsim/hw/engine.py, equal to rtl/engine.py's simulated cycles): cycles per engine "
+    "step label at the engine clock (the target clock, at most [engine] clock_mhz, where bus_bytes a cycle is "
+    "the off-chip bandwidth); memory cycles = each DRAM burst's latency + beats, compute cycles = the rest; "
+    "off-chip bytes = the image bytes the step reads (every weight and constant, the embedding row); energy = "
+    "the rules above for the same operation's arithmetic and activation and state buffer bytes (weights stream "
+    "into the GEMV unit, not through a buffer; silu_z is the engine's `tables` step; norm counts the residual "
+    "add and lm_head the final norm, so embed, residual, final_norm and load add off-chip energy only) + the "
+    "off-chip bytes; prefill and every other decode use the MAC-array rules above"),
 )
 
 
@@ -115,6 +133,7 @@ class Estimate:
     state_resident: bool
     prefill: PhaseCost
     decode: PhaseCost
+    decode_source: str  # which model gave the decode step, and why
 
 
 def overlapped_cycles(compute: float, memory: float, tiles: int) -> float:
@@ -186,11 +205,16 @@ def compute_pj(op: Op, bits: BitsPreset, target: Target, tokens: int, reads: int
     return total
 
 
+def buffer_bytes(op: Op, bits: BitsPreset, tokens: int) -> int:
+    """On-chip bytes of one instance besides its weights: activations in and out, the state read and written."""
+    return (sum(op.act_bytes(bits)) + 2 * op.state_bytes(bits)) * tokens
+
+
 def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: int, decode: bool,
             weights_resident: bool, state_resident: bool) -> OpCost:
     off, reads = stream(op, bits, target, tokens, decode, weights_resident)
     off += state_bytes(op, bits, target, tokens, decode, state_resident)
-    on = op.weight_bytes(bits) * reads + (sum(op.act_bytes(bits)) + 2 * op.state_bytes(bits)) * tokens
+    on = op.weight_bytes(bits) * reads + buffer_bytes(op, bits, tokens)
     c = compute_cycles(op, bits, target, tokens)
     m = off * target.clock_mhz * 1e6 / target.offchip_bytes_per_s
     tiles = max(1, math.ceil(off / (target.weight_buffer_bytes // 2)))
@@ -207,6 +231,52 @@ def op_cost(op: Op, instances: int, bits: BitsPreset, target: Target, tokens: in
         onchip_pj=on * e.per_byte(target.buffer_access) * instances,
         offchip_pj=off * e.per_byte(target.offchip_access) * instances,
     )
+
+
+ENGINE_LABEL = {"silu_z": "tables"}  # a MAC-array-model operation's engine step label, where the names differ
+
+
+def engine_refusal(shape: ModelShape, bits: BitsPreset, target: Target, features: RecipeFeatures) -> str | None:
+    """Why the target's decode engine cannot run this decode step, or None when it can."""
+    if target.engine is None:
+        return f"{target.name} has no decode engine"
+    if shape.family != "mamba":
+        return "the decode engine runs Mamba-1 only"
+    if (bits.weight_bits, bits.act_bits) != (8, 8):
+        return "the decode engine runs w8a8 only (int8 linears, 8-bit activations)"
+    if not features.online_hadamard:
+        return "the decode engine needs the online Hadamard before out_proj"
+    try:
+        check(EngineModel.of(shape.config), target.engine)
+    except QsimError as exc:
+        return str(exc)
+    return None
+
+
+def engine_clock_hz(target: Target) -> float:
+    """The target's clock (a synthesis Fmax, perhaps), but no faster than the engine's bus may run."""
+    return min(target.engine.clock_mhz, target.clock_mhz) * 1e6
+
+
+def engine_decode(shape: ModelShape, bits: BitsPreset, target: Target, features: RecipeFeatures) -> PhaseCost:
+    """One decode step on the target's decode engine, per engine step label (RULES, the engine's rule)."""
+    m = EngineModel.of(shape.config)
+    cycles, dram = decode_step_cycles(m, target.engine), decode_step_dram(m, target.engine)
+    work = {ENGINE_LABEL.get(op.name, op.name): op for op, _ in shape.ops(bits, features)}
+    e = target.energy
+    ops = []
+    for label in LABELS:
+        k = shape.n_layer if label in PER_LAYER else 1
+        offchip, memory = dram[label]
+        op = work.get(label)
+        on = buffer_bytes(op, bits, 1) * k if op else 0
+        ops.append(OpCost(
+            name=label, instances=k, compute_cycles=cycles[label] - memory, memory_cycles=memory,
+            cycles=cycles[label], offchip_bytes=offchip, onchip_bytes=on,
+            compute_pj=compute_pj(op, bits, target, 1, 1) * k if op else 0.0,
+            onchip_pj=on * e.per_byte(target.buffer_access), offchip_pj=offchip * e.per_byte(target.offchip_access),
+        ))
+    return PhaseCost("decode", 1, engine_clock_hz(target), tuple(ops))
 
 
 def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: int, *,
@@ -229,5 +299,33 @@ def estimate(shape: ModelShape, bits: BitsPreset, target: Target, prompt_len: in
         )
         return PhaseCost(name, tokens, clock_hz, costs)
 
+    refusal = engine_refusal(shape, bits, target, features)
+    if refusal is None:
+        e = target.engine
+        decode = engine_decode(shape, bits, target, features)
+        source = (f"the decode engine (qsim/hw/engine.py, rtl/engine.py): bus {e.bus_bytes} B, GEMV {e.gemv_lanes} "
+                  f"lanes, scan {e.scan_lanes}, Hadamard {e.hadamard_lanes}, DRAM latency {e.dram_latency} cycles, "
+                  f"clock {decode.clock_hz / 1e6:g} MHz; every weight and constant read from DRAM each token, the "
+                  "conv and SSM state kept in the per-layer units")
+    else:
+        decode, source = phase("decode", 1), f"the MAC-array model; {refusal}"
     return Estimate(shape, bits, target, prompt_len, features, weights_resident, state_resident,
-                    phase("prefill", prompt_len), phase("decode", 1))
+                    phase("prefill", prompt_len), decode, source)
+
+
+PROJECTION_MODELS = ("mamba-tiny", "mamba-130m", "mamba-2.8b")
+
+
+def engine_projection(target: Target, shapes: list[ModelShape]) -> list[PhaseCost]:
+    """One w8a8 decode step of each model on the target's decode engine; a QsimError when the engine cannot run
+    one (no engine, or a model it refuses)."""
+    from qsim.bits import preset
+
+    bits, features = preset("w8a8"), RecipeFeatures()
+    out = []
+    for shape in shapes:
+        refusal = engine_refusal(shape, bits, target, features)
+        if refusal:
+            raise QsimError(f"--engine-projection {shape.name} on {target.name}: {refusal}")
+        out.append(engine_decode(shape, bits, target, features))
+    return out

@@ -36,17 +36,20 @@ def breakdown(estimates: list[Estimate], quantity: str, path: Path) -> Path:
     quantity: "time" (cycles) or "energy".
     """
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 * len(estimates) + 2), sharey=True)
-    names = [o.name for o in estimates[0].prefill.ops]
-    colors = plt.get_cmap("tab10")
+    # a decode engine's steps (qsim.hw.engine.LABELS) differ from the MAC-array model's operations: one color each
+    names = list(dict.fromkeys(o.name for e in estimates for p in (e.prefill, e.decode) for o in p.ops))
+    colors = plt.get_cmap("tab20")
     for ax, phase in zip(axes, ("prefill", "decode")):
+        labelled = set()
         for row, est in enumerate(estimates):
             ops = getattr(est, phase).ops
             values = [o.cycles if quantity == "time" else o.energy_pj for o in ops]
             total, left = sum(values), 0.0
             for o, v in zip(ops, values):
                 share = v / total
-                ax.barh(row, share, left=left, color=colors(names.index(o.name) % 10),
-                        label=o.name if row == 0 else None)
+                ax.barh(row, share, left=left, color=colors(names.index(o.name) % 20),
+                        label=None if o.name in labelled else o.name)
+                labelled.add(o.name)
                 left += share
         ax.set_yticks(range(len(estimates)), [e.target.name for e in estimates])
         ax.set_xlim(0, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from qsim.hw.compare import Comparison
 from qsim.hw.cost import RULES, Estimate, PhaseCost
 from qsim.hw.energy import SCALING_RULE
@@ -55,6 +57,7 @@ def estimate_header(e: Estimate) -> list[str]:
         f"energy {t.energy.name} x{t.energy.scale:.4g}: {SCALING_RULE}; {t.scaling_source}",
         (f"recipe online Hadamard before out_proj: {'yes' if e.features.online_hadamard else 'no'}; scan output "
         f"multiplier: {'per channel' if e.features.scan_out_per_channel else 'per layer'}"),
+        f"decode {e.decode_source}",
     ]
 
 
@@ -101,8 +104,25 @@ def estimate_dict(e: Estimate) -> dict:
                          "rule": SCALING_RULE, "scaling_source": t.scaling_source,
                          "entries_pj": t.energy.pj, "entry_sources": t.energy.sources},
         "prefill": _phase_dict(e.prefill), "decode": _phase_dict(e.decode),
+        "decode_source": e.decode_source, "decode_clock_mhz": e.decode.clock_hz / 1e6,
+        "engine": asdict(t.engine) if t.engine else None,
         "rules": list(RULES),
     }
+
+
+def projection_text(target, shapes, phases: list[PhaseCost]) -> str:
+    """qsim.hw.cost.engine_projection as a table, with the engine's configuration."""
+    e = target.engine
+    rows = [[s.name, f"{s.d_model}/{s.d_inner}/{s.n_layer}", f"{p.cycles:,}", f"{p.clock_hz / 1e6:g}",
+             f"{p.tokens_per_s:.4g}", f"{p.seconds * 1e3:.4g}", f"{p.j_per_token * 1e3:.4g}",
+             f"{p.energy_j * p.tokens_per_s:.3g}", f"{sum(o.offchip_bytes for o in p.ops) / MB:.4g}"]
+            for s, p in zip(shapes, phases)]
+    return "\n".join([
+        (f"decode engine of {target.name} ({target.origin}): bus {e.bus_bytes} B, GEMV {e.gemv_lanes} lanes, "
+         f"scan {e.scan_lanes}, Hadamard {e.hadamard_lanes}, DRAM latency {e.dram_latency} cycles, off-chip "
+         f"{e.bytes_per_s / 1e9:g} GB/s; w8a8, one decode step (qsim/hw/cost.py RULES)"),
+        text_table(["model", "d_model/d_inner/layers", "cycles/token", "clock MHz", "tokens/s", "ms/token",
+                    "mJ/token", "W (dynamic)", "off-chip MB/token"], rows)])
 
 
 COMPARISON_HEADERS = ["device", "model", "bits", "method", "metric", "reference", "predicted", "error"]

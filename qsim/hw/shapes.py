@@ -207,6 +207,7 @@ class ModelShape:
     embedding: Weight
     tied: bool
     source: str
+    config: MambaConfig | Mamba2Config  # the dimensions the decode engine's cycles need (qsim.hw.engine)
 
     def ops(self, bits: BitsPreset, features: RecipeFeatures = DEFAULT_FEATURES) -> list[tuple[Op, int]]:
         """(op, instances) in execution order for `bits` under the recipe's features."""
@@ -280,11 +281,11 @@ def _lm_head(d: int, vocab: int, head: Weight) -> Op:
 
 
 def _assemble(name: str, family: str, d: int, n_layer: int, d_inner: int, d_state: int, vocab: int,
-              tied: bool, ops: tuple[Op, ...], source: str) -> ModelShape:
+              tied: bool, ops: tuple[Op, ...], source: str, cfg: MambaConfig | Mamba2Config) -> ModelShape:
     emb = Weight("embedding", vocab, d, "gptq")  # Quamba2 quantizes it "head to toe" in W4 presets
     head = emb if tied else Weight("lm_head.weight", vocab, d, "gptq")
     return ModelShape(name, family, d, n_layer, d_inner, d_state, vocab, ops, _lm_head(d, vocab, head), emb,
-                      tied, source)
+                      tied, source, cfg)
 
 
 def mamba1_shape(name: str, cfg: MambaConfig, source: str) -> ModelShape:
@@ -309,7 +310,7 @@ def mamba1_shape(name: str, cfg: MambaConfig, source: str) -> ModelShape:
         *_requant_to_out_proj(di),
         _linear("out_proj", Act("yo", di), Act("out", d, RESIDUAL), "gptq"),
     )
-    return _assemble(name, "mamba", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source)
+    return _assemble(name, "mamba", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source, cfg)
 
 
 def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
@@ -337,7 +338,7 @@ def mamba2_shape(name: str, cfg: Mamba2Config, source: str) -> ModelShape:
         *_requant_to_out_proj(di),
         _linear("out_proj", Act("yo", di), Act("out", d, RESIDUAL), "gptq"),
     )
-    return _assemble(name, "mamba2", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source)
+    return _assemble(name, "mamba2", d, cfg.n_layer, di, n, cfg.vocab_size, cfg.tie_embeddings, ops, source, cfg)
 
 
 _MAMBA2_SOURCE = ("{repo} config.json (Dao & Gu, arXiv 2405.21060): d_model, n_layer, "

@@ -2,19 +2,23 @@
 
 A target is a MAC array plus three fixed units (scan, Hadamard, table units
 that also do the element-wise work), three on-chip buffers, one off-chip
-memory and an energy table. Shipped presets live in qsim/hw/targets/; a user
-passes a preset name or a path to their own file. Unknown keys are errors, so
-a typo never silently falls back to a default.
+memory and an energy table; optionally also a decode engine ([engine],
+qsim.hw.engine.EngineConfig: rtl/engine.py's configuration), whose cycles then
+give a Mamba-1 w8a8 decode step (qsim.hw.cost). Shipped presets live in
+qsim/hw/targets/; a user passes a preset name or a path to their own file.
+Unknown keys are errors, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from qsim.errors import QsimError
 from qsim.hw.energy import EnergyTable, load_table, table_path
+from qsim.hw.engine import EngineConfig
 
 PRESETS_DIR = Path(__file__).parent / "targets"
 MAC_FORMATS = ("w16a16", "w8a16", "w4a16", "w8a8", "w4a8")  # every format the --bits presets produce
@@ -44,6 +48,7 @@ class Target:
     energy: EnergyTable
     scaling_source: str
     path: Path
+    engine: EngineConfig | None = None  # the decode engine, when the target describes one
 
     @property
     def origin(self) -> str:
@@ -116,7 +121,7 @@ def parse_target(path: Path) -> Target:
         raise QsimError(f"{path}: unreadable ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise QsimError(f"{path}: not valid TOML ({exc})") from None
-    sections = ("mac_array", "units", "memory", "energy")
+    sections = ("mac_array", "units", "memory", "energy", "engine")
     top = _Section(path, raw, "", {"name", "description", "kind", "part", "clock_mhz", "clock_source", *sections})
     mac = _Section(path, raw, "mac_array", {"rows", "cols", "rate", "note"})
     units = _Section(path, raw, "units", {"scan_lanes", "hadamard_lanes", "table_units", "note"})
@@ -133,6 +138,7 @@ def parse_target(path: Path) -> Target:
     for key in ("buffer_access", "offchip_access"):
         if en.text(key) not in energy.pj:
             raise en._err(key, f"{en.text(key)!r} is not an entry of energy table {energy.name}")
+    offchip_bytes_per_s = mem.number("offchip_gb_per_s") * 1e9
     return Target(
         name=top.text("name"),
         description=top.text("description"),
@@ -149,10 +155,25 @@ def parse_target(path: Path) -> Target:
         weight_buffer_bytes=int(mem.number("weight_buffer_kib") * KIB),
         act_buffer_bytes=int(mem.number("act_buffer_kib") * KIB),
         state_buffer_bytes=int(mem.number("state_buffer_kib") * KIB),
-        offchip_bytes_per_s=mem.number("offchip_gb_per_s") * 1e9,
+        offchip_bytes_per_s=offchip_bytes_per_s,
         buffer_access=en.text("buffer_access"),
         offchip_access=en.text("offchip_access"),
         energy=energy,
         scaling_source=en.text("scaling_source"),
         path=path,
+        engine=_engine(path, raw, offchip_bytes_per_s),
     )
+
+
+def _engine(path: Path, raw: dict, offchip_bytes_per_s: float) -> EngineConfig | None:
+    """[engine], whose bus (bus_bytes a beat, one beat a cycle at clock_mhz) must carry exactly the off-chip
+    bandwidth: the engine's cycle contract assumes the memory delivers a beat every cycle."""
+    if "engine" not in raw:
+        return None
+    sec = _Section(path, raw, "engine", {"note"} | set(EngineConfig.__dataclass_fields__))
+    e = EngineConfig.from_dict({k: v for k, v in sec.raw.items() if k != "note"}, f"{path}: [engine]")
+    if not math.isclose(e.bytes_per_s, offchip_bytes_per_s, rel_tol=1e-9):
+        raise sec._err("bus_bytes", f"{e.bus_bytes} B a cycle at clock_mhz {e.clock_mhz:g} is "
+                                    f"{e.bytes_per_s / 1e9:g} GB/s, not [memory] offchip_gb_per_s "
+                                    f"{offchip_bytes_per_s / 1e9:g}")
+    return e

@@ -4,14 +4,19 @@ count equals the image layout's (rtl.image.layout_of), for mamba-tiny and synthe
 
 from __future__ import annotations
 
+import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from qsim.bits import preset
 from qsim.config import REGISTRY, Mamba2Config
 from qsim.errors import QsimError
+from qsim.hw.cli import add_parsers
+from qsim.hw.cost import PROJECTION_MODELS, estimate
 from qsim.hw.engine import (
     LABELS,
     EngineConfig,
@@ -22,6 +27,9 @@ from qsim.hw.engine import (
     layer_loads,
     token_loads,
 )
+from qsim.hw.measured import with_synth_clock
+from qsim.hw.shapes import model_shape
+from qsim.hw.target import PRESETS_DIR, load_target
 from rtl import image
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "qsim" / "artifacts" / "mamba-tiny-w8a8"
@@ -34,6 +42,13 @@ CASES = [
     (EngineModel(128, 256, 16, 32, 2, 3, 512),
      EngineConfig(bus_bytes=32, gemv_lanes=8, scan_lanes=8, hadamard_lanes=8, dram_latency=20, clock_mhz=200)),
 ]
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="qsim")
+    add_parsers(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
 
 
 def header(m: EngineModel, bus_bytes: int) -> dict:
@@ -127,3 +142,57 @@ def test_registered_configs_and_refusals():
         EngineConfig.from_dict({k: v for k, v in raw.items() if k != "dram_latency"})
     with pytest.raises(QsimError, match="bus_bytes must be a positive integer, got 16.0"):
         EngineConfig.from_dict(raw | {"bus_bytes": 16.0})
+
+
+# ---------------------------------------------------------------- the ECP5 preset's engine in the estimate
+
+def test_ecp5_preset_describes_the_simulated_engine():
+    t = load_target("ecp5-85f")
+    assert t.engine == CASES[0][1]
+    assert t.engine.bytes_per_s == t.offchip_bytes_per_s == 1.6e9  # 16 B a cycle at 100 MHz: the x16 DDR3
+    assert all(load_target(n).engine is None for n in ("vck190", "asic-28nm"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("dram_latency = 8", "dram_latency = 8\nlanes = 2"),
+    ("bus_bytes = 16", "bus_bytes = 8"),
+    ("dram_latency = 8", ""),
+])
+def test_engine_section_errors_name_the_key(tmp_path, edit, message):
+    text = (PRESETS_DIR / "ecp5-85f.toml").read_text()
+    path = tmp_path / "t.toml"
+    path.write_text(text.replace(edit, message))
+    expected = {"lanes = 2": r"\[engine\]: unknown key\(s\) lanes", "bus_bytes = 8": r"\[engine\] bus_bytes: 8 B a "
+                "cycle at clock_mhz 100 is 0.8 GB/s, not \\[memory\\] offchip_gb_per_s 1.6", "": "dram_latency"}
+    with pytest.raises(QsimError, match=expected[message.split("\n")[-1]]):
+        load_target(str(path))
+
+
+def test_ecp5_w8a8_decode_is_the_engines_and_other_cases_the_mac_array_models(tmp_path):
+    t = with_synth_clock(load_target("ecp5-85f"), tmp_path)  # no synthesis: the preset's 100 MHz
+    est = estimate(model_shape("mamba-tiny"), preset("w8a8"), t, 16)
+    cycles = decode_step_cycles(TINY, t.engine)
+    assert {o.name: o.cycles for o in est.decode.ops} == cycles
+    assert est.decode.cycles == 255_062 and est.decode.tokens_per_s == pytest.approx(100e6 / 255_062)
+    assert "the decode engine" in est.decode_source
+    assert sum(o.offchip_bytes for o in est.decode.ops) == sum(b for b, _ in decode_step_dram(TINY, t.engine).values())
+    assert all(o.compute_cycles + o.memory_cycles == o.cycles for o in est.decode.ops)
+    fast = replace(t, clock_mhz=150.0)  # a faster synthesis Fmax: the bus still may not outrun the DDR3
+    assert estimate(model_shape("mamba-tiny"), preset("w8a8"), fast, 16).decode.clock_hz == 100e6
+    for shape, bits, hadamard, why in ((model_shape("mamba-tiny"), "w4a8", True, "w8a8 only"),
+                                       (model_shape("mamba2-tiny"), "w8a8", True, "Mamba-1 only"),
+                                       (model_shape("mamba-tiny"), "w8a8", False, "online Hadamard")):
+        other = estimate(shape, preset(bits), t, 16, online_hadamard=hadamard)
+        assert why in other.decode_source and "load" not in {o.name for o in other.decode.ops}
+    assert "has no decode engine" in estimate(model_shape("mamba-tiny"), preset("w8a8"),
+                                              load_target("vck190"), 16).decode_source
+
+
+def test_engine_projection_cli(tmp_path, capsys):
+    assert run("estimate", "--target", "ecp5-85f", "--engine-projection", "--reports", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert all(m in out for m in PROJECTION_MODELS) and "255,062" in out and "392.1" in out
+    with pytest.raises(QsimError, match="asic-28nm has no decode engine"):
+        run("estimate", "--engine-projection", "--reports", str(tmp_path))
+    with pytest.raises(QsimError, match="--model is required"):
+        run("estimate", "--target", "ecp5-85f", "--reports", str(tmp_path))

@@ -35,5 +35,21 @@ def test_check_flags_disagreement_and_names_bad_records(tmp_path):
     assert checks[0].extra == "simulator=icarus"
     with pytest.raises(QsimError, match="record 0 \\(scan\\)"):
         check([{"unit": "scan", "lanes": 8, "cycles": 3}], tmp_path / "cycles.json")
+    with pytest.raises(QsimError, match="record 0 \\(engine\\)"):
+        check([{"unit": "engine", "model": {}, "per_op": {}}], tmp_path / "cycles.json")
     with pytest.raises(QsimError, match="unit 'fft'"):
         check([{"unit": "fft"}], tmp_path / "cycles.json")
+
+
+def test_engine_records_are_held_to_the_cost_model_per_operation(tmp_path):
+    from qsim.hw.engine import LABELS, EngineConfig, EngineModel, decode_step_cycles
+
+    model = {"d_model": 32, "d_inner": 64, "d_state": 8, "dt_rank": 8, "d_conv": 4, "n_layer": 2, "vocab": 256}
+    engine = {"bus_bytes": 8, "gemv_lanes": 4, "scan_lanes": 2, "hadamard_lanes": 8, "dram_latency": 8}
+    per_op = decode_step_cycles(EngineModel(**model), EngineConfig(**engine, clock_mhz=100.0))
+    rec = {"unit": "engine", "model": model, "engine": engine, "per_op": dict(per_op), "simulator": "verilator"}
+    checks = check([rec], tmp_path / "cycles.json")
+    assert [c.unit for c in checks] == [f"engine {lab}" for lab in LABELS] + ["engine step"]
+    assert all(c.agrees for c in checks)
+    rec["per_op"]["scan"] += 1
+    assert [c.unit for c in check([rec], tmp_path / "cycles.json") if not c.agrees] == ["engine scan", "engine step"]

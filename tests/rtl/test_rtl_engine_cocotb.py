@@ -1,6 +1,6 @@
 """The decode engine's Verilog on Icarus and Verilator (cocotb): greedy decoding of 16 tokens from an empty state,
 every layer's residual, SSM state and conv window and the logits equal to the `fixed` executor's after every token,
-and every op's cycles equal to Engine.token_cycles (the cost model's prediction).
+and every op's cycles equal to the cost model's prediction (qsim.hw.engine.decode_step_cycles).
 
 Configurations: mamba-tiny from its committed artifact (every layer), and a small synthetic one (other d_model,
 d_state, bus and lanes, state width 16) quantized here from random weights. The DRAM model is Verilog
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from test_rtl_cocotb import merge_record
 
 from qsim import artifact, spec
 from qsim.fixed.executor import FixedExecutor
+from qsim.hw.engine import EngineConfig, EngineModel, decode_step_cycles
 from rtl.engine import LABELS, TOKEN, Engine
 from rtl.image import build_image
 
@@ -81,9 +83,8 @@ def state_views(dut: Engine) -> tuple[list, list]:
 
 
 def run_bench(simulator: str, qm, bus: int, name: str, nodeid: str, **engine_kw) -> dict:
-    from cocotb_tools.runner import get_runner
-
     from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
 
     from rtl.build import BUILD, stamp
 
@@ -117,18 +118,50 @@ def run_bench(simulator: str, qm, bus: int, name: str, nodeid: str, **engine_kw)
     except SystemExit as exc:  # cocotb_tools reports failed cocotb tests by exiting
         pytest.fail(f"cocotb engine bench failed on {simulator} (exit {exc.code}); see the log above")
     got = json.loads(result.read_text())
-    expected = dut.token_cycles(LATENCY)
+    model = EngineModel(dut.dm, dut.D, dut.N, dut.R, dut.K, dut.n_layer, dut.V)
+    engine = {"bus_bytes": bus, "gemv_lanes": dut.gemv_lanes, "scan_lanes": dut.scan_lanes,
+              "hadamard_lanes": dut.had_lanes, "dram_latency": LATENCY}
+    expected = decode_step_cycles(model, EngineConfig(**engine, clock_mhz=100.0))  # the cost model's prediction
+    assert expected == dut.token_cycles(LATENCY)
     for t, cyc in enumerate(got["cycles"]):
         assert cyc == expected, (t, cyc, expected)  # every op's cycles as predicted, every token
     total = sum(expected.values())
     print(f"\n{name} on {simulator}: {STEPS} tokens {got['tokens']}, {total} cycles a token; build "
           f"{built - t0:.0f} s, simulation {got['wall_s']:.0f} s")
-    merge_record({"unit": "engine", "set": name, "simulator": simulator, "lanes": dut.gemv_lanes, "d_inner": dut.D,
-                  "d_state": dut.N, "bus_bytes": bus, "latency": LATENCY, "n_layer": dut.n_layer, "tokens": STEPS,
-                  "cycles_per_token": total, "per_op": expected, **stamp(f"QSIM_REQUIRE_HW=1 python -m pytest '{nodeid}'")})
+    merge_record({"unit": "engine", "set": name, "simulator": simulator, "model": asdict(model), "engine": engine,
+                  "tokens": STEPS, "per_op": got["cycles"][-1],
+                  **stamp(f"QSIM_REQUIRE_HW=1 python -m pytest '{nodeid}'")})
     return got
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A second configuration: d_model 32, d_inner 64, d_state 8, dt_rank 8, two layers, state width 16, from a
+    random checkpoint calibrated here (w8a8, Hadamard on) on the shipped calibration text."""
+    from checkpoints import write_hf_checkpoint
+
+    from calib.calibrate import CalibSettings, calibrate
+    from qsim.bits import preset
+    from qsim.config import MambaConfig
+    from qsim.text import read_text
+    from qsim.tokenizer import for_model
+    from qsim.weights import load_folder
+
+    folder = tmp_path_factory.mktemp("engine_synthetic")
+    write_hf_checkpoint(folder, MambaConfig(d_model=32, n_layer=2, vocab_size=256, d_state=8, dt_rank=8), seed=3)
+    text, _ = read_text("shakespeare/calib.txt")
+    tokens = for_model(None, 256).encode(text[:50_000])
+    return calibrate(load_folder(folder), preset("w8a8"), CalibSettings(samples=2, seq_len=64, state_bits=16),
+                     tokens, "calib.txt")
 
 
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"], indirect=True)
 def test_engine_mamba_tiny(simulator, request):
     run_bench(simulator, artifact.load(ARTIFACT), 16, "mamba-tiny-w8a8", request.node.nodeid)
+
+
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"], indirect=True)
+def test_engine_synthetic(simulator, synthetic, request):
+    """Bus 8 bytes, GEMV 4 lanes (two passes a beat), scan 2 lanes, Hadamard 8 lanes."""
+    run_bench(simulator, synthetic, 8, "synthetic-d32-n8-w16", request.node.nodeid, gemv_lanes=4, scan_lanes=2,
+              had_lanes=2)

@@ -7,22 +7,31 @@ Emits per beat `lanes` conv_pre (int8) and `lanes` xs (int8). The window (the d_
 channel, oldest first) stays in on-chip memory across tokens: read at issue, written back shifted by one with
 the new x the cycle after (the read port is transparent to that write, so one row per token also works).
 
+One unit keeps the windows of `n_layer` layers (a decode engine runs every layer's token through it) in one window
+memory, layer-major: layer l's d_inner / lanes rows start at row l * d_inner / lanes (`window_words`), and the window
+address is that base plus the row counter (one add, one block RAM). With n_layer > 1 the input `layer` says whose
+window a beat reads and writes: it is part of the `i` beat (valid whenever i.valid, read in the cycle the beat
+transfers), so a token's beats carry its layer and tokens of different layers may follow each other back to back at
+the same cycles; `first` zeroes only that layer's window (it is read as zeros). A one-layer build has no `layer` port
+(Verilog has no zero-width port; `layer` is then the constant 0). The constants are not per layer: load layer l's
+before its tokens.
+
 Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
-Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes.
+Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
 
 Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 x*w per tap;
 3 b + sum; 6 * m (Pipeline.mul); 7 + rounding half, >> s; 8 saturated to int8 = conv_pre, SiLU table read;
-9 xs: conv_pre and xs into the output FIFO (rtl.engine_cycles.CONV_LATENCY).
+9 xs: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from rtl.engine_cycles import CONV_STAGE, TABLE_ENTRIES
+from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
 from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
 from rtl.table_unit import (
     Kind,
@@ -42,11 +51,12 @@ BIAS = signed(32)  # the image's int32 bias (rtl/IMAGE.md 4.4)
 
 
 class ConvUnit(wiring.Component):
-    def __init__(self, *, d_inner: int, d_conv: int, lanes: int):
-        if lanes < 1 or lanes & (lanes - 1) or d_inner % lanes or d_conv < 2:
+    def __init__(self, *, d_inner: int, d_conv: int, lanes: int, n_layer: int = 1):
+        if lanes < 1 or lanes & (lanes - 1) or d_inner % lanes or d_conv < 2 or n_layer < 1:
             raise ValueError(f"conv unit: lanes {lanes} must be a power of two dividing d_inner {d_inner}; "
-                             f"d_conv {d_conv} >= 2")
+                             f"d_conv {d_conv} >= 2; n_layer {n_layer} >= 1")
         self.d_inner, self.d_conv, self.lanes, self.rows = d_inner, d_conv, lanes, d_inner // lanes
+        self.n_layer = n_layer
         self.index_bits = max((d_inner - 1).bit_length(), 1)
         if self.index_bits + max((d_conv - 1).bit_length(), 1) > 16:
             raise ValueError("conv unit: w's cfg address does not fit 16 bits")
@@ -55,7 +65,16 @@ class ConvUnit(wiring.Component):
             "i": In(stream.Signature(data.StructLayout({"x": data.ArrayLayout(signed(8), lanes), "first": 1}))),
             "o": Out(stream.Signature(data.StructLayout({"pre": data.ArrayLayout(signed(8), lanes),
                                                          "xs": data.ArrayLayout(signed(8), lanes)}))),
-        })
+        } | ({"layer": In(range(n_layer))} if n_layer > 1 else {}))
+        if n_layer == 1:
+            self.layer = Const(0)
+
+    def window_words(self, layer: int) -> range:
+        """Layer `layer`'s words of the window memory `win` (row r: lanes channels r*lanes.., d_conv - 1 int8 each,
+        oldest first per channel)."""
+        if not 0 <= layer < self.n_layer:
+            raise ValueError(f"conv unit: layer {layer} outside [0, {self.n_layer})")
+        return range(layer * self.rows, (layer + 1) * self.rows)
 
     def load_beats(self, w, b, m: int, s: int, silu) -> list[dict]:
         """The cfg beats of one layer's conv constants (w (d_inner, d_conv), b (d_inner,), m, s, SiLU table)."""
@@ -68,7 +87,7 @@ class ConvUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         pl = Pipeline(m)
-        L, K, R, cfg = self.lanes, self.d_conv, self.rows, self.cfg
+        L, K, R, NL, cfg = self.lanes, self.d_conv, self.rows, self.n_layer, self.cfg
         lane_bits = (L - 1).bit_length()
         m.d.comb += cfg.ready.eq(1)
 
@@ -97,15 +116,19 @@ class ConvUnit(wiring.Component):
         m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
         with m.If(issue):
             m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
-        m.submodules.win = wmemw = Memory(shape=unsigned(8 * (K - 1) * L), depth=R, init=[])
+        # the windows, layer-major (an attribute for testbenches to peek at); a beat's address: its layer's base (a
+        # table of constants, no multiplier) plus the row
+        m.submodules.win = wmemw = self.win = Memory(shape=unsigned(8 * (K - 1) * L), depth=R * NL, init=[])
         win_w = wmemw.write_port()
         win_r = wmemw.read_port(transparent_for=(win_w,))
         w_r, b_r = wmem.read_port(), bmem.read_port()
-        m.d.comb += [win_r.addr.eq(row), w_r.addr.eq(row), b_r.addr.eq(row)]
+        waddr = Signal(range(R * NL))
+        m.d.comb += [waddr.eq(Array(Const(i * R, len(waddr)) for i in range(NL))[self.layer] + row),
+                     win_r.addr.eq(waddr), w_r.addr.eq(row), b_r.addr.eq(row)]
 
         # ---- stage 1: memory data; window written back shifted
         v1 = pl.reg(issue, 1, "v")
-        row1 = pl.reg(row, 1, "row")
+        waddr1 = pl.reg(waddr, 1, "waddr")
         first1 = pl.reg(self.i.payload.first, 1, "first")
         x1 = [pl.reg(self.i.payload.x[j], 1, f"x{j}") for j in range(L)]
         new_win = []
@@ -116,7 +139,7 @@ class ConvUnit(wiring.Component):
             new_win += xp[1:]
             prods.append([pl.reg(xp[k] * w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(),
                                  2, f"p{j}_{k}", signed(16)) for k in range(K)])
-        m.d.comb += [win_w.addr.eq(row1), win_w.data.eq(Cat(*new_win)), win_w.en.eq(v1)]
+        m.d.comb += [win_w.addr.eq(waddr1), win_w.data.eq(Cat(*new_win)), win_w.en.eq(v1)]
 
         # ---- stage 3 on: acc = b + sum x*w; requantized; SiLU table
         pl.put(mult, 3)

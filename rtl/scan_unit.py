@@ -24,10 +24,22 @@ cycles at one beat a cycle (9219 for d_inner 512, d_state 16). `cfg` is ready
 only between tokens once the pipeline has drained (FIFO_STAGE cycles after the
 last issue; y already in the output FIFO may still be read); a valid cfg beat
 holds the next token off, so a load never meets a token in flight. Loading
-changes neither the state h (a new layer's first token starts a sequence) nor
-the token stream's timing: scan_unit_cycles holds from the first bc/channel
+changes neither any layer's state h (a layer's first token starts its sequence)
+nor the token stream's timing: scan_unit_cycles holds from the first bc/channel
 beat after a load. The 2**-i/256 table exp_tab stays a ROM: spec 6.1 defines
 it, one table for every layer and model (a set whose table differs is refused).
+
+One unit keeps the state of `n_layer` layers (a decode engine runs every layer's
+token through it), so one state memory, layer-major, serves them all: layer l's
+d_inner*d_state/lanes words start at l * d_inner*d_state/lanes (`state_words`),
+and the state address is that base plus the token's word counter (one add, one
+block RAM). With n_layer > 1 the input `layer` says whose state a token reads
+and writes: it is part of the token's bc beat (valid whenever bc.valid, read in
+the cycle that beat transfers, free to change after), so tokens of different
+layers may follow each other back to back at the same cycles; `start` zeroes
+only that layer's state (the token reads h as 0). A one-layer build has no
+`layer` port (Verilog has no zero-width port; `layer` is then the constant 0).
+The constants are not per layer: load layer l's through `cfg` before its tokens.
 
 Run-time shifts stay exact without adders after the products (rtl.loadable):
 the rounding half of each loaded shift joins the sum of the product's partial
@@ -103,10 +115,14 @@ def bc_layout(d_state: int) -> data.StructLayout:
 
 
 class ScanUnit(wiring.Component):
-    """The selective scan for one configuration (lanes, d_inner, d_state, state_bits); a layer's constants
-    are written through `cfg` at run time (`config_beats`, `golden_config`)."""
+    """The selective scan for one configuration (lanes, d_inner, d_state, state_bits), holding the state of
+    n_layer layers (`layer`, `state_words`); a layer's constants are written through `cfg` at run time
+    (`config_beats`, `golden_config`)."""
 
-    def __init__(self, *, lanes: int, d_inner: int, d_state: int, state_bits: int, fifo_depth: int = 32):
+    def __init__(self, *, lanes: int, d_inner: int, d_state: int, state_bits: int, n_layer: int = 1,
+                 fifo_depth: int = 32):
+        if n_layer < 1:
+            raise ValueError(f"scan unit: n_layer {n_layer} must be at least 1")
         if lanes < 1 or lanes > 16 or d_state % lanes:
             raise ValueError(f"scan unit: lanes {lanes} must divide d_state {d_state} and be at most 16")
         if d_inner < 1 or not spec.STATE_BITS_MIN <= state_bits <= spec.STATE_BITS_MAX:
@@ -116,13 +132,13 @@ class ScanUnit(wiring.Component):
         if self.dq_limit < 0:
             raise ValueError(f"scan unit: no Dq is valid with d_state {d_state} and state_bits {state_bits} (spec 5.2)")
         self.lanes, self.d_inner, self.d_state, self.state_bits = lanes, d_inner, d_state, state_bits
-        self.chunks = d_state // lanes
+        self.n_layer, self.chunks = n_layer, d_state // lanes
+        self.words = d_inner * self.chunks  # state words of one layer
         self.exp_tab = tables.exp2_frac_table()  # spec 6.1: one table for every layer and model
         self.dq_shape = bits_for(-self.dq_limit, self.dq_limit)
         self.fifo_depth = fifo_depth
         self.lane_bits = (lanes - 1).bit_length()
-        words = d_inner * self.chunks
-        self.index_bits = max(((words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
+        self.index_bits = max(((self.words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
                               2)
         self.cfg_data_bits = max(16, self.dq_shape.width, MY_BITS + SHIFT_BITS, MULT_BITS)
         self.cfg_layout = cfg_layout(2 + self.index_bits, self.cfg_data_bits)
@@ -131,7 +147,9 @@ class ScanUnit(wiring.Component):
             "bc": In(stream.Signature(bc_layout(d_state))),
             "i": In(stream.Signature(CHANNEL)),
             "o": Out(stream.Signature(signed(spec.GATED_BITS))),
-        })
+        } | ({"layer": In(range(n_layer))} if n_layer > 1 else {}))
+        if n_layer == 1:
+            self.layer = Const(0)
 
     @classmethod
     def from_golden(cls, manifest: dict, lanes: int, channels: int | None = None, **kw):
@@ -139,6 +157,12 @@ class ScanUnit(wiring.Component):
         d = manifest["dims"]
         return cls(lanes=lanes, d_inner=min(channels or d["d_inner"], d["d_inner"]), d_state=d["d_state"],
                    state_bits=manifest["constants"]["state_bits"], **kw)
+
+    def state_words(self, layer: int) -> range:
+        """Layer `layer`'s words of the state memory `state` (word channel*chunks + chunk holds lanes elements)."""
+        if not 0 <= layer < self.n_layer:
+            raise ValueError(f"scan unit: layer {layer} outside [0, {self.n_layer})")
+        return range(layer * self.words, (layer + 1) * self.words)
 
     # ---- run-time constants
     def load_cycles(self) -> int:
@@ -200,13 +224,13 @@ class ScanUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m)
-        L, K, D, W = self.lanes, self.chunks, self.d_inner, self.state_bits
-        per_token, work = self.cycles_per_token, D * K
+        L, K, D, W, NL = self.lanes, self.chunks, self.d_inner, self.state_bits, self.n_layer
+        per_token, work = self.cycles_per_token, self.words
         pad = per_token - work  # idle slots opening a token, so h[d, n] is written before it is read again
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=spec.GATED_BITS, depth=self.fifo_depth)
-        # the state: lanes elements per word at channel*chunks + chunk (kept as an attribute for tests to peek at)
-        m.submodules.state = state = self.state = Memory(shape=unsigned(W * L), depth=work, init=[])
+        # the state: lanes elements per word at layer*work + channel*chunks + chunk (an attribute for tests to peek at)
+        m.submodules.state = state = self.state = Memory(shape=unsigned(W * L), depth=work * NL, init=[])
         m.submodules.aq = aq = Memory(shape=unsigned(16 * L), depth=work, init=[])
         dq_shape = self.dq_shape
         m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[])
@@ -254,8 +278,9 @@ class ScanUnit(wiring.Component):
         m.d.comb += [issue.eq(step & ~in_pad), done_issue.eq(issue & (k == K - 1)),
                      self.cfg.ready.eq(first_slot & (quiet == 0)),
                      self.bc.ready.eq(first_slot & step), self.i.ready.eq(done_issue)]
+        token_layer = Signal(range(NL))  # the layer sent with this token's bc beat, like `hold`
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
-            m.d.sync += hold.eq(self.bc.payload)
+            m.d.sync += [hold.eq(self.bc.payload), token_layer.eq(self.layer)]
         slot_next = Mux(step, Mux(slot == per_token - 1, 0, slot + 1), slot)
         pending_next = pending + done_issue - (self.o.valid & self.o.ready)
         m.d.sync += quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1)))
@@ -265,8 +290,11 @@ class ScanUnit(wiring.Component):
             m.d.sync += [k.eq(Mux(k == K - 1, 0, k + 1)), addr.eq(Mux(addr == work - 1, 0, addr + 1))]
             with m.If(k == K - 1):
                 m.d.sync += d.eq(Mux(d == D - 1, 0, d + 1))
-        m.d.comb += [st_r.addr.eq(addr), aq_r.addr.eq(addr), dq_r.addr.eq(d)]
-        p.put(addr, 0)
+        # the state address: the token's layer base (a table of constants, no multiplier) plus the word counter
+        saddr = Signal(range(work * NL))
+        base = Array(Const(i * work, len(saddr)) for i in range(NL))[Mux(first_slot, self.layer, token_layer)]
+        m.d.comb += [saddr.eq(base + addr), st_r.addr.eq(saddr), aq_r.addr.eq(addr), dq_r.addr.eq(d)]
+        p.put(saddr, 0)
         p.put(d, 0)
 
         ch = self.i.payload
@@ -274,7 +302,7 @@ class ScanUnit(wiring.Component):
         first, last = p.reg(k == 0, 1, "first"), p.reg(k == K - 1, 1, "last")
         start, x, dt, sz = (p.reg(val, 1, n) for val, n in ((bc.start, "start"), (ch.x, "x"), (ch.dt, "dt"),
                                                                  (ch.sz, "sz")))
-        chunk = lambda arr, j: Array(arr[c * L + j] for c in range(K))[k] if K > 1 else arr[j]  # noqa: E731
+        chunk = lambda arr, j: Array(arr[c * L + j] for c in range(K))[k] if K > 1 else arr[j]
         B = [p.reg(chunk(bc.b, j), 1, f"b{j}") for j in range(L)]
         C = [p.reg(chunk(bc.c, j), 1, f"c{j}") for j in range(L)]
 
@@ -308,7 +336,7 @@ class ScanUnit(wiring.Component):
             dh_r = p.reg(rshift_round(dh, DEC_BITS), ROUND, f"dhr{j}", signed(W + 2))
             dbx_r = p.reg(dbx >> s_h, ROUND, f"dbxr{j}")
             hn.append(p.reg(saturate(dh_r + dbx_r, signed(W)), WRITE_STAGE, f"hn{j}"))
-        m.d.comb += [st_w.addr.eq(p.at(addr, WRITE_STAGE)), st_w.data.eq(Cat(hn)),
+        m.d.comb += [st_w.addr.eq(p.at(saddr, WRITE_STAGE)), st_w.data.eq(Cat(hn)),
                      st_w.en.eq(p.at(v, WRITE_STAGE))]
 
         # ---- C.h over lanes and chunks, plus D*x, narrowed by spec.scan_acc_shift (round half up). The half

@@ -15,13 +15,14 @@ from rtl_vectors import hadamard_beats, scan_beats, unpack_state  # noqa: E402
 
 from golden.generate import SETS, hadamard_set, load, scan_set  # noqa: E402
 from qsim import spec, tables  # noqa: E402
+from qsim.fixed import ops  # noqa: E402
 from qsim.hw import units  # noqa: E402
 from rtl import stream  # noqa: E402
 from rtl.build import make_unit  # noqa: E402
 from rtl.scan_unit import ScanUnit  # noqa: E402
 
 
-def simulate(dut, phases, sink, gaps: float, seed: int = 0):
+def simulate(dut, phases, sink, gaps: float, seed: int = 0, layers=None):
     """Run `phases` one after another on dut; a phase is (config, sources, n_out, after).
 
     A phase first writes its `config` beats on dut.cfg (the layer's constants), then
@@ -29,6 +30,9 @@ def simulate(dut, phases, sink, gaps: float, seed: int = 0):
     then `after(ctx)` if given. Returns, per phase, (outputs, cycle of the first input
     transfer, cycle of the last output transfer). With gaps > 0 every beat may wait
     idle cycles first (valid low on inputs and config, ready low on the output).
+    `layers` (a multi-layer scan unit): per phase, the layer sent on dut.layer with
+    each bc beat; once the beat has transferred dut.layer moves on to another layer,
+    which the unit must ignore until the next bc beat.
     """
     m = Module()
     m.submodules.dut = dut
@@ -45,9 +49,14 @@ def simulate(dut, phases, sink, gaps: float, seed: int = 0):
         async def run(ctx):
             while active[0] != k:
                 await ctx.tick()
-            for b in beats:
+            for n, b in enumerate(beats):
                 await idle(ctx)
+                sideband = layers is not None and s is dut.bc
+                if sideband:
+                    ctx.set(dut.layer, layers[k][n])
                 await stream.put(ctx, s, b)
+                if sideband:
+                    ctx.set(dut.layer, (layers[k][n] + 1) % dut.n_layer)
                 first[k].append(ctx.get(cyc))
         return run
 
@@ -131,6 +140,95 @@ def test_scan_unit_two_layers_one_build():
     assert m1["constants"] != m0["constants"] and not np.array_equal(a1["a_q"], a0["a_q"])
     check_scan_sets(dut, [("scan_real_l0", m0, a0), (f"scan_real_{LAST}", m1, a1), ("scan_real_l0", m0, a0)],
                     0.0)
+
+
+def layer_states(ctx, dut) -> list[np.ndarray]:
+    """Every layer's state (d_inner, d_state), read from its words of the unit's state memory."""
+    return [unpack_state([ctx.get(dut.state.data[w]) for w in dut.state_words(lay)], dut.lanes, dut.state_bits)
+            .reshape(dut.d_inner, dut.d_state) for lay in range(dut.n_layer)]
+
+
+def check_layers(name, dut, tokens, out, y_ref, states, h_ref):
+    """y of every token (in stream order: tokens [(layer, step)]) and each layer's final state, element by element."""
+    for (lay, t), got, ref in zip(tokens, out, y_ref):
+        bad = np.flatnonzero(np.asarray(got) != ref)
+        if len(bad):
+            pytest.fail(f"{name}: layer {lay} token {t} channel {bad[0]} field y: {got[bad[0]]} != {ref[bad[0]]}")
+    for lay, (h, ref) in enumerate(zip(states, h_ref)):
+        bad = np.argwhere(h != ref)
+        if len(bad):
+            (d, n), = bad[:1]
+            pytest.fail(f"{name}: layer {lay} final state h[{d}, {n}]: {h[d, n]} != {ref[d, n]}")
+
+
+def round_robin(lengths) -> list[tuple[int, int]]:
+    """(layer, step) in the order an engine interleaves layers: each layer's step 0, then each one's step 1, ..."""
+    return [(lay, t) for t in range(max(lengths)) for lay, n in enumerate(lengths) if t < n]
+
+
+@pytest.mark.parametrize("gaps", [0.0, 0.4], ids=["burst", "gaps"])
+def test_scan_unit_layers_interleaved(gaps):
+    """Three layers' golden sets on one n_layer=3 build, tokens interleaved as an engine runs them (layer 0 token 0,
+    layer 1 token 0, layer 2 token 0, layer 0 token 1, ...), each token after a reload of its layer's constants: every
+    y and each layer's final state equal the set's (a separate single-layer run's), and so do the cycles of every
+    token. scan_edge_l0 restarts its sequence mid-way: `start` zeroes that layer's state only."""
+    sets = ["scan_real_l0", f"scan_real_{LAST}", "scan_edge_l0"]
+    loaded = [load(name) for name in sets]
+    dut = ScanUnit.from_golden(loaded[0][0], 4, 8, n_layer=len(sets))
+    beats = [(dut.golden_config(mf, a), scan_beats(a, dut.d_inner)) for mf, a in loaded]
+    assert all(any(a["start"][1:]) for _, a in loaded[2:])
+    order = round_robin([len(tok) for _, (tok, _) in beats])
+    states = []
+
+    async def peek(ctx):
+        states.extend(layer_states(ctx, dut))
+
+    phases = []
+    for k, (lay, t) in enumerate(order):
+        config, (tokens, _) = beats[lay]
+        bc, chans = tokens[t]
+        phases.append((config, [(dut.bc, [bc]), (dut.i, chans)], dut.d_inner, peek if k == len(order) - 1 else None))
+    res = simulate(dut, phases, dut.o, gaps, layers=[[lay] for lay, _ in order])
+    check_layers("interleaved", dut, order, [out for out, _, _ in res], [beats[lay][1][1][t] for lay, t in order],
+                 states, [a["h_final"][:dut.d_inner] for _, a in loaded])
+    if not gaps:
+        assert {t1 - t0 + 1 for _, t0, t1 in res} == {dut.cycles(1)}
+
+
+def test_scan_unit_layers_back_to_back():
+    """Three layers with the same constants but different token sequences (stretches of a golden set, restarted at
+    their first token, layer 2 also mid-way) streamed as one burst, the layer changing with every bc beat: y and
+    final states equal qsim.fixed.ops.scan run per layer, and the burst takes scan_unit_cycles like one layer's."""
+    manifest, arrays = load("scan_real_l0")
+    dut = ScanUnit.from_golden(manifest, 4, 8, n_layer=3)
+    C, c = dut.d_inner, manifest["constants"]
+    p = {k: arrays[k][:C] for k in ("a_q", "Dq", "m_y", "s_y")} | {k: c[k] for k in ("frac", "m_h", "s_h")} | \
+        {"exp_tab": arrays["exp_tab"], "state_bits": dut.state_bits}
+    seqs = [(range(6), [1, 0, 0, 0, 0, 0]), (range(6, 12), [1, 0, 0, 0, 0, 0]), (range(12, 16), [1, 0, 1, 0])]
+    order = round_robin([len(steps) for steps, _ in seqs])
+    h = [np.zeros((C, dut.d_state), np.int64) for _ in seqs]
+    bcs, chans, y_ref = [], [], []
+    for lay, t in order:
+        src, start = seqs[lay][0][t], seqs[lay][1][t]
+        if start:
+            h[lay] = np.zeros_like(h[lay])
+        xs, dt, sz = (arrays[f][src:src + 1, :C].astype(np.int64) for f in ("xs", "dt", "sz"))
+        B, Cs = (arrays[f][src:src + 1].astype(np.int64) for f in ("B", "C"))
+        y, h[lay], _, _ = ops.scan(xs, dt, B, Cs, sz, h[lay], p)
+        y_ref.append(y[0])
+        bcs.append({"b": arrays["B"][src].tolist(), "c": arrays["C"][src].tolist(), "start": start})
+        chans += [{"x": int(x), "dt": int(d), "sz": int(s)} for x, d, s in
+                  zip(arrays["xs"][src, :C], arrays["dt"][src, :C], arrays["sz"][src, :C])]
+    assert np.array_equal(y_ref[0], arrays["y"][0, :C])  # the reference is the golden set's
+    states = []
+
+    async def peek(ctx):
+        states.extend(layer_states(ctx, dut))
+
+    (out, t0, t1), = simulate(dut, [(dut.golden_config(manifest, arrays), [(dut.bc, bcs), (dut.i, chans)],
+                                     len(order) * C, peek)], dut.o, 0.0, layers=[[lay for lay, _ in order]])
+    check_layers("back to back", dut, order, np.reshape(out, (len(order), C)), y_ref, states, h)
+    assert t1 - t0 + 1 == dut.cycles(len(order)) == units.scan_unit_cycles(4, C, dut.d_state, len(order))
 
 
 def test_scan_unit_reloads_constants_with_gaps():

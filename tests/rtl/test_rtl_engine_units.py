@@ -41,8 +41,10 @@ def model():
 
 def run(dut, jobs, gaps: float = 0.0, seed: int = 0, after=None):
     """Run jobs in order: ("cfg", beats) loads constants (after every earlier vector is out); ("vec", beats, n_out)
-    streams one vector in and collects n_out output beats. Returns (outputs per vec job, cycles per vec job from
-    its first input transfer to its last output transfer, inclusive; cycles per cfg job)."""
+    streams one vector in and collects n_out output beats; ("vec", beats, n_out, layer) also sends `layer` on
+    dut.layer with each beat (a multi-layer unit), moving it on to another layer once the beat has transferred.
+    Returns (outputs per vec job, cycles per vec job from its first input transfer to its last output transfer,
+    inclusive; cycles per cfg job)."""
     m = Module()
     m.submodules.dut = dut
     cyc = Signal(32)
@@ -69,7 +71,11 @@ def run(dut, jobs, gaps: float = 0.0, seed: int = 0, after=None):
                 continue
             for n, b in enumerate(job[1]):
                 await idle(ctx)
+                if len(job) > 3:
+                    ctx.set(dut.layer, job[3])
                 await stream.put(ctx, dut.i, b)
+                if len(job) > 3:
+                    ctx.set(dut.layer, (job[3] + 1) % dut.n_layer)
                 if n == 0:
                     t_in.append(ctx.get(cyc))
             k += 1
@@ -162,7 +168,8 @@ def test_rmsnorm_unit_gaps(model):
 # ---------------------------------------------------------------- conv
 
 def conv_ref(x, w, b, m, s, silu, first):
-    """qsim.fixed.ops.conv one token at a time (a sequence restarts where `first`), requantized, SiLU."""
+    """qsim.fixed.ops.conv one token at a time (a sequence restarts where `first`), requantized, SiLU; conv_pre, xs
+    and the final window (d_conv - 1, d_inner)."""
     state = np.zeros((w.shape[1] - 1, w.shape[0]), np.int64)
     pre, xs = [], []
     for t in range(x.shape[0]):
@@ -172,7 +179,38 @@ def conv_ref(x, w, b, m, s, silu, first):
         q, _ = ops.requantize(acc, m, s, 8)
         pre.append(q[0])
         xs.append(ops.lut(q[0], silu))
-    return np.array(pre), np.array(xs)
+    return np.array(pre), np.array(xs), state
+
+
+def conv_windows(ctx, dut) -> list[np.ndarray]:
+    """Every layer's window (d_conv - 1, d_inner), oldest first, from its words of the unit's window memory."""
+    K, L = dut.d_conv - 1, dut.lanes
+    out = []
+    for lay in range(dut.n_layer):
+        raw = np.array([[(ctx.get(dut.win.data[w]) >> 8 * n) & 255 for n in range(L * K)]
+                        for w in dut.window_words(lay)], np.int64)
+        out.append(np.where(raw > 127, raw - 256, raw).reshape(-1, K).T)
+    return out
+
+
+def check_conv_layers(dut, firsts, refs, lanes, jobs, gaps=0.0):
+    """Run jobs whose vec jobs are tokens interleaved round robin over layers (firsts: each layer's `first` flags;
+    refs: each layer's conv_ref): every token's conv_pre and xs, each layer's final window, the cycles."""
+    order = [(lay, t) for t in range(max(map(len, firsts))) for lay, f in enumerate(firsts) if t < len(f)]
+    windows = []
+
+    async def after(ctx):
+        windows.extend(conv_windows(ctx, dut))
+
+    outs, cycles, cfg = run(dut, jobs(order), gaps, after=after)
+    for (lay, t), got in zip(order, outs, strict=True):
+        check(f"conv layer {lay} token {t} conv_pre", flat(got, "pre"), refs[lay][0][t])
+        check(f"conv layer {lay} token {t} xs", flat(got, "xs"), refs[lay][1][t])
+    for lay, (win, ref) in enumerate(zip(windows, refs, strict=True)):
+        check(f"conv layer {lay} final window", win.ravel(), ref[2].ravel())
+    if not gaps:
+        assert set(cycles) == {ec.conv_unit_cycles(dut.d_inner, lanes)}
+        assert set(cfg) <= {ec.conv_cfg_beats(dut.d_inner, dut.d_conv)}
 
 
 def conv_jobs(dut, beats, x, first, lanes):
@@ -211,6 +249,56 @@ def test_conv_unit_real(model):
             assert np.array_equal(ref[0], tr.get(i, "conv_pre")) and np.array_equal(ref[1], tr.get(i, "xs"))
         refs.append(ref)
     check_conv(dut, jobs, refs, lanes)
+
+
+def test_conv_unit_layers_interleaved(model):
+    """Layers 0, 2 and 4 on one n_layer=3 build, tokens interleaved as an engine runs them (layer 0 token 0, layer 1
+    token 0, layer 2 token 0, layer 0 token 1, ...), each after a load of its layer's constants: every token's
+    conv_pre and xs and each layer's final window equal a separate run's (the traced executor's for layers without
+    a restart); the third layer restarts its sequence at token 2, zeroing its window only. The first 128 channels
+    (channels are independent: a smaller but exact problem, with shorter loads)."""
+    ex, tr = model
+    di, lanes = 128, 32
+    dut = ConvUnit(d_inner=di, d_conv=ex.cfg.d_conv, lanes=lanes, n_layer=3)
+    layers, firsts = (0, 2, 4), ([1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0])
+    xs, beats, refs = [], [], []
+    for i, first in zip(layers, firsts):
+        P = ex.layers[i]
+        w, b = P["conv_w"][:di], P["conv_b"][:di]
+        xs.append(tr.get(i, "xz")[:len(first), :di])
+        beats.append(dut.load_beats(w.tolist(), b.tolist(), *P["conv_rq"], P["silu_conv"].tolist()))
+        refs.append(conv_ref(xs[-1], w, b, *P["conv_rq"], P["silu_conv"], first))
+        if not any(first[1:]):
+            assert np.array_equal(refs[-1][0], tr.get(i, "conv_pre")[:len(first), :di])
+            assert np.array_equal(refs[-1][1], tr.get(i, "xs")[:len(first), :di])
+
+    def jobs(order):
+        return [job for lay, t in order for job in
+                (("cfg", beats[lay]), ("vec", [{"x": r, "first": firsts[lay][t]} for r in rows(xs[lay][t], lanes)],
+                                       di // lanes, lay))]
+
+    check_conv_layers(dut, firsts, refs, lanes, jobs)
+
+
+@pytest.mark.parametrize("gaps", [0.0, 0.4], ids=["burst", "gaps"])
+def test_conv_unit_layers_back_to_back(gaps):
+    """Three layers with shared constants but their own inputs, one row per token, the layer changing with every
+    token and no gap between tokens (a layer's window write and the next layer's read in adjacent cycles): every
+    output and each layer's final window equal a separate run's; restarts zero only their layer's window."""
+    rng = np.random.default_rng(11)
+    d_inner, d_conv, lanes = 8, 4, 8
+    dut = ConvUnit(d_inner=d_inner, d_conv=d_conv, lanes=lanes, n_layer=3)
+    w, b = rng.integers(-128, 128, (d_inner, d_conv)), rng.integers(-(1 << 20), 1 << 20, d_inner)
+    silu = rng.integers(-128, 128, 256)
+    firsts = ([1, 0, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 0, 0, 1])
+    xs = [rng.integers(-128, 128, (len(f), d_inner)) for f in firsts]
+    refs = [conv_ref(x, w, b, 1 << 14, 20, silu, f) for x, f in zip(xs, firsts)]
+
+    def jobs(order):
+        return [("cfg", dut.load_beats(w.tolist(), b.tolist(), 1 << 14, 20, silu.tolist()))] + \
+            [("vec", [{"x": xs[lay][t].tolist(), "first": firsts[lay][t]}], 1, lay) for lay, t in order]
+
+    check_conv_layers(dut, firsts, refs, lanes, jobs, gaps)
 
 
 @pytest.mark.parametrize("d_inner,d_conv,lanes,gaps", [(8, 4, 8, 0.0), (32, 3, 8, 0.4)],

@@ -21,10 +21,18 @@ in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj 
 dt_proj (+ bias, requant, softplus table) -> dt | SiLU(z) table -> sz | scan -> y | Hadamard (+ requant) ->
 yo | out_proj -> requant (residual width) | residual add; then the final norm and lm_head: int32 logits.
 
-Recurrent state: the conv window and the SSM state live inside the conv and scan units, which keep one layer's
-state each, so the engine has one conv and one scan unit per layer (a layer index into one unit's state memory
-would need a change of those units). A token with `start` set begins a new sequence: the conv reads a zero
-window and the scan starts from h = 0.
+Recurrent state: the conv window and the SSM state of every layer live inside the engine's one conv unit and one
+scan unit (built with n_layer = the engine's n_layer), each in one layer-major memory; the controller's `layer`
+register drives both units' layer select (held through each op), so a layer's op reads and writes that layer's
+state. A token with `start` set begins a new sequence: every layer's conv reads a zero window and every layer's
+scan starts from h = 0. For testbenches (attributes exist once elaborated; in Verilog, instances `conv` and `scan`
+of the engine's module):
+
+  SSM state     `self.scan.state` (Verilog `scan.state`): layer i at words self.scan.state_words(i) = [i*W, (i+1)*W),
+                W = d_inner * d_state / scan_lanes; word d * d_state/scan_lanes + c holds h[d, c*scan_lanes + j]
+                in lane j (state_bits each, lane 0 lowest; rtl_vectors.unpack_state)
+  conv window   `self.conv.win` (Verilog `conv.win`): layer i at words self.conv.window_words(i) = [i*d_inner,
+                (i+1)*d_inner), word d holds channel d's previous d_conv - 1 inputs, oldest lowest (int8 each)
 
 Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step from the units' contracts
 (rtl.engine_cycles, qsim.hw.units) and the controller's fixed overheads; the simulation meets it exactly. For
@@ -231,14 +239,9 @@ class Engine(wiring.Component):
         m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16))
         m.submodules.had = had = HadamardUnit(n=D, lanes=HL)
         m.submodules.res = res = ResidualUnit(lanes=1)
-        convs, scans = [], []
-        for i in range(NL):
-            m.submodules[f"conv{i}"] = c = ConvUnit(d_inner=D, d_conv=K, lanes=1)
-            m.submodules[f"scan{i}"] = s = ScanUnit(lanes=self.scan_lanes, d_inner=D, d_state=N,
-                                                    state_bits=self.h["state_bits"])
-            convs.append(c)
-            scans.append(s)
-        self.convs, self.scans = convs, scans
+        m.submodules.conv = conv = self.conv = ConvUnit(d_inner=D, d_conv=K, lanes=1, n_layer=NL)
+        m.submodules.scan = scan = self.scan = ScanUnit(lanes=self.scan_lanes, d_inner=D, d_state=N,
+                                                        state_bits=self.h["state_bits"], n_layer=NL)
 
         # ---- on-chip vectors
         def mem(name, width, depth):
@@ -280,6 +283,8 @@ class Engine(wiring.Component):
         cnt = {lab: Signal(32, name=f"cnt_{lab}") for lab in LABELS}
         m.d.comb += [getattr(self, f"cyc_{lab}").eq(cnt[lab]) for lab in LABELS]
         m.d.comb += self.layer.eq(layer)
+        if NL > 1:  # (a one-layer unit has no layer select)
+            m.d.comb += [conv.layer.eq(layer), scan.layer.eq(layer)]
 
         def lane_val(size, signed_):
             v = cur[:8 * size]
@@ -339,13 +344,6 @@ class Engine(wiring.Component):
             with m.If(gemv.o.valid & rq.i.ready):
                 m.d.sync += mid.eq(mid + 1)
 
-        def sel(units, get):
-            s = Signal(len(get(units[0])), name="sel")
-            for i, u in enumerate(units):
-                with m.If(layer == i):
-                    m.d.comb += s.eq(get(u))
-            return s
-
         # ---- the loader: one field, one burst, one element per cycle
         def load_step(name, target, kind, index, nxt):
             _off, dt, shape, _ = self.field(name)
@@ -372,22 +370,19 @@ class Engine(wiring.Component):
                     addr = 0
                 if kind == Kind.W:
                     kb = (K - 1).bit_length()
-                    addr = ((e & (K - 1)) << convs[0].index_bits) | (e >> kb)
-                units = convs if target == "conv" else [{"norm": norm, "rq": rq, "table": table}[target]]
-                for i, u in enumerate(units):
-                    m.d.comb += [u.cfg.valid.eq(cur_v & (layer == i) if len(units) > 1 else cur_v),
-                                 u.cfg.payload.kind.eq(kind), u.cfg.payload.addr.eq(addr), u.cfg.payload.value.eq(val)]
+                    addr = ((e & (K - 1)) << conv.index_bits) | (e >> kb)
+                u = {"norm": norm, "rq": rq, "table": table, "conv": conv}[target]
+                m.d.comb += [u.cfg.valid.eq(cur_v), u.cfg.payload.kind.eq(kind), u.cfg.payload.addr.eq(addr),
+                             u.cfg.payload.value.eq(val)]
             elif target == "scan":
-                ib = scans[0].index_bits
                 idx = index if index is not None else e
                 dat = val
                 if kind == su.MY:
                     dat = rd_["p"].data | (val << su.MY_BITS)
                     m.d.comb += rd_["p"].addr.eq(e + emit)
-                for i, u in enumerate(scans):
-                    m.d.comb += [u.cfg.valid.eq(cur_v & (layer == i)), u.cfg.payload.addr.eq((kind << ib) | idx),
-                                 u.cfg.payload.data.eq(dat)]
-                ready = sel(scans, lambda u: u.cfg.ready)
+                m.d.comb += [scan.cfg.valid.eq(cur_v), scan.cfg.payload.addr.eq((kind << scan.index_bits) | idx),
+                             scan.cfg.payload.data.eq(dat)]
+                ready = scan.cfg.ready
             elif target == "had":
                 m.d.comb += [had.cfg.valid.eq(cur_v), had.cfg.payload.addr.eq(index), had.cfg.payload.data.eq(val)]
                 ready = had.cfg.ready
@@ -426,17 +421,10 @@ class Engine(wiring.Component):
                 gemv_rq()
                 m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
             elif name == "conv":
-                ready = sel(convs, lambda u: u.i.ready)
-                valid = reader(D, ready, [(rd_["xz"], lambda a: a)])
-                o_valid = sel(convs, lambda u: u.o.valid)
-                o_xs = sel(convs, lambda u: u.o.payload.xs.as_value())
-                for i, u in enumerate(convs):
-                    m.d.comb += [u.i.valid.eq(valid & (layer == i)), u.i.payload.x[0].eq(rd_["xz"].data.as_signed()),
-                                 u.i.payload.first.eq(fresh), u.o.ready.eq(layer == i)]
-                with m.If(o_valid):
-                    m.d.sync += wr.eq(wr + 1)
-                m.d.comb += [wr_["xs"].addr.eq(wr), wr_["xs"].data.eq(o_xs), wr_["xs"].en.eq(o_valid),
-                             done.eq(wr == D)]
+                valid = reader(D, conv.i.ready, [(rd_["xz"], lambda a: a)])
+                m.d.comb += [conv.i.valid.eq(valid), conv.i.payload.x[0].eq(rd_["xz"].data.as_signed()),
+                             conv.i.payload.first.eq(fresh)]
+                m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
             elif name == "x_proj":
                 gemv_cmd("P.x_proj.q", R + 2 * N, D)
                 gemv_x(D, rd_["xs"])
@@ -457,20 +445,16 @@ class Engine(wiring.Component):
                 m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(rd_["xz"].data.as_signed())]
                 m.d.comb += done.eq(writer(table.o, wr_["sz"], D, table.o.payload.as_value()))
             elif name == "scan":
-                ready = sel(scans, lambda u: u.i.ready)
-                bc_ready = sel(scans, lambda u: u.bc.ready)
-                valid = reader(D, ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
-                                          (rd_["sz"], lambda a: a)])
-                o_valid = sel(scans, lambda u: u.o.valid)
-                o_y = sel(scans, lambda u: u.o.payload)
-                for i, u in enumerate(scans):
-                    m.d.comb += [u.bc.valid.eq(~bcs & (layer == i)), u.bc.payload.start.eq(fresh),
-                                 u.i.valid.eq(valid & (layer == i)), u.i.payload.x.eq(rd_["xs"].data.as_signed()),
-                                 u.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
-                                 u.i.payload.sz.eq(rd_["sz"].data.as_signed()), u.o.ready.eq(layer == i)]
-                    m.d.comb += [u.bc.payload.b[j].eq(bcr[j]) for j in range(N)]
-                    m.d.comb += [u.bc.payload.c[j].eq(bcr[N + j]) for j in range(N)]
-                with m.If(bc_ready):
+                valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
+                                                 (rd_["sz"], lambda a: a)])
+                o_valid, o_y = scan.o.valid, scan.o.payload
+                m.d.comb += [scan.bc.valid.eq(~bcs), scan.bc.payload.start.eq(fresh),
+                             scan.i.valid.eq(valid), scan.i.payload.x.eq(rd_["xs"].data.as_signed()),
+                             scan.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
+                             scan.i.payload.sz.eq(rd_["sz"].data.as_signed()), scan.o.ready.eq(1)]
+                m.d.comb += [scan.bc.payload.b[j].eq(bcr[j]) for j in range(N)]
+                m.d.comb += [scan.bc.payload.c[j].eq(bcr[N + j]) for j in range(N)]
+                with m.If(scan.bc.ready):
                     m.d.sync += bcs.eq(1)
                 with m.If(o_valid):
                     m.d.sync += wr.eq(wr + 1)

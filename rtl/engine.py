@@ -34,8 +34,9 @@ of the engine's module):
   conv window   `self.conv.win` (Verilog `conv.win`): layer i at words self.conv.window_words(i) = [i*d_inner,
                 (i+1)*d_inner), word d holds channel d's previous d_conv - 1 inputs, oldest lowest (int8 each)
 
-Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step from the units' contracts
-(rtl.engine_cycles, qsim.hw.units) and the controller's fixed overheads; the simulation meets it exactly. For
+Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step: the cost model's
+qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
+the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
 other units one element a cycle and a DRAM latency of 8: 255 062 cycles a token, per layer in_proj 16 661,
 out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 525, tables 517, residual
@@ -55,6 +56,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
+from qsim.hw.engine import LABELS
 from rtl import image
 from rtl import scan_unit as su
 from rtl.conv_unit import ConvUnit
@@ -68,9 +70,6 @@ from rtl.table_unit import Kind, ResidualUnit, TableUnit
 
 ADDR_BITS = 32
 LEN_BITS = 16
-LABELS = ("embed", "norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj",
-          "residual", "final_norm", "lm_head", "load")
-OP_OVERHEAD = 2  # an op's cycle priming its buffer reads and the one seeing its last write
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 
 
@@ -177,53 +176,21 @@ class Engine(wiring.Component):
         op("lm_head", "lm_head")
         return steps, first_layer
 
+    def cost_model(self, latency: int) -> tuple:
+        """This build on a DRAM of `latency` cycles as the cost model describes it: (qsim.hw.engine.EngineModel,
+        EngineConfig without a clock)."""
+        from qsim.hw.engine import EngineConfig, EngineModel
+
+        return (EngineModel(self.dm, self.D, self.N, self.R, self.K, self.n_layer, self.V),
+                EngineConfig(self.B, self.gemv_lanes, self.scan_lanes, self.had_lanes, latency))
+
     def token_cycles(self, latency: int) -> dict:
-        """Cycles of one decode step per label (the `cyc_<label>` counters), with the DRAM model of rtl.dram at
-        `latency` (queue unbounded). Every step is a state of the controller; a step's cycles are:
+        """Cycles of one decode step per label (the `cyc_<label>` counters) with the DRAM model of rtl.dram at
+        `latency`: the cost model's qsim.hw.engine.decode_step_cycles, which the simulations meet exactly
+        (tests/rtl/test_rtl_engine.py, tests/rtl/test_rtl_engine_cocotb.py)."""
+        from qsim.hw.engine import decode_step_cycles
 
-          load   latency + count + 1: request in its first cycle, first beat `latency` cycles later, then one
-                 element a cycle (the target's cfg is always ready between ops)
-          embed  the embedding row's load, plus the requant unit's latency and the write
-          op     the unit's contract (rtl.engine_cycles, qsim.hw.units) + OP_OVERHEAD (a cycle to prime the
-                 buffer reads, one to see the last write); a GEMV op counts from its command, + 1, plus the
-                 requant (and, for dt_proj, table) latency its outputs go through
-        """
-        from qsim.hw import units as hw
-        from rtl import engine_cycles as ec
-        from rtl.requant_unit import REQUANT_LATENCY
-
-        dm, D, N, R, V = self.dm, self.D, self.N, self.R, self.V
-
-        def gemv(n, k):
-            return hw.gemv_unit_cycles(rows=1, lanes=self.gemv_lanes, bus_bytes=self.B, latency=latency, n=n, k=k) + 1
-
-        ops = {"norm": ec.rmsnorm_unit_cycles(dm, 1) + OP_OVERHEAD,
-               "in_proj": gemv(2 * D, dm) + REQUANT_LATENCY,
-               "conv": ec.conv_unit_cycles(D, 1) + OP_OVERHEAD,
-               "x_proj": gemv(R + 2 * N, D) + REQUANT_LATENCY,
-               "dt_proj": gemv(D, R) + REQUANT_LATENCY + ec.TABLE_LATENCY,
-               "silu_z": ec.table_unit_cycles(D, 1) + OP_OVERHEAD,
-               "scan": hw.scan_unit_cycles(self.scan_lanes, D, N, 1) + OP_OVERHEAD,
-               "hadamard": hw.hadamard_unit_cycles(self.had_lanes, D, 1) + OP_OVERHEAD,
-               "out_proj": gemv(dm, D) + REQUANT_LATENCY,
-               "residual": ec.residual_unit_cycles(dm, 1) + OP_OVERHEAD,
-               "lm_head": gemv(V, dm)}
-        steps, first = self.program()
-        out = dict.fromkeys(LABELS, 0)
-        for k, (_, label, st) in enumerate(steps):
-            times = self.n_layer if first <= k < first + self.per_layer_steps(steps, first) else 1
-            if st[0] == "load":
-                _, _, shape, _ = self.field(st[1])
-                count = dm if st[2] == "embed" else int(np.prod(shape, dtype=np.int64))
-                c = latency + count + 1 + (REQUANT_LATENCY + 1 if st[2] == "embed" else 0)
-            else:
-                c = ops[st[1]]
-            out[label] += times * c
-        return out
-
-    @staticmethod
-    def per_layer_steps(steps, first) -> int:
-        return next(k for k, s in enumerate(steps) if s[2] == ("op", "residual")) + 1 - first
+        return decode_step_cycles(*self.cost_model(latency))
 
     def elaborate(self, platform):
         m = Module()

@@ -1,8 +1,9 @@
 """The Mamba-1 decode engine's cycles and memory traffic per token (rtl/engine.py, issue 14), from the model's
 dimensions and the engine's configuration alone: the cost model's side of the engine's cycle contract, so that
-`qsim estimate` predicts the engine without Amaranth. tests/hw/test_hw_engine.py checks decode_step_cycles
-against rtl.engine.Engine.token_cycles (which the Amaranth simulation meets exactly) and every load below against
-the image layout (rtl.image.layout_of), so neither can drift.
+`qsim estimate` predicts the engine without Amaranth. rtl.engine.Engine.token_cycles is this function for its
+build; the Amaranth and cocotb simulations (tests/rtl/test_rtl_engine*.py) meet it exactly, label by label, and
+tests/hw/test_hw_engine.py checks every load below against the engine's program and the image layout
+(rtl.image.layout_of), so neither can drift.
 
 The engine runs one step after another (a load or an op); per token:
 
@@ -79,7 +80,7 @@ class EngineConfig:
     scan_lanes: int
     hadamard_lanes: int
     dram_latency: int
-    clock_mhz: float
+    clock_mhz: float | None = None  # None: a build whose cycles alone are asked for (no cycle count depends on it)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "engine") -> EngineConfig:

@@ -56,7 +56,7 @@ def check(recs: list[dict], path: Path) -> list[CycleCheck]:
 def engine_checks(r: dict, i: int, path: Path) -> list[CycleCheck]:
     try:
         model = EngineModel(**{k: int(v) for k, v in r["model"].items()})
-        engine = EngineConfig(**{k: int(v) for k, v in r["engine"].items()}, clock_mhz=1.0)
+        engine = EngineConfig(**{k: int(v) for k, v in r["engine"].items()})
         measured = {lab: int(r["per_op"][lab]) for lab in LABELS}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QsimError(f"{path}: record {i} (engine): needs model (EngineModel's fields), engine (EngineConfig's "

@@ -46,7 +46,7 @@ def test_engine_records_are_held_to_the_cost_model_per_operation(tmp_path):
 
     model = {"d_model": 32, "d_inner": 64, "d_state": 8, "dt_rank": 8, "d_conv": 4, "n_layer": 2, "vocab": 256}
     engine = {"bus_bytes": 8, "gemv_lanes": 4, "scan_lanes": 2, "hadamard_lanes": 8, "dram_latency": 8}
-    per_op = decode_step_cycles(EngineModel(**model), EngineConfig(**engine, clock_mhz=100.0))
+    per_op = decode_step_cycles(EngineModel(**model), EngineConfig(**engine))
     rec = {"unit": "engine", "model": model, "engine": engine, "per_op": dict(per_op), "simulator": "verilator"}
     checks = check([rec], tmp_path / "cycles.json")
     assert [c.unit for c in checks] == [f"engine {lab}" for lab in LABELS] + ["engine step"]

@@ -42,10 +42,11 @@ def engine_reference(ex, prompt: list[int], steps: int, n_layer: int) -> dict:
     """Greedy decoding by the `fixed` executor (embed, then n_layer blocks, then head), as the engine benches check it:
     `steps` tokens, the prompt's first, then the argmax (first maximum) of the previous logits. Per token: the tokens
     fed, the residual after each layer (steps, n_layer, d_model), each layer's SSM state (steps, n_layer,
-    d_inner * d_state) and conv window (steps, n_layer, d_conv - 1, d_inner), and the logits (steps, vocab)."""
+    d_inner * d_state) and conv window (steps, n_layer, d_conv - 1, d_inner), and the logits (steps, vocab). With
+    every layer, the logits are also checked to be step()'s (the executor's decode path)."""
     from qsim.fixed.executor import Trace
 
-    state = ex.new_state()
+    state, whole = ex.new_state(), ex.new_state()
     out = {k: [] for k in ("tokens", "residual", "h", "conv", "logits")}
     for t in range(steps):
         token = prompt[t] if t < len(prompt) else int(np.argmax(out["logits"][-1]))
@@ -60,4 +61,7 @@ def engine_reference(ex, prompt: list[int], steps: int, n_layer: int) -> dict:
         out["h"].append([state.h[i].ravel().copy() for i in range(n_layer)])
         out["conv"].append([state.conv[i].copy() for i in range(n_layer)])
         out["logits"].append(ex.head(r, tr)[0])
+        if n_layer == ex.cfg.n_layer:
+            logits, whole = ex.step(token, whole)
+            assert np.array_equal(logits, out["logits"][-1]), f"token {t}: embed/block/head differ from step()"
     return {k: np.array(v, np.int64) for k, v in out.items()}

@@ -24,7 +24,7 @@ from qsim.hw import units
 
 HERE = Path(__file__).parent
 CYCLES = Path(__file__).parents[2] / "reports" / "rtl" / "cycles.json"
-KEY = ("unit", "lanes", "d_inner", "d_state", "n", "simulator", "set")  # a record replaces one with equal key
+KEY = ("unit", "lanes", "d_inner", "d_state", "n", "simulator", "set", "tokens")  # a record replaces one with equal key
 STAMP = ("command", "date", "machine")  # where a record came from (rtl.build.stamp), not what it measured
 LAST = sorted(p.name for p in SETS.glob("scan_real_l*"))[-1][len("scan_real_"):]  # last layer of the model
 

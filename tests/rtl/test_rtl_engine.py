@@ -23,10 +23,10 @@ pytest.importorskip("amaranth")
 
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
-from rtl_vectors import unpack_state
+from rtl_vectors import engine_reference, unpack_state
 
 from qsim import artifact, spec
-from qsim.fixed.executor import FixedExecutor, Trace
+from qsim.fixed.executor import FixedExecutor
 from rtl import stream
 from rtl.dram import Dram
 from rtl.engine import LABELS, Engine
@@ -135,26 +135,6 @@ def test_requant_unit():
     check("requant", got, [ref(b) for b in beats])
 
 
-def reference(ex: FixedExecutor, tokens, n_layer: int):
-    """Per token: the residual after each of the first n_layer layers, the logits of head() on the last one, and
-    the SSM states (d_inner, d_state) of those layers; for the whole model the logits are step()'s."""
-    state, whole = ex.new_state(), ex.new_state()
-    out = []
-    for tok in tokens:
-        tr = Trace()
-        r = ex.embed([tok], tr)
-        res = []
-        for i in range(n_layer):
-            r = ex.block(i, r, state, tr)
-            res.append(r[0])
-        logits = ex.head(r, tr)[0]
-        if n_layer == ex.cfg.n_layer:
-            step, whole = ex.step(int(tok), whole)
-            assert np.array_equal(step, logits)
-        out.append((np.array(res), logits, [state.h[i].copy() for i in range(n_layer)]))
-    return out
-
-
 def check(name, got, ref):
     got, ref = np.asarray(got, np.int64), np.asarray(ref, np.int64)
     assert got.shape == ref.shape, (name, got.shape, ref.shape)
@@ -169,12 +149,12 @@ def decode_and_compare(model, tokens, n_layer):
     t0 = time.time()
     got, expected = run_engine(data, tokens, n_layer)
     wall = time.time() - t0
-    ref = reference(ex, tokens, n_layer)
-    for t, ((res, logits, cyc, total, h), (rres, rlogits, rh)) in enumerate(zip(got, ref)):
+    ref = engine_reference(ex, tokens, len(tokens), n_layer)
+    for t, (res, logits, cyc, total, h) in enumerate(got):
         for i in range(n_layer):
-            check(f"token {t} layer {i} residual", res[i], rres[i])
-            check(f"token {t} layer {i} SSM state", h[i], rh[i].ravel())
-        check(f"token {t} logits", logits, rlogits)
+            check(f"token {t} layer {i} residual", res[i], ref["residual"][t, i])
+            check(f"token {t} layer {i} SSM state", h[i], ref["h"][t, i])
+        check(f"token {t} logits", logits, ref["logits"][t])
         assert cyc == expected, (t, cyc, expected)  # every op's cycles as Engine.token_cycles predicts
         print(f"\ntoken {t}: {total} cycles; " + ", ".join(f"{lab} {c}" for lab, c in cyc.items()))
     print(f"{len(tokens)} tokens x {n_layer} layers: {wall:.0f} s of simulation")

@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock in MHz")
     s.add_argument("--lanes", type=int, help="build every unit with this many lanes instead")
     s.add_argument("--seeds", type=int, default=3, help="place-and-route seeds 1..SEEDS; Fmax is the lowest")
+    s.add_argument("--engine", action="store_true", help="the whole decode engine (mamba-tiny's configuration: "
+                   "bus 16, scan and Hadamard 4 lanes) instead of the units; unit rows of the report are kept")
+    s.add_argument("--artifact", type=Path, help="--engine: artifact whose image header configures the engine")
+    s.add_argument("--jobs", type=int, default=2, help="--engine: seeds placed and routed side by side")
     im = sub.add_parser("image", help="an artifact's decode-engine memory image (rtl/IMAGE.md) and its layout")
     im.add_argument("--artifact", type=Path, required=True, help="quantized Mamba-1 artifact folder")
     im.add_argument("--out", type=Path, help="image file (default rtl/build/image/<artifact>_bus<N>.bin); "
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.seeds < 1:
         print(f"rtl synth: --seeds {a.seeds}: need at least one seed", file=sys.stderr)
         return 2
+    if a.engine:
+        return synth.main_engine(a.freq, tuple(range(1, a.seeds + 1)), a.jobs, a.artifact or synth.ENGINE_ARTIFACT)
     units = [(u, a.lanes or n, s) for u, n, s in synth.DEFAULT_UNITS]
     return synth.main(units, a.freq, tuple(range(1, a.seeds + 1)))
 

@@ -170,4 +170,4 @@ def test_engine_mamba_tiny(simulator, request):
 def test_engine_synthetic(simulator, synthetic, request):
     """Bus 8 bytes, GEMV 4 lanes (two passes a beat), scan 2 lanes, Hadamard 8 lanes."""
     run_bench(simulator, synthetic, 8, "synthetic-d32-n8-w16", request.node.nodeid, gemv_lanes=4, scan_lanes=2,
-              had_lanes=2)
+              had_lanes=8)

@@ -18,7 +18,7 @@ Input is accepted only in pass 1; the next row's pass 1 starts after the last pa
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -110,19 +110,21 @@ class RMSNormUnit(wiring.Component):
         with m.If(pl.at(pl.reg(issue_in, 1, "v_in"), SUM_STAGE)):
             m.d.sync += acc.eq(acc + lane_sum)
 
-        # ---- gap: ss's bit length, even shift, mantissa, table entry (recomputed every cycle, latched at its end)
+        # ---- gap: ss's bit length, even shift, mantissa, table entry (recomputed every cycle, latched at its end).
+        # ss is final SUM_STAGE + 2 cycles after the last input beat; gap_last latches the ROM's output
+        # RMSNORM_GAP - 1 cycles after it. Between them: the shift (ss's bit length from a log-depth priority
+        # encoder, registered), the mantissa (ss shifted by it, registered), the ROM read: a short path each.
+        assert SUM_STAGE + 2 + 3 <= RMSNORM_GAP - 1  # ss, then shift, mantissa, ROM data: one register each
         ss = Signal(unsigned(SS_BITS))
         m.d.sync += ss.eq(acc + eps)
-        bl = Signal(range(SS_BITS + 1))
-        for b in range(SS_BITS):  # the highest set bit wins
-            with m.If(ss[b]):
-                m.d.comb += bl.eq(b + 1)
+        nz, top = highest_bit(ss)
+        bl, sh_odd = Signal(range(SS_BITS + 1)), Signal(signed(8))
+        m.d.comb += [bl.eq(Mux(nz, top + 1, 0)), sh_odd.eq(bl - 10)]
+        sh_a, amt = Signal(signed(8)), Signal(unsigned(7))  # the even shift, and ss's right shift after << 8
+        m.d.sync += [sh_a.eq(sh_odd + sh_odd[0]), amt.eq((sh_odd + sh_odd[0] + 8).as_unsigned()[:7])]
         sh = Signal(signed(8))  # bit_length - 10, rounded up to even: [-8, 52]
         mant = Signal(unsigned(10))
-        sh_odd = Signal(signed(8))
-        m.d.comb += sh_odd.eq(bl - 10)
-        m.d.sync += [sh.eq(sh_odd + sh_odd[0]),
-                     mant.eq(((ss << 8) >> (sh_odd + sh_odd[0] + 8).as_unsigned()[:7])[:10])]
+        m.d.sync += [sh.eq(sh_a), mant.eq(((ss << 8) >> amt)[:10])]
         rr = rom.read_port()
         m.d.comb += rr.addr.eq(mant - 256)
         t_r, norm_shift = Signal(unsigned(16)), Signal(unsigned(5))
@@ -149,3 +151,14 @@ class RMSNormUnit(wiring.Component):
         assert 4 + 3 * MUL_LATENCY == RMSNORM_STAGE
         out.connect(issue_out, pl.at(v1, RMSNORM_STAGE), Cat(*ys))
         return m
+
+
+def highest_bit(v):
+    """(v != 0, index of v's highest set bit): a balanced tree of 2:1 muxes over halves of v zero-extended to a
+    power-of-two width, log2(width) deep (a chain of Ifs over the bits makes a mux chain as long as v is wide)."""
+    width = 1 << (len(v) - 1).bit_length()
+    bits = Cat(v, Const(0, width - len(v)))
+    level = [(bits[b], Cat()) for b in range(width)]  # (any set, index within the group), groups of 1
+    while len(level) > 1:
+        level = [(lo[0] | hi[0], Mux(hi[0], Cat(hi[1], 1), Cat(lo[1], 0))) for lo, hi in zip(level[::2], level[1::2])]
+    return level[0]

@@ -208,12 +208,14 @@ def synth_engine(freq: float = 150.0, seeds=SEEDS, jobs: int = 2, artifact: Path
             run(yosys, folder / "yosys.log")
         except subprocess.CalledProcessError:  # ABC9 dies silently under WebAssembly on some designs
             mapper = "abc -lut 4:7 (abc9 failed)"
+            (folder / "yosys.log").replace(folder / "yosys.abc9.log")  # kept: where it stopped
             run(fallback, folder / "yosys.log")
         (folder / "yosys.mapper").write_text(mapper)
+        (folder / "yosys.seconds").write_text(str(round(time.time() - t1, 1)))
         (folder / "yosys.key").write_text(ykey)
     if mapper != "abc9":
         yosys = fallback
-    secs["yosys"] = round(time.time() - t1, 1)
+    secs["yosys"] = float((folder / "yosys.seconds").read_text())  # when it ran (a reused netlist: its first run)
     stat = json.loads(stat_p.read_text())
     rec.update(lut_mapper=mapper, units=per_unit(stat, top), fmax_by_seed={}, critical_paths={},
                seeds_pending=[str(s) for s in seeds])
@@ -333,8 +335,9 @@ def engine_markdown(r: dict) -> list[str]:
     s = r["seconds"]
     pn = ", ".join(f"seed {k} {v:.0f} s" for k, v in s.get("nextpnr", {}).items()) or "none finished"
     lines += [f"Wall time: Verilog {s['verilog']:.0f} s, yosys {s['yosys']:.0f} s"
-              f"{' (netlist reused from an earlier run)' if s.get('yosys_reused') else ''}, nextpnr {pn}"
-              f"{' (seeds run side by side)' if len(s.get('nextpnr', {})) > 1 else ''}.", ""]
+              f"{' (when the netlist was made; this run reused it)' if s.get('yosys_reused') else ''}, nextpnr {pn}"
+              f"{' (seeds run side by side)' if len(s.get('nextpnr', {})) > 1 else ''}"
+              f"{'; yosys time includes the failed abc9 attempt' if 'failed' in r['lut_mapper'] else ''}.", ""]
     lines += [
         "### Per unit (yosys `stat` of each unit's module, mapped ECP5 cells, before nextpnr packing)", "",
         "LUT slots = LUT4 + 2 x CCU2C + 2 x DPR16X4 (how nextpnr counts TRELLIS_COMB); nextpnr's packing "

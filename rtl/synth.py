@@ -336,7 +336,7 @@ def engine_markdown(r: dict) -> list[str]:
     pn = ", ".join(f"seed {k} {v:.0f} s" for k, v in s.get("nextpnr", {}).items()) or "none finished"
     lines += [f"Wall time: Verilog {s['verilog']:.0f} s, yosys {s['yosys']:.0f} s"
               f"{' (when the netlist was made; this run reused it)' if s.get('yosys_reused') else ''}, nextpnr {pn}"
-              f"{' (seeds run side by side)' if len(s.get('nextpnr', {})) > 1 else ''}"
+              f"{' (seeds run in parallel, --jobs at a time, default 2)' if len(s.get('nextpnr', {})) > 1 else ''}"
               f"{'; yosys time includes the failed abc9 attempt' if 'failed' in r['lut_mapper'] else ''}.", ""]
     lines += [
         "### Per unit (yosys `stat` of each unit's module, mapped ECP5 cells, before nextpnr packing)", "",

@@ -165,7 +165,7 @@ def check(m: EngineModel, e: EngineConfig) -> None:
 
 
 def decode_step_cycles(m: EngineModel, e: EngineConfig) -> dict[str, int]:
-    """Cycles of one decode step per label (LABELS), as rtl.engine.Engine.token_cycles counts them."""
+    """Cycles of one decode step per label (LABELS): the engine's `cyc_<label>` counters (rtl/engine.py) meet it exactly."""
     check(m, e)
     lat, rq = e.dram_latency, units.REQUANT_LATENCY
 

@@ -1,17 +1,11 @@
 """Numba twins of qsim.fixed.ops: the same integers, computed fast.
 
-int8 GEMMs with many rows (prefill) run on float32 BLAS over slices of
-F32_EXACT_K = 1024 inputs: every product of two int8 values is at most 2**14 in
-magnitude, so every partial sum of a slice, in whatever order the BLAS adds,
-is an integer of magnitude <= 2**24 and therefore exact in float32; the slices
-are summed in int64. On this project's 2-core AVX2 machines that is 4-5x the
-Numba loop (56 vs 12 GMAC/s for 256 x 768 x 3072). Few rows (decode) are
-memory-bound, and there vectorized dot products over the stored int8 rows,
-with int32 sums (exact while K < 131072), read a quarter of the bytes. torch's CPU
-`_int_mm` measured ~1 GMAC/s here. int4-group weights (|q * gs| <= 2040) run
-on float64 BLAS, exact below 2**53.
-Everything else is explicit integer loops compiled by Numba; the GEMMs and the
-scan run in parallel when the work is large enough.
+int8 GEMMs with many rows (prefill) run on float32 BLAS, exactly (qsim.fixed.blas_gemm says why that is
+exact and why each BLAS call is single-threaded). Few rows (decode) are memory-bound, and there
+vectorized dot products over the stored int8 rows, with int32 sums (exact while K < 131072), read a
+quarter of the bytes. torch's CPU `_int_mm` measured ~1 GMAC/s here. int4-group weights run on float64
+BLAS. Everything else is explicit integer loops compiled by Numba; the GEMMs, the scan and the Hadamard
+run in parallel when the work is large enough.
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ from numba.extending import intrinsic
 
 from qsim import hadamard, spec
 from qsim.errors import QsimError
+from qsim.fixed.blas_gemm import gemm_f64, gemm_i8
 from qsim.qweights import IntLinear
 
 _jit = numba.njit(cache=True, nogil=True)
@@ -35,7 +30,6 @@ _jit = numba.njit(cache=True, nogil=True)
 # updates); below it, waking the workers costs more than the work.
 PARALLEL_MIN_WORK = 1 << 16
 I8_MAX_K = 1 << 17  # K * 128 * 128 < 2**31: int8 dot products of this length fit an int32
-F32_EXACT_K = 1 << 10  # K * 128 * 128 <= 2**24: int8 dot products of this length are exact in float32
 F32_MIN_ROWS = 16  # from this many rows on the BLAS path beats the Numba dot products (crossover measured at 16)
 
 __all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
@@ -101,23 +95,13 @@ def _gemm_i8_impl(x, w, parts):
 _gemm_i8_serial, _gemm_i8_parallel = serial_and_parallel(_gemm_i8_impl)
 
 
-def _gemm_i8_blas(x8, w):
-    """x8 (M, K) @ w (N, K).T in float32 BLAS, K sliced so that every slice is exact (module docstring)."""
-    xf = x8.astype(np.float32)
-    out = None
-    for k0 in range(0, w.shape[1], F32_EXACT_K):
-        part = (xf[:, k0:k0 + F32_EXACT_K] @ w[:, k0:k0 + F32_EXACT_K].astype(np.float32).T).astype(np.int64)
-        out = part if out is None else out + part
-    return out
-
-
 def linear(x, prep) -> np.ndarray:
     kind, wt = prep
     if kind == "f64":
-        return (np.asarray(x, dtype=np.float64) @ wt).astype(np.int64)
+        return gemm_f64(x, wt)
     x8 = np.ascontiguousarray(x, dtype=np.int8)
     if x8.shape[0] >= F32_MIN_ROWS:
-        return _gemm_i8_blas(x8, wt)
+        return gemm_i8(x8, wt)
     if x8.shape[0] * wt.size >= PARALLEL_MIN_WORK:
         return _gemm_i8_parallel(x8, wt, numba.get_num_threads())
     return _gemm_i8_serial(x8, wt, 1)
@@ -289,12 +273,11 @@ def scan(xs, dt, B, C, sz, h, p: dict):
                  p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(p["state_bits"]))
 
 
-@_jit
-def _fwht(y, m, p, base):
+def _fwht_impl(y, m, p, base):
     rows = y.shape[0]
     out = np.empty_like(y)
-    tmp = np.empty(m * p, np.int64)
-    for r in range(rows):
+    for r in numba.prange(rows):  # rows are independent
+        tmp = np.empty(m * p, np.int64)
         v = y[r].copy()
         for blk in range(m):  # radix-2 butterflies within each block of p
             o = blk * p
@@ -320,6 +303,10 @@ def _fwht(y, m, p, base):
     return out
 
 
+_fwht_serial, _fwht_parallel = serial_and_parallel(_fwht_impl)
+
+
 def hadamard_rows(y):
     m, p = hadamard.factor(y.shape[-1])
-    return _fwht(np.ascontiguousarray(y, np.int64), m, p, hadamard.base_matrix(m))
+    fn = _fwht_parallel if y.shape[0] > 1 and y.size * p >= PARALLEL_MIN_WORK else _fwht_serial
+    return fn(np.ascontiguousarray(y, np.int64), m, p, hadamard.base_matrix(m))

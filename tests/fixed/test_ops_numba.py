@@ -5,7 +5,7 @@ import pytest
 
 from qsim import spec
 from qsim.errors import QsimError
-from qsim.fixed import ops, ops_numba
+from qsim.fixed import blas_gemm, ops, ops_numba
 from qsim.qweights import IntLinear
 
 
@@ -30,7 +30,7 @@ def test_int8_gemm_equals_reference(m, k, n):
     for parts in (1, 2, 3):  # the dot-product kernel, serial and in row slices (uneven included)
         assert np.array_equal(ops_numba._gemm_i8_serial(x, q, parts), ref)
         assert np.array_equal(ops_numba._gemm_i8_parallel(x, q, parts), ref)
-    assert np.array_equal(ops_numba._gemm_i8_blas(x, q), ref)
+    assert np.array_equal(blas_gemm.gemm_i8(x, q), ref)  # the BLAS path at every size, split or not
 
 
 def test_int8_gemm_refuses_a_length_that_would_overflow_int32():

@@ -12,6 +12,7 @@ difference.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 from qsim import spec
 from qsim.errors import QsimError
@@ -21,13 +22,20 @@ PERCDAMP = 0.01  # Quamba2's setting: damping of 1 % of the mean Hessian diagona
 
 
 def _inverse_cholesky_upper(h: np.ndarray, where: str) -> np.ndarray:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), the form GPTQ's updates use."""
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), the form GPTQ's updates use.
+
+    With J the reversal permutation and J H J = L L^T, H^-1 = (J L^-T J)(J L^-1 J), so U = J L^-1 J (upper,
+    positive diagonal: the unique factor). One Cholesky and one triangular inverse, about 2n^3/3 flops;
+    forming H^-1 with general inverses and factoring it again took about 7n^3, which for mamba-2.8b's
+    5120-input linears was most of a w4a8 calibration."""
     try:
-        low = np.linalg.cholesky(h)
-        hinv = np.linalg.inv(low).T @ np.linalg.inv(low)
-        return np.linalg.cholesky(hinv).T
+        low = np.linalg.cholesky(h[::-1, ::-1])
     except np.linalg.LinAlgError:
         raise QsimError(f"{where}: calibration Hessian is not positive definite; use more calibration samples") from None
+    inv, info = lapack.dtrtri(low, lower=1)
+    if info != 0:
+        raise QsimError(f"{where}: calibration Hessian is singular; use more calibration samples")
+    return np.ascontiguousarray(inv[::-1, ::-1])
 
 
 def gptq_int4(w: np.ndarray, hessian: np.ndarray, group: int, where: str = "") -> tuple[IntLinear, np.ndarray]:

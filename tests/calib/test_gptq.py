@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
-from calib.gptq import gptq_int4
+from calib.gptq import _inverse_cholesky_upper, gptq_int4
+from qsim.errors import QsimError
 from qsim.qweights import quantize_int4_grouped
 
 
@@ -31,3 +33,17 @@ def test_gptq_with_identity_hessian_is_close_to_round_to_nearest():
     rtn, _ = quantize_int4_grouped(w, 128)
     gq, _ = gptq_int4(w, np.eye(128) * 1e6, 128)  # uncorrelated inputs: nothing to compensate
     assert np.mean(gq.q == rtn.q) > 0.95
+
+
+def test_inverse_cholesky_factor_is_upper_and_inverts_the_hessian():
+    """U^T U = H^-1 with U upper and a positive diagonal (the unique factor), for a correlated Hessian."""
+    x = _correlated_inputs(np.random.default_rng(2), 600, 97)
+    h = x.T @ x
+    u = _inverse_cholesky_upper(h, "t")
+    assert np.array_equal(u, np.triu(u)) and u.diagonal().min() > 0
+    assert np.abs(u.T @ u @ h - np.eye(97)).max() < 1e-9
+
+
+def test_a_hessian_that_is_not_positive_definite_is_refused_with_its_layer():
+    with pytest.raises(QsimError, match="layers.3.in_proj: calibration Hessian is not positive definite"):
+        _inverse_cholesky_upper(-np.eye(8), "layers.3.in_proj")

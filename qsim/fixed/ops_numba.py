@@ -30,7 +30,6 @@ _jit = numba.njit(cache=True, nogil=True)
 # updates); below it, waking the workers costs more than the work.
 PARALLEL_MIN_WORK = 1 << 16
 I8_MAX_K = 1 << 17  # K * 128 * 128 < 2**31: int8 dot products of this length fit an int32
-SPLIT_BITS = 24  # dt * x * m_h (< 2**53) splits here into two int32 halves; an argument, not a literal (_scan_impl)
 F32_MIN_ROWS = 16  # from this many rows on the BLAS path beats the Numba dot products (crossover measured at 16)
 
 __all__ = ["conv", "hadamard_rows", "linear", "lut", "prepare_linear", "requantize", "rmsnorm", "scan"]
@@ -232,65 +231,35 @@ def conv(x, conv_state, w, b):
 
 
 def _scan_impl(xs, dt, B, C, sz, h, a_q, frac, m_h, s_h, Dq, m_y, s_y, exp_tab, state_bits, gated_bits, decay_bits,
-               acc_shift, split):
-    """Written for AVX2 as qsim.fixed.ssd_numba's SSD kernel is (its docstring says why): dt (< 2**15), a_q
-    (< 2**16) and the table (<= 2**15) as uint32, so the exponent is one unsigned 32 x 32 -> 64 multiply and
-    the decay's shifts act on values known to be non-negative; the decay, the state and C as int32 (signed
-    32 x 32 multiplies); dt * x * m_h (< 2**53) split into two int32 halves against two copies of B;
-    rounding shifts of signed values done as logical shifts of a value biased by 2**62 (SPEC.md 5.1 keeps
-    |v| + 2**(s-1) below 2**62)."""
+               acc_shift):
     L, D = xs.shape
     N = B.shape[1]
-    hs = h.astype(np.int32)
-    a32 = a_q.astype(np.uint32)
-    et = exp_tab.astype(np.uint32)
-    B32 = B.astype(np.int32)
-    B32_lo = B32.copy()
-    C32 = C.astype(np.int32)
+    h = h.copy()
     y = np.empty((L, D), np.int64)
     hlo, hhi = -(np.int64(1) << (state_bits - 1)), (np.int64(1) << (state_bits - 1)) - 1
     ylo, yhi = -(np.int64(1) << (gated_bits - 1)), (np.int64(1) << (gated_bits - 1)) - 1
-    half = np.uint64(1) << np.uint64(frac - 9)
-    fs = np.uint64(frac - 8)
-    u8, mask8, one, cap = np.uint64(8), np.uint64(255), np.uint64(1), np.uint64(40)
-    bias = np.int64(1) << 62
-    half_d = (np.int64(1) << (decay_bits - 1)) + bias
-    off_d = bias >> decay_bits
-    ud = np.uint64(decay_bits)
-    half_s = ((np.int64(1) << s_h) >> 1) + bias
-    off_s = bias >> s_h
-    us = np.uint64(s_h)
+    half = np.int64(1) << (frac - 9)
+    half_d = np.int64(1) << (decay_bits - 1)
+    half_s = (np.int64(1) << s_h) >> 1
     sat_h = 0
     sat_y = 0
     for d in numba.prange(D):  # channels are independent; time is the recurrence
-        hd = hs[d]
-        ad = a32[d]
         for t in range(L):
-            dtd = np.uint64(np.uint32(dt[t, d]))
-            xv = xs[t, d]
-            dxm = dt[t, d] * xv * m_h  # < 2**53: two int32 halves (docstring)
-            dxh = np.int64(np.int32(dxm >> split))
-            dxl = np.int64(np.int32(dxm & ((np.int64(1) << split) - 1)))
-            Bt = B32[t]
-            Bt_lo = B32_lo[t]
-            Ct = C32[t]
-            acc = Dq[d] * xv
-            nsat = 0
+            dtd = dt[t, d]
+            dx = dtd * xs[t, d]
+            acc = Dq[d] * xs[t, d]
             for n in range(N):
-                er = (dtd * np.uint64(ad[n]) + half) >> fs
-                sh = min(er >> u8, cap)
-                dA = np.int64((np.uint64(et[er & mask8]) + ((one << sh) >> one)) >> sh)
-                u = np.int64(np.uint64(dA * np.int64(hd[n]) + half_d) >> ud) - off_d \
-                    + np.int64(np.uint64(((dxh * np.int64(Bt[n])) << split) + dxl * np.int64(Bt_lo[n]) + half_s)
-                               >> us) - off_s
+                er = (dtd * a_q[d, n] + half) >> (frac - 8)
+                sh = min(er >> 8, 40)
+                dA = (exp_tab[er & 255] + ((np.int64(1) << sh) >> 1)) >> sh
+                u = ((dA * h[d, n] + half_d) >> decay_bits) + ((dx * B[t, n] * m_h + half_s) >> s_h)
                 v = min(max(u, hlo), hhi)
-                nsat += u != v
-                hd[n] = np.int32(v)
-                acc += np.int64(Ct[n]) * np.int64(hd[n])
-            sat_h += nsat
+                sat_h += u != v
+                h[d, n] = v
+                acc += C[t, n] * v
             y[t, d], c = _sat(_rshift_round(_rshift_round(acc, acc_shift) * sz[t, d] * m_y[d], s_y[d]), ylo, yhi)
             sat_y += c
-    return y, hs.astype(np.int64), sat_h, sat_y
+    return y, h, sat_h, sat_y
 
 
 _scan_serial, _scan_parallel = serial_and_parallel(_scan_impl)
@@ -301,7 +270,7 @@ def scan(xs, dt, B, C, sz, h, p: dict):
     fn = _scan_parallel if xs.size * B.shape[1] >= PARALLEL_MIN_WORK else _scan_serial
     return fn(c(xs, np.int64), c(dt, np.int64), c(B, np.int64), c(C, np.int64), c(sz, np.int64), h,
                  p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"], p["exp_tab"],
-                 p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(p["state_bits"]), SPLIT_BITS)
+                 p["state_bits"], spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(p["state_bits"]))
 
 
 def _fwht_impl(y, m, p, base):

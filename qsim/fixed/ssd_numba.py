@@ -14,7 +14,6 @@ from qsim import spec
 from qsim.errors import QsimError
 from qsim.fixed.ops_numba import (
     PARALLEL_MIN_WORK,
-    SPLIT_BITS,
     _bit_length,
     _rshift_round,
     _sat,
@@ -126,7 +125,7 @@ def ssd_prefill(x, B, C, dt_raw, state, p: dict, parallel: bool | None = None):
     ys, h, sat_h, sat_y = fn(x, B, C, dt_raw, state, _i64(p["dt_table"]), _i64(p["a_q"]), int(p["frac"]),
                              _i64(p["exp_tab"]), _i64(p["m_h"]), _i64(p["s_h"]), _i64(p["Dq"]), _i64(p["m_y"]),
                              _i64(p["s_y"]), int(p["state_bits"]), spec.SSD_OUT_BITS, spec.DECAY_BITS,
-                             spec.EXP_FRAC_BITS, spec.DECAY_SHIFT_CAP, SPLIT_BITS)
+                             spec.EXP_FRAC_BITS, spec.DECAY_SHIFT_CAP, 24)
     return ys, h, {"state": int(sat_h), "ssd_out": int(sat_y)}
 
 

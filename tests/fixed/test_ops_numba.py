@@ -65,8 +65,7 @@ def test_scan_equals_reference_at_the_edges(seed, tiny_artifacts):
     assert ref[2] > 0 and np.abs(ref[0]).max() > 1000, "the inputs should saturate the state and move y"
     for fn in (ops_numba._scan_serial, ops_numba._scan_parallel):
         got = fn(xs, dt, B, C, sz, h, p["a_q"], p["frac"], p["m_h"], p["s_h"], p["Dq"], p["m_y"], p["s_y"],
-                 p["exp_tab"], state_bits, spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(state_bits),
-                 ops_numba.SPLIT_BITS)
+                 p["exp_tab"], state_bits, spec.GATED_BITS, spec.DECAY_BITS, spec.scan_acc_shift(state_bits))
         assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]) and got[2:] == ref[2:]
 
 

@@ -80,8 +80,8 @@ def quant_linear(w: np.ndarray, bits: BitsPreset, hook: ObserverHook, key: tuple
                   where: str) -> tuple[IntLinear, np.ndarray]:
     """Integer weight and its real scale per output channel; int4 by GPTQ when Hessians were collected."""
     if bits.weight_bits == 4:
-        if hook.hessians is not None:
-            return gptq_int4(w, hook.hessians[key], bits.group_size, where)
+        if hook.collects_hessians:
+            return gptq_int4(w, hook.hessian(key), bits.group_size, where)
         return quantize_int4_grouped(w, bits.group_size)
     q, sc = quantize_int8(w)
     return IntLinear(q), np.full(w.shape[0], sc)
@@ -128,7 +128,7 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, observed) -> Quan
                 + f"; every range snapped up to {RANGE_GRID_BITS} significant bits",
                 "weights": "int8 per tensor, round to nearest (half up); int4 per group of "
                 f"{bits.group_size} with uint8 group scales and a per-channel scale, "
-                + ("GPTQ on the float calibration inputs (percdamp 0.01)" if hook.hessians is not None
+                + ("GPTQ on the float calibration inputs (percdamp 0.01)" if hook.collects_hessians
                    else "round to nearest (half up)"),
             },
             "hadamard": s.hadamard,

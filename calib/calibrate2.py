@@ -130,7 +130,7 @@ def build(lm: LoadedModel, bits: BitsPreset, s: CalibSettings, observed) -> Quan
             "observers": "absmax; x per " + ("(SSD group, head group, channel group)" if grouped else "tensor")
             + f", B and C per SSD group; every range snapped up to {RANGE_GRID_BITS} significant bits",
             "weights": "int8 per tensor (half up); int4 per group of "
-            f"{bits.group_size} " + ("by GPTQ (percdamp 0.01)" if hook.hessians is not None else "(half up)"),
+            f"{bits.group_size} " + ("by GPTQ (percdamp 0.01)" if hook.collects_hessians else "(half up)"),
         },
         "hadamard": s.hadamard,
         "linears": {},

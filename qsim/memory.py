@@ -79,15 +79,25 @@ def estimate(cfg: MambaConfig, bits: BitsPreset, calib: CalibSettings | None, ev
         tokens = calib.samples * calib.seq_len
         parts["calibration activations"] = 4 * tokens * d + _mixer_bytes(cfg, calib.seq_len)
         if bits.weight_bits == 4 and calib.gptq:
-            largest_in = max(d, di)
-            parts["GPTQ Hessians and inverse"] = 8 * (d * d + 2 * di * di) + 8 * 4 * largest_in * largest_in \
-                + 8 * 2 * di * largest_in
+            parts["GPTQ inputs and Hessian"] = _gptq_bytes(cfg, tokens)
     if eval_seqs:
         tokens = eval_seqs * seq_len
         numerics = 3 if quantized and bits.act_bits == 8 else 2
         parts["evaluation activations"] = numerics * 4 * tokens * d + _mixer_bytes(cfg, seq_len) * numerics
         parts["logits of one window"] = seq_len * v * (4 + 4 + 8 + 8 + 8 * KL_TEMPS)
     return MemoryEstimate(parts)
+
+
+def _gptq_bytes(cfg: MambaConfig, tokens: int) -> int:
+    """GPTQ's peak (calib.gptq, calib.observers): a layer's kept linear inputs (u, xs float32, y_rot float64)
+    while its largest Hessian is built (the inputs concatenated and cast, 12 B per value) and factored (four
+    n x n float64 arrays: H, its damped copy, the reversed copy, the factor) beside the float64 weight being
+    quantized (plus its int8 codes and their transpose); then the same for lm_head, once, after the last layer."""
+    d, di = cfg.d_model, cfg.d_inner
+    largest_in = max(d, di)
+    layer = 4 * tokens * (d + 3 * di) + 12 * tokens * largest_in + 32 * largest_in**2 + 10 * 2 * di * d
+    lm_head = 16 * tokens * d + 32 * d * d + 10 * cfg.vocab_size * d
+    return max(layer, lm_head)
 
 
 def _mixer_bytes(cfg: MambaConfig, seq_len: int) -> int:
@@ -131,7 +141,7 @@ LOWERED_BY = {
     "calibration activations": "--calib-samples / --calib-len",
     "evaluation activations": "--eval-seqs / --seq-len",
     "logits of one window": "--seq-len",
-    "GPTQ Hessians and inverse": "--no-gptq",
+    "GPTQ inputs and Hessian": "--no-gptq",
 }
 
 

@@ -48,8 +48,8 @@ def test_parts_scale_with_the_options():
     assert large.parts["evaluation activations"] > small.parts["evaluation activations"]
     assert small.parts["float layers held"] == large.parts["float layers held"]  # streamed: two layers held
     w4 = memory.estimate(cfg, preset("w4a8"), CalibSettings(), 4, 256)
-    assert "GPTQ Hessians and inverse" in w4.parts
-    assert "GPTQ Hessians and inverse" not in memory.estimate(cfg, preset("w4a8"), CalibSettings(gptq=False), 4, 256).parts
+    assert "GPTQ inputs and Hessian" in w4.parts
+    assert "GPTQ inputs and Hessian" not in memory.estimate(cfg, preset("w4a8"), CalibSettings(gptq=False), 4, 256).parts
 
 
 def test_peak_is_the_processs_own_not_its_parents():

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from calib.gptq import _inverse_cholesky_upper, gptq_int4
+from calib.gptq import PERCDAMP, gptq_int4, reverse_cholesky
+from qsim import spec
 from qsim.errors import QsimError
-from qsim.qweights import quantize_int4_grouped
+from qsim.qweights import int4_channel_scales, int4_group_codes, quantize_int4_grouped
 
 
 def _correlated_inputs(rng, n, d):
@@ -35,15 +36,47 @@ def test_gptq_with_identity_hessian_is_close_to_round_to_nearest():
     assert np.mean(gq.q == rtn.q) > 0.95
 
 
-def test_inverse_cholesky_factor_is_upper_and_inverts_the_hessian():
-    """U^T U = H^-1 with U upper and a positive diagonal (the unique factor), for a correlated Hessian."""
+def _textbook_gptq(w, h, group):
+    """The paper's algorithm as written: U = chol(H^-1) upper, then column by column, each column's scaled
+    error moved onto all later columns at once (no blocks, no reversed factor)."""
+    w = np.array(w, dtype=np.float64)
+    h = h + PERCDAMP * np.mean(np.diag(h)) * np.eye(h.shape[0])
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    ch = int4_channel_scales(w, group)
+    q = np.zeros(w.shape, np.int8)
+    gs = np.zeros((w.shape[0], -(-w.shape[1] // group)), np.uint8)
+    for j in range(w.shape[1]):
+        if j % group == 0:
+            _, gs[:, j // group] = int4_group_codes(w[:, j : j + group], ch)
+        step = gs[:, j // group] * ch
+        q[:, j] = np.clip(spec.round_half_up(w[:, j] / step), -8, 7)
+        e = (w[:, j] - q[:, j] * step) / u[j, j]
+        w[:, j + 1 :] -= np.outer(e, u[j, j + 1 :])
+    return q, gs
+
+
+@pytest.mark.parametrize("d_in", [384, 300])  # whole groups, and a last group of 44
+def test_gptq_gives_the_codes_of_the_textbook_algorithm(d_in):
+    """The blocked form with the reversed factor is the same computation: every int4 code and group scale
+    equals the plain column loop's (their floats differ in the last bits, far from any rounding boundary)."""
+    rng = np.random.default_rng(3)
+    x = _correlated_inputs(rng, 1500, d_in)
+    w = rng.standard_normal((40, d_in)) * 0.05
+    got, _ = gptq_int4(w, x.T @ x, 128)
+    q, gs = _textbook_gptq(w, x.T @ x, 128)
+    assert np.array_equal(got.q, q) and np.array_equal(got.gs, gs)
+    assert np.mean(got.q != quantize_int4_grouped(w, 128)[0].q) > 0.1  # and it is not round to nearest
+
+
+def test_reverse_cholesky_factor_is_upper_and_factors_the_hessian():
+    """R R^T = H with R upper and a positive diagonal (the unique factor), for a correlated Hessian."""
     x = _correlated_inputs(np.random.default_rng(2), 600, 97)
     h = x.T @ x
-    u = _inverse_cholesky_upper(h, "t")
-    assert np.array_equal(u, np.triu(u)) and u.diagonal().min() > 0
-    assert np.abs(u.T @ u @ h - np.eye(97)).max() < 1e-9
+    r = reverse_cholesky(h, "t")
+    assert np.array_equal(r, np.triu(r)) and r.diagonal().min() > 0
+    assert np.abs(r @ r.T - h).max() < 1e-9 * np.abs(h).max()
 
 
 def test_a_hessian_that_is_not_positive_definite_is_refused_with_its_layer():
     with pytest.raises(QsimError, match="layers.3.in_proj: calibration Hessian is not positive definite"):
-        _inverse_cholesky_upper(-np.eye(8), "layers.3.in_proj")
+        reverse_cholesky(-np.eye(8), "layers.3.in_proj")

@@ -28,7 +28,6 @@ import numba
 import numpy as np
 from scipy.linalg import lapack
 
-from qsim import spec
 from qsim.errors import QsimError
 from qsim.qweights import IntLinear, int4_channel_scales, int4_group_codes
 

@@ -75,3 +75,15 @@ def gemm_f64(x: np.ndarray, wt: np.ndarray) -> np.ndarray:
 
     _run(columns, _column_slices(xf.shape[0], wt.shape[1], xf.shape[1]))
     return out
+
+
+def matmul_f64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (M, K) @ b (K, N) in float64 for code that runs Numba kernels between its GEMMs (calib.gptq):
+    the rows of a split over the pool, one BLAS thread each (module docstring)."""
+    out = np.empty((a.shape[0], b.shape[1]), np.float64)
+
+    def rows(sl: slice) -> None:
+        out[sl] = a[sl] @ b
+
+    _run(rows, _column_slices(b.shape[1], a.shape[0], a.shape[1]))
+    return out

@@ -37,3 +37,14 @@ def test_a_call_leaves_the_blas_thread_count_as_it_found_it():
     x = np.ones((64, 1024), np.int8)
     blas_gemm.gemm_i8(x, np.ones((512, 1024), np.int8))
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("m,k,n", [(3, 5, 2), (700, 300, 130)])  # one slice; rows split over the pool
+def test_float64_matmul_equals_numpy_on_strided_operands(m, k, n):
+    """GPTQ hands it column slices of larger arrays; every row's result is a product of the same rows."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((m, k + 7))[:, 3 : 3 + k]
+    b = rng.standard_normal((k + 2, n + 9)).T.T[1 : 1 + k, :n]
+    got = blas_gemm.matmul_f64(a, b)
+    assert got.shape == (m, n) and got.dtype == np.float64
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12 * np.abs(a).sum(axis=1).max())

@@ -30,7 +30,7 @@ from scipy.linalg import lapack
 
 from qsim.errors import QsimError
 from qsim.fixed.blas_gemm import matmul_f64
-from qsim.qweights import IntLinear, int4_channel_scales, int4_group_codes
+from qsim.qweights import IntLinear, int4_channel_scales, int4_group_scales
 
 PERCDAMP = 0.01  # Quamba2's setting: damping of 1 % of the mean Hessian diagonal
 
@@ -97,7 +97,7 @@ def gptq_int4(w: np.ndarray, hessian: np.ndarray, group: int, where: str = "") -
         block = wd[:, g0:g1].copy()
         if g0:
             block += matmul_f64(matmul_f64(wd[:, :g0], r[:g0, g0:g1]), ucc)  # what the earlier columns' errors moved onto this block
-        _, gs[:, g0 // group] = int4_group_codes(block, ch)
+        gs[:, g0 // group] = int4_group_scales(block, ch)
         step = gs[:, g0 // group] * ch
         qt = np.empty((g1 - g0, out_f), np.int8)
         _quantize_block(np.ascontiguousarray(block.T), qt, step, np.ascontiguousarray(ucc))

@@ -40,16 +40,21 @@ def int4_channel_scales(w: np.ndarray, group: int) -> np.ndarray:
     """Per-channel real scale: the largest group step of the row, spread over the uint8 group scale."""
     out_f, in_f = w.shape
     n_groups = -(-in_f // group)
-    wg = np.pad(w, ((0, 0), (0, n_groups * group - in_f))).reshape(out_f, n_groups, group)
-    ch = (np.abs(wg).max(axis=2) / 7.0).max(axis=1) / 255.0
+    wg = w if in_f % group == 0 else np.pad(w, ((0, 0), (0, n_groups * group - in_f)))
+    ch = (np.abs(wg.reshape(out_f, n_groups, group)).max(axis=2) / 7.0).max(axis=1) / 255.0
     return np.where(ch > 0, ch, 1.0)
+
+
+def int4_group_scales(cols: np.ndarray, ch: np.ndarray) -> np.ndarray:
+    """The uint8 scale of one group of columns (out, <= group), given the per-channel scales."""
+    return np.clip(spec.round_half_up(np.abs(cols).max(axis=1) / 7.0 / ch), 1, 255).astype(np.uint8)
 
 
 def int4_group_codes(cols: np.ndarray, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quantize one group of columns (out, <= group) given the per-channel scales: (int4 q, uint8 gs)."""
-    gs = np.clip(spec.round_half_up(np.abs(cols).max(axis=1) / 7.0 / ch), 1, 255)
+    gs = int4_group_scales(cols, ch)
     q = np.clip(spec.round_half_up(cols / (gs * ch)[:, None]), -8, 7)
-    return q.astype(np.int8), gs.astype(np.uint8)
+    return q.astype(np.int8), gs
 
 
 def quantize_int4_grouped(w: np.ndarray, group: int) -> tuple[IntLinear, np.ndarray]:

@@ -52,7 +52,7 @@ ROWS_PER_TASK = 256  # output rows per parallel task: the block's slice of them 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _quantize_block(bt, qt, step, ucc):
     """One block's columns quantized in order, on its transpose bt (nb, out) into qt: for column j,
-    q = clip(round half up(w / step), -8, 7), and its scaled error e = (w - q step) / U[j,j] moved onto the
+    q = clip(round half up(w / step), -8, 7) (qsim.spec.round_half_up's rule, written out for Numba), and its scaled error e = (w - q step) / U[j,j] moved onto the
     block's later columns (w[:, k] -= e U[j,k]), the operations of GPTQ's column loop. Output rows are
     independent; each task takes a slice of them, so the innermost loop runs over contiguous rows (SIMD)."""
     nb, out = bt.shape
@@ -91,9 +91,7 @@ def gptq_int4(w: np.ndarray, hessian: np.ndarray, group: int, where: str = "") -
     gs = np.zeros((out_f, -(-in_f // group)), np.uint8)
     for g0 in range(0, in_f, group):
         g1 = min(g0 + group, in_f)
-        ucc, info = lapack.dtrtri(r[g0:g1, g0:g1], lower=0)
-        if info != 0:
-            raise QsimError(f"{where}: calibration Hessian is singular; use more calibration samples")
+        ucc, _ = lapack.dtrtri(r[g0:g1, g0:g1], lower=0)  # R's diagonal is positive: always invertible
         block = wd[:, g0:g1].copy()
         if g0:
             block += matmul_f64(matmul_f64(wd[:, :g0], r[:g0, g0:g1]), ucc)  # what the earlier columns' errors moved onto this block

@@ -98,7 +98,7 @@ class ObserverHook:
     def hessian(self, key: tuple[int, str]) -> np.ndarray:
         """X^T X in float64 over every calibration window's rows, in window order: one GEMM (a symmetric
         rank-k update) over the whole batch, about 4x faster than one per window for 5120 inputs."""
-        x = np.concatenate(self.gemm_inputs[key]).astype(np.float64, copy=False)
+        x = np.concatenate(self.gemm_inputs[key], dtype=np.float64)  # joined and cast in one copy
         return x.T @ x
 
     def drop(self, layer: int) -> None:

@@ -30,7 +30,8 @@ QUANT_POINTS = ("u", "x_in", "z", "xs", "dtr", "B", "C", "dt_pre", "u_f")
 
 
 def dequant_linear(qm: QuantizedModel, name: str) -> np.ndarray:
-    return (qm.linear(name).effective() * qm.t(f"{name}.scale")[:, None]).astype(np.float32)
+    scale = qm.t(f"{name}.scale")[:, None]
+    return np.multiply(qm.linear(name).effective(np.int16), scale, dtype=np.float64).astype(np.float32)
 
 
 def dequant_layer(qm: QuantizedModel, i: int) -> dict[str, np.ndarray]:

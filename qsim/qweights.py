@@ -23,12 +23,14 @@ class IntLinear:
     gs: np.ndarray | None = None  # uint8 group scales (out, n_groups) for int4
     group: int = 0
 
-    def effective(self) -> np.ndarray:
-        """q * gs expanded per column: the integer matrix the dot product applies."""
+    def effective(self, dtype=np.int64) -> np.ndarray:
+        """q * gs expanded per column: the integer matrix the dot product applies.
+
+        |q * gs| <= 8 * 255, so int16 (a quarter of int64's memory traffic) or any float holds it exactly."""
         if self.gs is None:
-            return self.q.astype(np.int64)
-        cols = np.arange(self.q.shape[1]) // self.group
-        return self.q.astype(np.int64) * self.gs[:, cols].astype(np.int64)
+            return self.q.astype(dtype)
+        gs = np.repeat(self.gs.astype(dtype), self.group, axis=1)[:, : self.q.shape[1]]
+        return np.multiply(self.q, gs, dtype=dtype)
 
 
 def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, float]:

@@ -28,13 +28,25 @@ SPLIT_MIN_MACS = 1 << 20  # below this a GEMM runs in the calling thread: a pool
 _BLAS = ThreadpoolController().select(user_api="blas")
 _POOL = ThreadPoolExecutor(max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="qsim-gemm")
 
-__all__ = ["F32_EXACT_K", "gemm_f64", "gemm_i8"]
+__all__ = ["F32_EXACT_K", "gemm_f64", "gemm_i8", "matmul_f64", "run_sliced"]
+
+
+def _slices(n: int, work: int, align: int = 1) -> list[slice]:
+    parts = numba.get_num_threads() if work >= SPLIT_MIN_MACS else 1
+    per = -(-n // parts)
+    per += -per % align
+    return [slice(lo, min(n, lo + per)) for lo in range(0, n, per)]
 
 
 def _column_slices(m: int, n: int, k: int) -> list[slice]:
-    parts = numba.get_num_threads() if m * n * k >= SPLIT_MIN_MACS else 1
-    per = -(-n // parts)
-    return [slice(lo, min(n, lo + per)) for lo in range(0, n, per)]
+    return _slices(n, m * n * k)
+
+
+def run_sliced(fn, n: int, work: int, align: int = 1) -> None:
+    """fn(slice) over slices of range(n), one per pool thread when `work` (multiply-adds or elements) is
+    worth a hand-off, with BLAS held to one thread: for float code whose rows are independent. Slices
+    start at multiples of `align`."""
+    _run(fn, _slices(n, work, align))
 
 
 def _run(fn, slices: list[slice]) -> None:

@@ -52,7 +52,7 @@ def prepare_linear(w: IntLinear):
         if w.q.shape[1] >= I8_MAX_K:
             raise QsimError(f"int8 GEMM: {w.q.shape[1]} inputs would overflow its int32 accumulator")
         return "i8", np.ascontiguousarray(w.q, dtype=np.int8)
-    return "f64", np.ascontiguousarray(w.effective().T.astype(np.float64))
+    return "f64", np.ascontiguousarray(w.effective(np.int16).T, dtype=np.float64)
 
 
 @intrinsic

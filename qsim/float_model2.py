@@ -28,7 +28,9 @@ import numpy as np
 from qsim import float_model
 from qsim.config import Mamba2Config
 from qsim.errors import QsimError
+from qsim.fixed.blas_gemm import run_sliced
 from qsim.float_model import (  # block, forward and batching are shared; only the mixer is Mamba-2's
+    SCAN_ROW_ALIGN,
     Hook,
     _apply,
     block,
@@ -67,7 +69,21 @@ def ssd_scan(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.
     dx = (np.repeat(dt, headdim, axis=1) * x).reshape(length, ngroups, rows, 1)
     B4 = B.reshape(length, ngroups, 1, n)
     C4 = C.reshape(length, ngroups, n, 1)
-    h = np.zeros((ngroups, rows, n), np.float32)
+    y = np.empty((length, ngroups, rows, 1), np.float32)
+    hmax = np.empty((ngroups, rows, n), np.float32)
+
+    def channels(sl: slice) -> None:  # the channels of every group are independent (float_model.selective_scan)
+        y[:, :, sl], hmax[:, sl] = _ssd_rows(dA[:, :, sl], dx[:, :, sl], B4, C4)
+
+    run_sliced(channels, rows, length * d_inner * n, SCAN_ROW_ALIGN)
+    ys = y.reshape(length, d_inner) + x * np.repeat(D, headdim)
+    return ys.astype(np.float32, copy=False), hmax.reshape(nheads, headdim, n)
+
+
+def _ssd_rows(dA: np.ndarray, dx: np.ndarray, B4: np.ndarray, C4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The recurrence for a slice of each group's channels: y (L, ngroups, rows, 1) and max |h|."""
+    length, ngroups, rows = dA.shape[:3]
+    h = np.zeros((ngroups, rows, B4.shape[-1]), np.float32)
     hi, lo, tmp = np.zeros_like(h), np.zeros_like(h), np.empty_like(h)
     y = np.empty((length, ngroups, rows, 1), np.float32)
     mul, add, maximum, minimum, matmul = np.multiply, np.add, np.maximum, np.minimum, np.matmul
@@ -78,8 +94,7 @@ def ssd_scan(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.
         maximum(hi, h, out=hi)  # max |h| as max(max h, -min h): no |h| temporary per token
         minimum(lo, h, out=lo)
         matmul(h, C4[t], out=y[t])
-    ys = y.reshape(length, d_inner) + x * np.repeat(D, headdim)
-    return ys.astype(np.float32, copy=False), np.maximum(hi, -lo).reshape(nheads, headdim, n)
+    return y, np.maximum(hi, -lo)
 
 
 def gated_rmsnorm(v: np.ndarray, g: np.ndarray, groups: int, eps: float) -> np.ndarray:

@@ -72,7 +72,7 @@ def estimate(cfg: MambaConfig, bits: BitsPreset, calib: CalibSettings | None, ev
         ints = cfg.n_layer * _linear_weights(cfg) * wbyte + v * d * (1 + wbyte)  # + dt_proj int8, tables
         parts["integer artifact"] = int(ints + cfg.n_layer * di * (n + 8) * 4)
         parts["dequantized embedding and lm_head"] = 8 * v * d
-        if bits.weight_bits == 4:  # int4 weights are expanded (int64) and prepared as float64 for the GEMMs
+        if bits.weight_bits == 4:  # int4 weights are expanded (int16, then float64 for the GEMMs and dequantizing)
             parts["prepared int4 layer"] = 16 * _linear_weights(cfg)
             parts["prepared int4 lm_head"] = 8 * v * d  # float64, kept; its int64 expansion is gone before evaluation
     if calibrating and quantized and calib is not None:

@@ -156,3 +156,30 @@ def test_dispatch_by_family():
     assert dispatch(MambaConfig(d_model=32, n_layer=1, vocab_size=64)) is float_model
     with pytest.raises(QsimError, match="family"):
         dispatch(object())
+
+
+def test_ssd_split_over_threads_gives_the_one_pass_bits():
+    """ssd_scan runs slices of each group's channels on the pool: same bits as one pass over all of them."""
+    from qsim.fixed.blas_gemm import SPLIT_MIN_MACS
+
+    rng = np.random.default_rng(5)
+    length, ngroups, nheads, headdim, n = 40, 2, 14, 24, 128  # 168 channels per group: split at 96, not 84
+    d_inner = nheads * headdim
+    assert length * d_inner * n >= SPLIT_MIN_MACS
+    x = rng.standard_normal((length, d_inner), dtype=np.float32)
+    dt = rng.random((length, nheads), dtype=np.float32) * np.float32(0.2)
+    A = -np.exp(rng.standard_normal(nheads, dtype=np.float32))
+    B, C = (rng.standard_normal((length, ngroups * n), dtype=np.float32) for _ in range(2))
+    D = rng.standard_normal(nheads, dtype=np.float32)
+    rows = d_inner // ngroups
+    dA = np.repeat(np.exp(dt * A), headdim, axis=1).reshape(length, ngroups, rows, 1)
+    dx = (np.repeat(dt, headdim, axis=1) * x).reshape(length, ngroups, rows, 1)
+    h = np.zeros((ngroups, rows, n), np.float32)
+    hmax, y = np.zeros_like(h), np.empty((length, ngroups, rows, 1), np.float32)
+    for t in range(length):
+        h = h * dA[t] + dx[t] * B.reshape(length, ngroups, 1, n)[t]
+        hmax = np.maximum(hmax, np.abs(h))
+        y[t] = h @ C.reshape(length, ngroups, n, 1)[t]
+    got_y, got_hmax = ssd_scan(x, dt, A, B, C, D, ngroups)
+    assert np.array_equal(got_y, y.reshape(length, d_inner) + x * np.repeat(D, headdim))
+    assert np.array_equal(got_hmax, hmax.reshape(nheads, headdim, n))

@@ -16,20 +16,24 @@ import numpy as np
 
 from qsim import hadamard
 from qsim.errors import QsimError
-from qsim.weights import LoadedModel, MambaWeights
+from qsim.weights import LazyLayers, LoadedModel, MambaWeights, keep_layers
 
 ORTHOGONAL_TOL = 1e-9  # max |R^T R - I| accepted for a rotation built in float64
 
 
-def copy_model(lm: LoadedModel, *, untie: bool = False) -> LoadedModel:
-    """A deep copy; `untie` gives lm_head its own array (a rotation or fold breaks the tie)."""
+def map_layers(lm: LoadedModel, fn, *, untie: bool = False) -> LoadedModel:
+    """A new model whose layer i is fn(i, a new dict of the input's layer i), built when it is used, as the
+    input's layers are: a streamed model's rewritten layers are never all in memory at once. fn assigns new
+    arrays, never writes into the input's. `untie` gives lm_head its own array (a rotation or fold breaks
+    the tie)."""
     w = lm.weights
     tied = w.lm_head is w.embedding
     emb = w.embedding.copy()
     head = emb if tied and not untie else w.lm_head.copy()
-    weights = MambaWeights(emb, w.norm_f.copy(), head, [{k: v.copy() for k, v in lw.items()} for lw in w.layers])
+    base = w.layers
+    layers = LazyLayers(len(base), lambda i: fn(i, dict(base[i])), keep_layers(lm.config))
     cfg = replace(lm.config, tie_embeddings=False) if untie else lm.config
-    return replace(lm, config=cfg, weights=weights)
+    return replace(lm, config=cfg, weights=MambaWeights(emb, w.norm_f.copy(), head, layers))
 
 
 def as_f32(a: np.ndarray) -> np.ndarray:
@@ -38,11 +42,14 @@ def as_f32(a: np.ndarray) -> np.ndarray:
 
 def fold_norms(lm: LoadedModel) -> LoadedModel:
     """RMSNorm weights into in_proj's and lm_head's input columns; the norms keep weight 1."""
-    out = copy_model(lm, untie=True)
-    w = out.weights
-    for lw in w.layers:
+
+    def fold(i: int, lw: dict) -> dict:
         lw["in_proj"] = as_f32(lw["in_proj"].astype(np.float64) * lw["norm"].astype(np.float64))
         lw["norm"] = np.ones_like(lw["norm"])
+        return lw
+
+    out = map_layers(lm, fold, untie=True)
+    w = out.weights
     w.lm_head = as_f32(w.lm_head.astype(np.float64) * w.norm_f.astype(np.float64))
     w.norm_f = np.ones_like(w.norm_f)
     return out
@@ -63,16 +70,20 @@ def random_hadamard(n: int, seed: int | None, what: str) -> np.ndarray:
 
 
 def rotate_residual(lm: LoadedModel, q: np.ndarray) -> LoadedModel:
-    """Residual stream r -> r Q; the norms must already be folded (weight 1)."""
-    w0 = lm.weights
-    if any(np.any(lw["norm"] != 1) for lw in w0.layers) or np.any(w0.norm_f != 1):
+    """Residual stream r -> r Q; the norms must already be folded (weight 1: a layer's is checked when built)."""
+    if np.any(lm.weights.norm_f != 1):
         raise ValueError("rotate_residual: fold the norm weights first")
-    out = copy_model(lm, untie=True)
-    w = out.weights
-    w.embedding = as_f32(w.embedding @ q)
-    for lw in w.layers:
+
+    def rotate(i: int, lw: dict) -> dict:
+        if np.any(lw["norm"] != 1):
+            raise ValueError(f"rotate_residual: fold the norm weights first (layer {i})")
         lw["in_proj"] = as_f32(lw["in_proj"] @ q)
         lw["out_proj"] = as_f32(q.T @ lw["out_proj"])
+        return lw
+
+    out = map_layers(lm, rotate, untie=True)
+    w = out.weights
+    w.embedding = as_f32(w.embedding @ q)
     w.lm_head = as_f32(w.lm_head @ q)
     return out
 
@@ -84,25 +95,31 @@ def smoothing_factors(act_max: np.ndarray, w_max: np.ndarray, alpha: float) -> n
     return s.astype(np.float64)
 
 
+def _column_factors(lm: LoadedModel, key: str, act_max: dict[int, np.ndarray], alpha: float) -> list[np.ndarray]:
+    """Per layer the smoothing factors of linear `key`'s input columns (one pass that builds each layer)."""
+    return [smoothing_factors(act_max[i], np.abs(lm.weights.layers[i][key]).max(axis=0).astype(np.float64), alpha)
+            for i in range(lm.config.n_layer)]
+
+
 def smooth_in_proj(lm: LoadedModel, u_max: dict[int, np.ndarray], alpha: float) -> tuple[LoadedModel, np.ndarray]:
     """in_proj's input u divided by s through the norm weight, its columns times s."""
-    out = copy_model(lm)
-    spread = []
-    for i, lw in enumerate(out.weights.layers):
-        s = smoothing_factors(u_max[i], np.abs(lw["in_proj"]).max(axis=0).astype(np.float64), alpha)
-        lw["norm"] = as_f32(lw["norm"] / s)
-        lw["in_proj"] = as_f32(lw["in_proj"] * s)
-        spread.append(s.max() / s.min())
-    return out, np.array(spread)
+    factors = _column_factors(lm, "in_proj", u_max, alpha)
+
+    def smooth(i: int, lw: dict) -> dict:
+        lw["norm"] = as_f32(lw["norm"] / factors[i])
+        lw["in_proj"] = as_f32(lw["in_proj"] * factors[i])
+        return lw
+
+    return map_layers(lm, smooth), np.array([s.max() / s.min() for s in factors])
 
 
 def smooth_out_proj(lm: LoadedModel, y_max: dict[int, np.ndarray], alpha: float) -> tuple[LoadedModel, np.ndarray]:
     """out_proj's input divided by s (the layer's out_smooth, applied to the gated scan output)."""
-    out = copy_model(lm)
-    spread = []
-    for i, lw in enumerate(out.weights.layers):
-        s = smoothing_factors(y_max[i], np.abs(lw["out_proj"]).max(axis=0).astype(np.float64), alpha)
-        lw["out_smooth"] = as_f32(lw.get("out_smooth", 1.0) * s)
-        lw["out_proj"] = as_f32(lw["out_proj"] * s)
-        spread.append(s.max() / s.min())
-    return out, np.array(spread)
+    factors = _column_factors(lm, "out_proj", y_max, alpha)
+
+    def smooth(i: int, lw: dict) -> dict:
+        lw["out_smooth"] = as_f32(lw.get("out_smooth", 1.0) * factors[i])
+        lw["out_proj"] = as_f32(lw["out_proj"] * factors[i])
+        return lw
+
+    return map_layers(lm, smooth), np.array([s.max() / s.min() for s in factors])

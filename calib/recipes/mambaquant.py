@@ -24,8 +24,8 @@ from calib.recipes import Recipe
 from calib.recipes.fuse import (
     as_f32,
     check_orthogonal,
-    copy_model,
     fold_norms,
+    map_layers,
     random_hadamard,
     rotate_residual,
     smooth_out_proj,
@@ -52,26 +52,30 @@ def klt_hadamard(cov: np.ndarray, seed: int, what: str) -> np.ndarray:
 
 def rotate_dt_path(lm, r_dt: np.ndarray):
     """dt_r -> dt_r R: x_proj's dt rows by R^T, dt_proj's columns by R."""
-    out = copy_model(lm)
     rank = lm.config.dt_rank
-    for lw in out.weights.layers:
+
+    def rotate(i: int, lw: dict) -> dict:
         xp = lw["x_proj"].astype(np.float64)
         xp[:rank] = r_dt.T @ xp[:rank]
         lw["x_proj"] = as_f32(xp)
         lw["dt_w"] = as_f32(lw["dt_w"].astype(np.float64) @ r_dt)
-    return out
+        return lw
+
+    return map_layers(lm, rotate)
 
 
 def smooth_bc(lm, b_max: dict[int, np.ndarray], c_max: dict[int, np.ndarray]):
-    out = copy_model(lm)
     r, n = lm.config.dt_rank, lm.config.d_state
-    for i, lw in enumerate(out.weights.layers):
+
+    def smooth(i: int, lw: dict) -> dict:
         s4 = smoothing_factors(b_max[i], c_max[i], 0.5)  # sqrt(max|B| / max|C|)
         xp = lw["x_proj"].astype(np.float64)
         xp[r : r + n] /= s4[:, None]
         xp[r + n :] *= s4[:, None]
         lw["x_proj"] = as_f32(xp)
-    return out
+        return lw
+
+    return map_layers(lm, smooth)
 
 
 def transform(lm, s, windows):

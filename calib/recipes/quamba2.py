@@ -17,7 +17,7 @@ import numpy as np
 
 from calib import reorder
 from calib.recipes import Recipe
-from calib.recipes.fuse import copy_model, fold_norms, random_hadamard, rotate_residual
+from calib.recipes.fuse import fold_norms, map_layers, random_hadamard, rotate_residual
 from qsim.progress import progress
 
 PAPER = "Chiang et al., Quamba2, ICML 2025 (arXiv 2503.22879)"
@@ -45,11 +45,8 @@ def transform(lm, s, windows):
     notes = []
     if s.group_heads:
         stat = ssm_input_stat(lm, windows)
-        out = copy_model(lm)
         cfg = lm.config
-        for i, lw in enumerate(out.weights.layers):
-            out.weights.layers[i] = reorder.apply(lw, reorder.plan(stat[i], cfg.nheads, cfg.ngroups), cfg)
-        lm = out
+        lm = map_layers(lm, lambda i, lw: reorder.apply(lw, reorder.plan(stat[i], cfg.nheads, cfg.ngroups), cfg))
         notes.append(f"heads and channels reordered per layer (sort and cluster: {reorder.HEAD_GROUPS} head groups "
                      f"x {reorder.CHANNEL_GROUPS} channel groups per SSD group, statistic mean |x| over tokens, "
                      f"max over {len(windows)} calibration windows)")

@@ -8,11 +8,12 @@ layer's list is repeated n_layer times, `lm_head` (with the final norm) runs onc
 
 Weight formats per `--bits` preset, following Quamba (arXiv 2410.13229), Quamba2 (arXiv 2503.22879)
 and their released code, github.com/enyac-group/Quamba (qsim/hw/SOURCES.md, "Weight formats"):
-  role "gptq"   in_proj, out_proj, lm_head (and a tied embedding): the preset's
-                weight bits; int4 carries one fp16 scale per group of 128 inputs
-                plus one fp16 scale per output channel;
-  role "linear" x_proj, dt_proj: 16-bit in fp16, else 8-bit (dt_proj stays
-                W8A8 in Quamba2's Mamba-1 W4A8);
+  role "gptq"   in_proj, x_proj, out_proj, lm_head (and a tied embedding): the
+                preset's weight bits; int4 carries one fp16 scale per group of
+                128 inputs plus one fp16 scale per output channel (Quamba2's
+                Mamba-1 W4A8 and W4A16 make x_proj 4-bit too, as calib does);
+  role "linear" dt_proj: 16-bit in fp16, else 8-bit (W8A8 in Quamba2's
+                Mamba-1 W4A8; calib keeps it int8 in every preset);
   role "param"  conv weights, biases, A_log, D, norm weights: 8-bit with
                 8-bit activations, else 16-bit.
   role "table"  with 8-bit activations only: the integer datapath's per-layer
@@ -300,7 +301,7 @@ def mamba1_shape(name: str, cfg: MambaConfig, source: str) -> ModelShape:
         _norm(d),
         _linear("in_proj", Act("u", d), Act("xz", 2 * di), "gptq"),
         _conv(di, cfg.d_conv),
-        _linear("x_proj", xs, Act("p", r + 2 * n), "linear"),
+        _linear("x_proj", xs, Act("p", r + 2 * n), "gptq"),
         _linear("dt_proj", Act("dtr", r), dt, "linear", bias=True,
                 tables=(_table("softplus_dt", spec.DT_BITS), _consts("dt_proj", 1)),
                 vector_elems=di, lookups=di, adds=di),

@@ -59,7 +59,9 @@ def test_prefill_counts_gemms_on_the_tensor_cores_and_int4_dequantization():
     in_proj = next(op for op in SHAPE.layer_ops if op.name == "in_proj")
     assert work["in_proj"].tc_class == "int8" and work["in_proj"].tc_ops == 2 * in_proj.macs * 64 * SHAPE.n_layer
     assert work["in_proj"].dequant == in_proj.weights[0].elems * 64 * SHAPE.n_layer
-    assert work["x_proj"].dequant == 0  # 8-bit weights in w4a8
+    x_proj = next(op for op in SHAPE.layer_ops if op.name == "x_proj")
+    assert work["x_proj"].dequant == x_proj.weights[0].elems * 64 * SHAPE.n_layer  # 4-bit, as in Quamba2's W4A8
+    assert work["dt_proj"].dequant == 0  # 8-bit weights in w4a8
     assert work["lm_head"].tc_ops == 2 * SHAPE.lm_head.macs  # the last token only
     assert work["conv"].tc_class is None and work["scan"].tc_ops == 0
     assert {w.tc_class for w in pass_work(SHAPE, W4A16, Implementation(), 64, decode=False)} == {None, "fp16"}

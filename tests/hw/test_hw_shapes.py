@@ -23,9 +23,11 @@ def test_weight_bytes_per_format_count_their_scales():
 
 
 def test_roles_follow_the_quamba_formats():
-    linear, param = Weight("x_proj", 8, 8, "linear"), Weight("A_log", 8, 1, "param")
+    linear, param = Weight("dt_proj", 8, 8, "linear"), Weight("A_log", 8, 1, "param")
     assert (linear.bits(W4A8), linear.bits(W4A16), linear.bits(FP16)) == (8, 8, 16)
     assert (param.bits(W4A8), param.bits(W4A16)) == (8, 16)
+    roles = {op.name: op.weights[0].role for op in model_shape("mamba-130m").layer_ops if op.weights}
+    assert roles["x_proj"] == "gptq" and roles["dt_proj"] == "linear"  # Quamba2's W4A8QMamba: 4-bit x_proj
 
 
 def test_mamba1_macs_per_token_match_the_block_equations():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from calib.recipes import fuse
 from calib.recipes.mambaquant import klt, klt_hadamard
 from qsim import float_model
 from qsim.errors import QsimError
-from qsim.weights import resolve
+from qsim.weights import LazyLayers, resolve
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,31 @@ def test_fold_then_rotate_is_invariant_and_unties(lm):
 
 def test_rotation_needs_folded_norms(lm):
     with pytest.raises(ValueError, match="fold the norm weights first"):
-        fuse.rotate_residual(lm, np.eye(lm.config.d_model))
+        fuse.rotate_residual(lm, np.eye(lm.config.d_model)).weights.layers[0]
+    folded = fuse.fold_norms(lm)
+    folded.weights.layers[1]["norm"] = folded.weights.layers[1]["norm"] * 2  # a small model keeps built layers
+    rotated = fuse.rotate_residual(folded, np.eye(lm.config.d_model))
+    assert np.array_equal(rotated.weights.layers[0]["in_proj"], folded.weights.layers[0]["in_proj"])
+    with pytest.raises(ValueError, match=r"fold the norm weights first \(layer 1\)"):
+        rotated.weights.layers[1]
+
+
+def test_rewrites_of_a_streamed_model_build_each_layer_when_used(lm):
+    """A large model's layers are streamed: folding and rotating it holds no more of them than its input does."""
+    built = []
+
+    def build(i):
+        built.append(i)
+        return {k: v.copy() for k, v in lm.weights.layers[i].items()}
+
+    streamed = replace(lm, weights=replace(lm.weights, layers=LazyLayers(lm.config.n_layer, build, keep=False)))
+    q = fuse.random_hadamard(lm.config.d_model, 3, "test")
+    rotated = fuse.rotate_residual(fuse.fold_norms(streamed), q)
+    assert built == []
+    eager = fuse.rotate_residual(fuse.fold_norms(lm), q)
+    for i in (1, 0):
+        assert all(np.array_equal(rotated.weights.layers[i][k], v) for k, v in eager.weights.layers[i].items())
+    assert built == [1, 0]
 
 
 def test_random_hadamard_is_orthogonal_and_seeded():

@@ -67,7 +67,10 @@ def observe(lm: LoadedModel, windows: list[np.ndarray], s: CalibSettings, bits: 
     hook = ChannelObserver(cfg.n_layer, None, s.hadamard, hessians=s.gptq and bits.weight_bits == 4)
     rs = [float_model2.embed(lm.weights, w) for w in windows]
     linears, small = [], []
+    feed = getattr(lm.weights.layers, "feed", None)
     for i in progress(range(cfg.n_layer), desc=f"calibrate ({len(windows)} seq)", unit="layer"):
+        if feed is not None:
+            feed(i, rs)
         lw = lm.weights.layers[i]
         rs = [float_model2.block(cfg, lw, r, i, hook) for r in rs]
         wout = lw["out_proj"]

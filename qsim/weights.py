@@ -67,10 +67,13 @@ class LazyLayers(Sequence):
 
     A large model (mamba-2.8b: 11 GB in fp32) never holds more than the layers
     its caller keeps; a small one (`keep`) caches every layer it has built.
+    A rewrite that depends on the activations entering a layer (Quamba2's reorder) sets `feed`: a
+    calibration pass hands it the windows it carries, feed(i, residuals), before it uses layer i.
     """
 
-    def __init__(self, n: int, build: Callable[[int], dict[str, np.ndarray]], keep: bool):
-        self._n, self._build = n, build
+    def __init__(self, n: int, build: Callable[[int], dict[str, np.ndarray]], keep: bool,
+                 feed: Callable[[int, list[np.ndarray]], None] | None = None):
+        self._n, self._build, self.feed = n, build, feed
         self._cache: dict[int, dict] | None = {} if keep else None
         self._last: tuple[int, dict] | None = None  # streamed: the layer in use, for every window of a batch
 

@@ -45,7 +45,7 @@ def klt(cov: np.ndarray) -> np.ndarray:
 
 
 def klt_hadamard(cov: np.ndarray, seed: int, what: str) -> np.ndarray:
-    r = klt(cov) @ random_hadamard(cov.shape[0], seed, what)
+    r = klt(cov) @ random_hadamard(cov.shape[0], seed, what).dense()
     check_orthogonal(r, what)
     return r
 

@@ -65,11 +65,22 @@ def test_rewrites_of_a_streamed_model_build_each_layer_when_used(lm):
 
 
 def test_random_hadamard_is_orthogonal_and_seeded():
-    a, b = fuse.random_hadamard(24, 1, "t"), fuse.random_hadamard(24, 2, "t")
+    a, b = fuse.random_hadamard(24, 1, "t").dense(), fuse.random_hadamard(24, 2, "t").dense()
     fuse.check_orthogonal(a, "t")
     assert np.allclose(np.abs(a), 1 / np.sqrt(24)) and not np.array_equal(a, b)
     with pytest.raises(QsimError, match="no Hadamard matrix of order 28"):
         fuse.random_hadamard(28, 0, "t")
+
+
+@pytest.mark.parametrize("n, seed", [(256, None), (2560, 5), (48, 1)])
+def test_fast_rotation_equals_the_dense_product(n, seed):
+    """x Q by the factored transform and by a dense float64 GEMM, both rounded once to float32: the float64
+    results differ in their last bits at most, so the float32 values agree but for rare rounding ties."""
+    q = fuse.random_hadamard(n, seed, "t")
+    x = np.random.default_rng(0).standard_normal((64, n)).astype(np.float32)
+    fast, dense = q.right(x), (x @ q.dense()).astype(np.float32)
+    assert fast.dtype == np.float32
+    assert np.count_nonzero(fast != dense) <= 1 and np.abs(fast - dense).max() <= 1e-6 * np.abs(dense).max()
 
 
 def test_check_orthogonal_rejects_a_scaled_rotation():

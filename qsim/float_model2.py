@@ -95,9 +95,9 @@ def _ssd_token(h, dA, dx, B, hi, lo):
                 v = h[g, r, k] * a + d * B[g, 0, k]
                 h[g, r, k] = v
                 m = hi[g, r, k]
-                hi[g, r, k] = m if (m >= v or m != m) else v
+                hi[g, r, k] = m if (m >= v or np.isnan(m)) else v
                 m = lo[g, r, k]
-                lo[g, r, k] = m if (m <= v or m != m) else v
+                lo[g, r, k] = m if (m <= v or np.isnan(m)) else v
 
 
 def _ssd_rows(dA: np.ndarray, dx: np.ndarray, B4: np.ndarray, C4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

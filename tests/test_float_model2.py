@@ -159,7 +159,8 @@ def test_dispatch_by_family():
 
 
 def test_ssd_split_over_threads_gives_the_one_pass_bits():
-    """ssd_scan runs slices of each group's channels on the pool: same bits as one pass over all of them."""
+    """ssd_scan runs slices of each group's channels on the pool, the state update compiled: same bits as
+    NumPy's one pass over all of them, array operation by array operation."""
     from qsim.fixed.blas_gemm import SPLIT_MIN_MACS
 
     rng = np.random.default_rng(5)
@@ -183,3 +184,16 @@ def test_ssd_split_over_threads_gives_the_one_pass_bits():
     got_y, got_hmax = ssd_scan(x, dt, A, B, C, D, ngroups)
     assert np.array_equal(got_y, y.reshape(length, d_inner) + x * np.repeat(D, headdim))
     assert np.array_equal(got_hmax, hmax.reshape(nheads, headdim, n))
+
+
+def test_compiled_state_update_keeps_nan_in_the_running_max_and_min():
+    """max |h| stays NaN once h was NaN, as np.maximum and np.minimum keep it (an overflow is not hidden)."""
+    from qsim.float_model2 import _ssd_token
+
+    h = np.array([[[np.nan, 1.0]]], np.float32)
+    hi, lo = np.zeros_like(h), np.zeros_like(h)
+    ones = np.ones((1, 1, 1), np.float32)
+    for _ in range(2):  # NaN entering hi and lo, then NaN already there against a finite h
+        _ssd_token(h, ones, ones, np.zeros((1, 1, 2), np.float32), hi, lo)
+        h[0, 0, 0] = 5.0
+    assert np.isnan(hi[0, 0, 0]) and np.isnan(lo[0, 0, 0]) and hi[0, 0, 1] == 1.0 and lo[0, 0, 1] == 0.0

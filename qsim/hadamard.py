@@ -120,6 +120,8 @@ def transform64(x: np.ndarray, transpose: bool) -> np.ndarray:
     base = _float_factor(m) if transpose else _float_factor(m).T
     rows = x.reshape(-1, n)
     out = np.empty_like(rows)
+    if rows.shape[0] == 0:
+        return out.reshape(x.shape)
 
     def blocks(sl: slice) -> None:
         for lo in range(sl.start, sl.stop, TRANSFORM_ROWS):

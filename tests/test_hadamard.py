@@ -33,6 +33,18 @@ def test_float_transforms_invert():
     assert np.allclose(back, x, atol=1e-4)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_float_transform_rows_are_independent_of_their_blocks(transpose):
+    """Rows are transformed in blocks over the pool's threads: each row gives the bits it gives alone, and
+    the result is the dense product (float64 rounding aside); no rows gives no rows."""
+    x = np.random.default_rng(2).standard_normal((3 * hadamard.TRANSFORM_ROWS + 5, 2560))
+    whole = hadamard.transform64(x, transpose)
+    assert all(np.array_equal(whole[i], hadamard.transform64(x[i], transpose)) for i in (0, 70, x.shape[0] - 1))
+    h = hadamard.matrix(2560).astype(np.float64)
+    assert np.abs(whole - x @ (h if transpose else h.T)).max() < 1e-9
+    assert hadamard.transform64(np.zeros((0, 48)), transpose).shape == (0, 48)
+
+
 def test_unsupported_size_is_an_error():
     with pytest.raises(QsimError, match="Hadamard size 144"):
         hadamard.factor(48 * 3)

@@ -125,8 +125,9 @@ def embed(w: MambaWeights, tokens: np.ndarray) -> np.ndarray:
     return w.embedding[np.asarray(tokens)].astype(np.float32)
 
 
-def block(cfg: MambaConfig, lw: dict, r: np.ndarray, layer: int, act: Hook) -> np.ndarray:
+def block(cfg: MambaConfig, lw: dict, r: np.ndarray, layer: int, act: Hook | None = None) -> np.ndarray:
     """One residual block: the residual stream after layer `layer`."""
+    act = act or _identity
     r = _apply(act, layer, "residual", r)
     u = _apply(act, layer, "u", rmsnorm(r, lw["norm"], cfg.layer_norm_epsilon))
     return r + _mixer_of(cfg)(cfg, lw, u, layer, act)

@@ -19,23 +19,18 @@ import numpy as np
 from calib import reorder
 from calib.recipes import Recipe
 from calib.recipes.fuse import fold_norms, map_layers, random_hadamard, rotate_residual
+from qsim import float_model2
 
 PAPER = "Chiang et al., Quamba2, ICML 2025 (arXiv 2503.22879)"
 
 
 def mean_abs_input(cfg, lw: dict, rs: list[np.ndarray]) -> np.ndarray:
     """Per channel of the SSM input x: the mean |x| over a window's tokens, maximised over the windows."""
-    from qsim import float_model2
-
     stat = None
     for r in rs:
         m = np.abs(float_model2.ssm_input(cfg, lw, r).astype(np.float64)).mean(axis=0)
         stat = m if stat is None else np.maximum(stat, m)
     return stat
-
-
-def _no_hook(layer, name, x) -> None:
-    return None
 
 
 class InputReorder:
@@ -48,8 +43,6 @@ class InputReorder:
     through the un-reordered layers (the same function)."""
 
     def __init__(self, lm, windows: list[np.ndarray]):
-        from qsim import float_model2
-
         self.lm, self.plans = lm, {}
         self._at, self._rs = 0, [float_model2.embed(lm.weights, w) for w in windows]
 
@@ -58,14 +51,12 @@ class InputReorder:
         self._at, self._rs = i, rs
 
     def layer(self, i: int, lw: dict) -> dict:
-        from qsim import float_model2
-
         cfg = self.lm.config
         if i not in self.plans:
             if self._at > i:
                 raise RuntimeError(f"quamba2 reorder: layer {i} requested after layer {self._at}'s inputs")
             for j in range(self._at, i):
-                self._rs = [float_model2.block(cfg, self.lm.weights.layers[j], r, j, _no_hook) for r in self._rs]
+                self._rs = [float_model2.block(cfg, self.lm.weights.layers[j], r, j) for r in self._rs]
             self._at = i
             self.plans[i] = reorder.plan(mean_abs_input(cfg, lw, self._rs), cfg.nheads, cfg.ngroups)
         return reorder.apply(lw, self.plans[i], cfg)

@@ -20,7 +20,7 @@ Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j 
 Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
 
 Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 x*w per tap;
-3 b + sum; 6 * m (Pipeline.mul); 7 + rounding half, >> s; 8 saturated to int8 = conv_pre, SiLU table read;
+3 b + sum; 6 * m (Pipeline.mul); 7 2 * prod >> s (halves); 8 rounded, saturated to int8 = conv_pre, SiLU table read;
 9 xs: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
 """
 
@@ -32,14 +32,15 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
-from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
     OutFifo,
     beat,
     cfg_signature,
     fifo_depth,
-    rshift_round_var,
+    halves,
+    round_saturate_halves,
     scalar_reg,
     table_beats,
     vector_write,
@@ -113,7 +114,7 @@ class ConvUnit(wiring.Component):
         # ---- issue: one row of lanes channels per cycle, rows in order
         out = OutFifo(m, self.o, 16 * L, fifo_depth(CONV_STAGE))
         issue, row = Signal(), Signal(range(R))
-        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         with m.If(issue):
             m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
         # the windows, layer-major (an attribute for testbenches to peek at); a beat's address: its layer's base (a
@@ -149,8 +150,8 @@ class ConvUnit(wiring.Component):
             m.d.comb += bj.eq(b_r.data[32 * j:32 * (j + 1)])
             acc = pl.reg(pl.at(bj, 2) + sum(prods[j]), 3, f"acc{j}", signed(36))
             prod = pl.mul(acc, mult, 3, f"am{j}")
-            rounded = pl.reg(rshift_round_var(prod, shift), 3 + MUL_LATENCY + 1, f"r{j}")
-            q = pl.reg(saturate(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
+            rounded = pl.reg(halves(prod, shift), 3 + MUL_LATENCY + 1, f"r{j}")
+            q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
             p = silu.read_port()
             m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
             pre.append(pl.at(q, CONV_STAGE))

@@ -50,7 +50,7 @@ buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cy
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -243,6 +243,7 @@ class Engine(wiring.Component):
         fresh = Signal()  # this token starts a sequence
         vmax = max(self.max_n, D * N, D * K) + 1
         rd, mid, wr = Signal(range(vmax)), Signal(range(vmax)), Signal(range(vmax))
+        rd1 = Signal(range(vmax + 1), init=1)  # rd + 1, kept in a register
         prime, gst, bcs = Signal(), Signal(), Signal()
         lst, e, cur, cur_v, jb = Signal(), Signal(range(vmax)), Signal(8 * B), Signal(), Signal(range(B))
         emit = Signal()
@@ -268,7 +269,7 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), mid.eq(0), wr.eq(0), prime.eq(0), gst.eq(0), bcs.eq(0), lst.eq(0), e.eq(0),
+            m.d.sync += [rd.eq(0), rd1.eq(1), mid.eq(0), wr.eq(0), prime.eq(0), gst.eq(0), bcs.eq(0), lst.eq(0), e.eq(0),
                          cur_v.eq(0)]
 
         def reader(n, ready, ports):
@@ -276,10 +277,11 @@ class Engine(wiring.Component):
             valid = prime & (rd < n)
             take = valid & ready
             m.d.sync += prime.eq(1)
+            at = Mux(take, rd1, rd)  # the next element's address: a mux on the handshake, not an add after it
             for p, f in ports:
-                m.d.comb += p.addr.eq(f(rd + take))
+                m.d.comb += p.addr.eq(f(at))
             with m.If(take):
-                m.d.sync += rd.eq(rd + 1)
+                m.d.sync += [rd.eq(rd1), rd1.eq(rd1 + 1)]
             return valid
 
         def writer(src, port, n, data_, addr=None):

@@ -164,7 +164,7 @@ class HadamardUnit(wiring.Component):
         m.d.comb += [cfg_ok.eq(is_load & (t == 0) & (drain == 0)), self.cfg.ready.eq(cfg_ok),
                      issue.eq((drain == 0) & Mux(is_load, self.i.valid & ~(cfg_ok & self.cfg.valid),
                                                  ~is_out | (pending < self.fifo_depth))),
-                     self.i.ready.eq(issue & is_load)]
+                     self.i.ready.eq((drain == 0) & is_load & ~(cfg_ok & self.cfg.valid))]  # issue without i.valid
         m.d.sync += pending.eq(pending + (issue & is_out) - (self.o.valid & self.o.ready))
         with m.If(drain != 0):
             m.d.sync += drain.eq(Mux(advance, 0, drain + 1))

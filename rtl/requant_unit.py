@@ -15,7 +15,7 @@ Kind.S addr row: s in [0, 62]; Kind.VEC addr row: b (int32). Elaboration: max_ro
 requantizes), in_bits (the accumulator width, 32 for the GEMV unit's int32).
 
 Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 v + b; 5 * m (Pipeline.mul);
-6 rounded >> s; 7 saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later
+6 2 * prod >> s (halves); 7 rounded and saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later
 (the cycle contract, requant_unit_cycles, is in qsim.hw.units).
 The issue stage holds off when the output FIFO could fill (credits), as in rtl.table_unit.
 """
@@ -29,14 +29,15 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec
 from qsim.hw.units import REQUANT_LATENCY, REQUANT_STAGE  # noqa: F401 (REQUANT_LATENCY: rtl.engine imports it here)
-from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
     OutFifo,
     beat,
     cfg_signature,
     fifo_depth,
-    rshift_round_var,
+    halves,
+    round_saturate_halves,
 )
 
 RESIDUAL = signed(spec.RESIDUAL_BITS)
@@ -83,7 +84,7 @@ class RequantUnit(wiring.Component):
         out = OutFifo(m, self.o, spec.RESIDUAL_BITS, fifo_depth(REQUANT_STAGE))
         issue = Signal()
         p = self.i.payload
-        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         row = Mux(p.uniform, 0, p.idx)
         m.d.comb += [mems["m"].addr.eq(row), mems["s"].addr.eq(row), mems["b"].addr.eq(p.idx)]
 
@@ -96,9 +97,8 @@ class RequantUnit(wiring.Component):
         m.d.comb += [mult.eq(mems["m"].data), shift.eq(mems["s"].data), b.eq(mems["b"].data)]
         acc = pl.reg(val + Mux(bias, b, 0), 2, "acc", signed(self.in_bits + 1))
         prod = pl.mul(acc, mult, 2, "prod")
-        rnd = pl.reg(rshift_round_var(prod, pl.at(shift, 2 + MUL_LATENCY)), 3 + MUL_LATENCY, "rnd",
-                     signed(len(prod)))
-        y = pl.reg(Mux(pl.at(wide, 3 + MUL_LATENCY), saturate(rnd, RESIDUAL), saturate(rnd, signed(8))),
-                   REQUANT_STAGE, "y", RESIDUAL)
+        rnd = pl.reg(halves(prod, pl.at(shift, 2 + MUL_LATENCY)), 3 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
+        y = pl.reg(Mux(pl.at(wide, 3 + MUL_LATENCY), round_saturate_halves(rnd, RESIDUAL),
+                       round_saturate_halves(rnd, signed(8))), REQUANT_STAGE, "y", RESIDUAL)
         out.connect(issue, pl.at(v, REQUANT_STAGE), y)
         return m

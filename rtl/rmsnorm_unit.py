@@ -25,13 +25,15 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
-from rtl.pipeline import MUL_LATENCY, Pipeline, saturate
+from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
     OutFifo,
     beat,
     cfg_signature,
     fifo_depth,
+    halves,
+    round_saturate_halves,
     rshift_round_var,
     scalar_reg,
     vector_write,
@@ -81,7 +83,7 @@ class RMSNormUnit(wiring.Component):
         t, gap = Signal(range(R)), Signal(range(RMSNORM_GAP))
         out = OutFifo(m, self.o, 8 * L, fifo_depth(RMSNORM_STAGE))
         issue_in, issue_out = Signal(), Signal()
-        m.d.comb += [issue_in.eq(phase_in & self.i.valid), self.i.ready.eq(issue_in),
+        m.d.comb += [issue_in.eq(phase_in & self.i.valid), self.i.ready.eq(phase_in),
                      issue_out.eq(phase_out & out.room)]
         last = t == R - 1
         gap_last = phase_gap & (gap == RMSNORM_GAP - 2)
@@ -146,8 +148,8 @@ class RMSNormUnit(wiring.Component):
             if j == 0:
                 pl.put(mult, 2 + 2 * MUL_LATENCY)
             ngm = pl.mul(ng, mult, 2 + 2 * MUL_LATENCY, f"ngm{j}")
-            q = pl.reg(rshift_round_var(ngm, shift_s), 3 + 3 * MUL_LATENCY, f"q{j}")
-            ys.append(pl.reg(saturate(q, signed(8)), RMSNORM_STAGE, f"u{j}"))
+            q = pl.reg(halves(ngm, shift_s), 3 + 3 * MUL_LATENCY, f"q{j}")
+            ys.append(pl.reg(round_saturate_halves(q, signed(8)), RMSNORM_STAGE, f"u{j}"))
         assert 4 + 3 * MUL_LATENCY == RMSNORM_STAGE
         out.connect(issue_out, pl.at(v1, RMSNORM_STAGE), Cat(*ys))
         return m

@@ -277,7 +277,10 @@ class ScanUnit(wiring.Component):
         issue, done_issue = Signal(), Signal()
         m.d.comb += [issue.eq(step & ~in_pad), done_issue.eq(issue & (k == K - 1)),
                      self.cfg.ready.eq(first_slot & (quiet == 0)),
-                     self.bc.ready.eq(first_slot & step), self.i.ready.eq(done_issue)]
+                     self.bc.ready.eq(first_slot & step),
+                     # done_issue without i.valid: ready must not wait for valid (a shorter path from the sender)
+                     self.i.ready.eq(~in_pad & credit & (k == K - 1)
+                                     & (~first_slot | (self.bc.valid & ~self.cfg.valid)))]
         token_layer = Signal(range(NL))  # the layer sent with this token's bc beat, like `hold`
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
             m.d.sync += [hold.eq(self.bc.payload), token_layer.eq(self.layer)]

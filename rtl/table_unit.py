@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -111,6 +111,24 @@ def rshift_round_var(v, s):
     return (v + ((Const(1, 1) << s) >> 1)) >> s
 
 
+def halves(v, s):
+    """v / 2**(s-1) rounded down, for a run-time shift s >= 0: (2v) >> s, arithmetic. A barrel shift alone, so a
+    requantization registers it and rounds and saturates in the next stage (round_saturate_halves) instead of
+    chaining a wide rounding add into the shifter in one cycle."""
+    return Cat(Const(0, 1), v).as_signed() >> s if v.shape().signed else Cat(Const(0, 1), v) >> s
+
+
+def round_saturate_halves(t, shape):
+    """saturate(rshift_round(v, s), shape) from t = halves(v, s): rshift_round(v, s) = (t + 1) >> 1 exactly (s = 0
+    included: t = 2v). The range checks compare t itself ((t + 1) >> 1 > hi iff t >= 2 hi + 1, < lo iff
+    t < 2 lo - 1), beside the rounding add, which spans only the width + 1 low bits it needs."""
+    w = shape.width
+    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
+    low = (t[:w + 1] + 1)[1:w + 1]
+    low = low.as_signed() if shape.signed else low
+    return Mux(t >= 2 * hi + 1, Const(hi, shape), Mux(t < 2 * lo - 1, Const(lo, shape), low))
+
+
 class TableUnit(wiring.Component):
     """int8 codes in, a run-time loaded 256-entry table's values out, `lanes` per beat (SPEC 7.4)."""
 
@@ -136,7 +154,7 @@ class TableUnit(wiring.Component):
                      w.en.eq(self.cfg.valid & (self.cfg.payload.kind == Kind.TABLE))]
         out = OutFifo(m, self.o, W * L, fifo_depth(TABLE_STAGE))
         issue = Signal()
-        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         ports = [tab.read_port() for _ in range(L)]
         for j, p in enumerate(ports):  # code q reads entry q + 128: flip the sign bit
             m.d.comb += p.addr.eq(Cat(self.i.payload[j][:7], ~self.i.payload[j][7]))
@@ -168,7 +186,7 @@ class ResidualUnit(wiring.Component):
         pl = Pipeline(m)
         out = OutFifo(m, self.o, B * L, fifo_depth(RESIDUAL_STAGE))
         issue = Signal()
-        m.d.comb += [issue.eq(self.i.valid & out.room), self.i.ready.eq(issue)]
+        m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         sums = [self.i.payload.r[j] + self.i.payload.d[j] for j in range(L)]
         ys = [pl.reg(saturate(s, RESIDUAL), RESIDUAL_STAGE, f"y{j}") for j, s in enumerate(sums)]
         clamped = [pl.reg(issue & ((s > (1 << (B - 1)) - 1) | (s < -(1 << (B - 1)))), RESIDUAL_STAGE, f"c{j}")

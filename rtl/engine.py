@@ -71,6 +71,10 @@ from rtl.table_unit import Kind, ResidualUnit, TableUnit
 ADDR_BITS = 32
 LEN_BITS = 16
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
+TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
+# the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate
+DESCRIPTOR = ("load", "gemv", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
+              "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", *(f"t_{t}" for t in TARGETS))
 
 
 class Engine(wiring.Component):
@@ -244,9 +248,10 @@ class Engine(wiring.Component):
         vmax = max(self.max_n, D * N, D * K) + 1
         rd, mid, wr = Signal(range(vmax)), Signal(range(vmax)), Signal(range(vmax))
         rd1 = Signal(range(vmax + 1), init=1)  # rd + 1, kept in a register
-        prime, gst, bcs = Signal(), Signal(), Signal()
+        prime = Signal()
         lst, e, cur, cur_v, jb = Signal(), Signal(range(vmax)), Signal(8 * B), Signal(), Signal(range(B))
         emit = Signal()
+        tok_off = Signal(ADDR_BITS)  # token * d_model: the embedding row's offset
         bcr = [Signal(signed(8), name=f"bc{j}") for j in range(2 * N)]
         cnt = {lab: Signal(32, name=f"cnt_{lab}") for lab in LABELS}
         m.d.comb += [getattr(self, f"cyc_{lab}").eq(cnt[lab]) for lab in LABELS]
@@ -254,23 +259,36 @@ class Engine(wiring.Component):
         if NL > 1:  # (a one-layer unit has no layer select)
             m.d.comb += [conv.layer.eq(layer), scan.layer.eq(layer)]
 
-        def lane_val(size, signed_):
-            v = cur[:8 * size]
-            return v.as_signed() if signed_ else v
-
-        def addr_of(name):
-            off, _dt, _shape, rel = self.field(name)
-            return (lbase + off) if rel else off
-
         steps, first_layer = self.program()
         names = [s[0] for s in steps]
+
+        # ---- step descriptors. Every step's constants (a load's field, size, count, target; a GEMV's matrix) sit
+        # in registers `d` loaded as the step begins from `nd`, which each state fills with its successor's: the
+        # loader and the GEMV command read flip-flops, not a decode of the state.
+        widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last": range(vmax),
+                  "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1)}
+        descs = [self.descriptor(s) for s in steps] + [dict.fromkeys(widths, 0)]
+        d = {f: Signal(w, name=f"d_{f}") for f, w in widths.items()}
+        nd = {f: Signal(w, name=f"nd_{f}", init=descs[0][f]) for f, w in widths.items()}
+        g_go, bc_go = Signal(), Signal()  # the GEMV command and the scan's B/C beat, offered once per step
+
+        def successor(k, layer_loop=False):
+            if layer_loop:
+                m.d.sync += [nd[f].eq(Mux(layer == NL - 1, descs[k][f], descs[first_layer][f])) for f in widths]
+            else:
+                m.d.sync += [nd[f].eq(descs[k][f]) for f in widths]
+
+        def advance():
+            m.d.sync += [d[f].eq(nd[f]) for f in widths] + [g_go.eq(nd["gemv"]), bc_go.eq(nd["bc"])]
+
+        abase = Signal(ADDR_BITS)  # the step's field: a layer field from the layer's record, the embedding row's
+        m.d.comb += abase.eq(Mux(d["rel"], lbase, Mux(d["t_embed"], tok_off, 0)) + d["off"])
 
         # ---- shared step plumbing
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), rd1.eq(1), mid.eq(0), wr.eq(0), prime.eq(0), gst.eq(0), bcs.eq(0), lst.eq(0), e.eq(0),
-                         cur_v.eq(0)]
+            m.d.sync += [rd.eq(0), rd1.eq(1), mid.eq(0), wr.eq(0), prime.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
 
         def reader(n, ready, ports):
             """Stream n elements from buffers: ports [(read port, address function)]; returns (valid, data ready)."""
@@ -291,16 +309,6 @@ class Engine(wiring.Component):
                 m.d.sync += wr.eq(wr + 1)
             return wr == n
 
-        def gemv_cmd(name, n, k):
-            m.d.comb += [gemv.cmd.valid.eq(~gst), gemv.cmd.payload.base.eq(addr_of(name)),
-                         gemv.cmd.payload.n.eq(n), gemv.cmd.payload.k.eq(k)]
-            with m.If(gemv.cmd.ready):
-                m.d.sync += gst.eq(1)
-            m.d.comb += [mem_port.req.valid.eq(gemv.mem.req.valid), mem_port.req.payload.addr.eq(gemv.mem.req.payload.addr),
-                         mem_port.req.payload.beats.eq(gemv.mem.req.payload.beats),
-                         gemv.mem.req.ready.eq(mem_port.req.ready), gemv.mem.data.valid.eq(mem_port.data.valid),
-                         gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
-
         def gemv_x(k, port, f=lambda a: a, lane=None):
             valid = reader(k, gemv.x.ready, [(port, f)])
             d = port.data if lane is None else Array(port.data[8 * j:8 * j + 8] for j in range(HL))[lane]
@@ -313,70 +321,6 @@ class Engine(wiring.Component):
             with m.If(gemv.o.valid & rq.i.ready):
                 m.d.sync += mid.eq(mid + 1)
 
-        # ---- the loader: one field, one burst, one element per cycle
-        def load_step(name, target, kind, index, nxt):
-            _off, dt, shape, _ = self.field(name)
-            size, signed_ = np.dtype(dt).itemsize, np.dtype(dt).kind == "i"
-            count = int(np.prod(shape, dtype=np.int64))
-            per = B // size
-            beats = -(-count * size // B)
-            base = addr_of(name)
-            if target == "embed":
-                base = base + token * dm
-                count, beats = dm, dm // B
-            last = e == count - 1
-            with m.If(~lst):
-                m.d.comb += [mem_port.req.valid.eq(1), mem_port.req.payload.addr.eq(base),
-                             mem_port.req.payload.beats.eq(beats)]
-                with m.If(mem_port.req.ready):
-                    m.d.sync += lst.eq(1)
-            val = Signal(signed(64), name=f"val_{size}_{int(signed_)}")
-            m.d.comb += val.eq(lane_val(size, signed_))
-            ready = 1
-            if target in ("norm", "rq", "table", "conv"):
-                addr = e
-                if kind in (Kind.EPS,) or (kind in (Kind.M, Kind.S) and count == 1):
-                    addr = 0
-                if kind == Kind.W:
-                    kb = (K - 1).bit_length()
-                    addr = ((e & (K - 1)) << conv.index_bits) | (e >> kb)
-                u = {"norm": norm, "rq": rq, "table": table, "conv": conv}[target]
-                m.d.comb += [u.cfg.valid.eq(cur_v), u.cfg.payload.kind.eq(kind), u.cfg.payload.addr.eq(addr),
-                             u.cfg.payload.value.eq(val)]
-            elif target == "scan":
-                idx = index if index is not None else e
-                dat = val
-                if kind == su.MY:
-                    dat = rd_["p"].data | (val << su.MY_BITS)
-                    m.d.comb += rd_["p"].addr.eq(e + emit)
-                m.d.comb += [scan.cfg.valid.eq(cur_v), scan.cfg.payload.addr.eq((kind << scan.index_bits) | idx),
-                             scan.cfg.payload.data.eq(dat)]
-                ready = scan.cfg.ready
-            elif target == "had":
-                m.d.comb += [had.cfg.valid.eq(cur_v), had.cfg.payload.addr.eq(index), had.cfg.payload.data.eq(val)]
-                ready = had.cfg.ready
-            elif target == "pair":
-                m.d.comb += [wr_["p"].addr.eq(e), wr_["p"].data.eq(val), wr_["p"].en.eq(emit)]
-            elif target == "embed":
-                m.d.comb += [rq.i.valid.eq(cur_v), rq.i.payload.v.eq(val), rq.i.payload.idx.eq(0),
-                             rq.i.payload.uniform.eq(1), rq.i.payload.wide.eq(1)]
-                ready = rq.i.ready
-            m.d.comb += [emit.eq(cur_v & ready),
-                         mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == per - 1))))]
-            with m.If(emit):
-                m.d.sync += [e.eq(e + 1), cur.eq(cur >> (8 * size)), jb.eq(jb + 1)]
-                with m.If((jb == per - 1) | last):
-                    m.d.sync += cur_v.eq(0)
-            with m.If(mem_port.data.valid & mem_port.data.ready):
-                m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
-            if target == "embed":
-                done = writer(rq.o, wr_["r"], dm, rq.o.payload)
-            else:
-                done = emit & last
-            with m.If(done):
-                reset_step()
-                m.next = nxt
-
         # ---- the ops
         def op_step(name, nxt, label):
             done = Signal(name=f"done_{name}")
@@ -385,7 +329,6 @@ class Engine(wiring.Component):
                 m.d.comb += [norm.i.valid.eq(valid), norm.i.payload[0].eq(rd_["r"].data.as_signed())]
                 m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
             elif name == "in_proj":
-                gemv_cmd("P.in_proj.q", 2 * D, dm)
                 gemv_x(dm, rd_["u"])
                 gemv_rq()
                 m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
@@ -395,7 +338,6 @@ class Engine(wiring.Component):
                              conv.i.payload.first.eq(fresh)]
                 m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
             elif name == "x_proj":
-                gemv_cmd("P.x_proj.q", R + 2 * N, D)
                 gemv_x(D, rd_["xs"])
                 gemv_rq()
                 for j in range(2 * N):
@@ -403,7 +345,6 @@ class Engine(wiring.Component):
                         m.d.sync += bcr[j].eq(rq.o.payload[:8])
                 m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
             elif name == "dt_proj":
-                gemv_cmd("P.dt_proj.q", D, R)
                 gemv_x(R, rd_["xp"])
                 gemv_rq(uniform=1, bias=1)
                 m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
@@ -417,14 +358,9 @@ class Engine(wiring.Component):
                 valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
                                                  (rd_["sz"], lambda a: a)])
                 o_valid, o_y = scan.o.valid, scan.o.payload
-                m.d.comb += [scan.bc.valid.eq(~bcs), scan.bc.payload.start.eq(fresh),
-                             scan.i.valid.eq(valid), scan.i.payload.x.eq(rd_["xs"].data.as_signed()),
+                m.d.comb += [                             scan.i.valid.eq(valid), scan.i.payload.x.eq(rd_["xs"].data.as_signed()),
                              scan.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
                              scan.i.payload.sz.eq(rd_["sz"].data.as_signed()), scan.o.ready.eq(1)]
-                m.d.comb += [scan.bc.payload.b[j].eq(bcr[j]) for j in range(N)]
-                m.d.comb += [scan.bc.payload.c[j].eq(bcr[N + j]) for j in range(N)]
-                with m.If(scan.bc.ready):
-                    m.d.sync += bcs.eq(1)
                 with m.If(o_valid):
                     m.d.sync += wr.eq(wr + 1)
                 m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[o_y] * HL)),
@@ -436,7 +372,6 @@ class Engine(wiring.Component):
                 m.d.comb += [had.i.valid.eq(valid), had.i.payload.eq(rd_["y"].data)]
                 m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
             elif name == "out_proj":
-                gemv_cmd("P.out_proj.q", dm, D)
                 gemv_x(D, rd_["yo"], lambda a: a >> hl_bits, lane=rd[:hl_bits])
                 gemv_rq(wide=1)
                 m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
@@ -446,13 +381,13 @@ class Engine(wiring.Component):
                              res.i.payload.d[0].eq(rd_["o"].data.as_signed())]
                 m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
             elif name == "lm_head":
-                gemv_cmd("lm_head.q", V, dm)
                 gemv_x(dm, rd_["u"])
                 m.d.comb += done.eq(writer(gemv.o, wr_["l"], V, gemv.o.payload))
             else:
                 raise AssertionError(name)
             with m.If(done):
                 reset_step()
+                advance()
                 if name == "residual":
                     m.d.comb += self.layer_done.eq(1)
                     with m.If(layer == NL - 1):
@@ -463,24 +398,145 @@ class Engine(wiring.Component):
                 else:
                     m.next = nxt
 
+        # ---- the GEMV command and the scan's B/C beat: offered from the step's first cycle until taken
+        m.d.comb += [gemv.cmd.valid.eq(g_go), gemv.cmd.payload.base.eq(abase), gemv.cmd.payload.n.eq(d["n"]),
+                     gemv.cmd.payload.k.eq(d["k"]), scan.bc.valid.eq(bc_go), scan.bc.payload.start.eq(fresh)]
+        m.d.comb += [scan.bc.payload.b[j].eq(bcr[j]) for j in range(N)]
+        m.d.comb += [scan.bc.payload.c[j].eq(bcr[N + j]) for j in range(N)]
+        with m.If(gemv.cmd.ready):  # (before the FSM: a step's advance() sets them again)
+            m.d.sync += g_go.eq(0)
+        with m.If(scan.bc.ready):
+            m.d.sync += bc_go.eq(0)
+
+        ld_done = Signal()
+        # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
+        # overrides the loader's counters in its last cycle
+        m.d.comb += [mem_port.req.valid.eq(gemv.mem.req.valid), mem_port.req.payload.addr.eq(gemv.mem.req.payload.addr),
+                     mem_port.req.payload.beats.eq(gemv.mem.req.payload.beats),
+                     gemv.mem.req.ready.eq(mem_port.req.ready), gemv.mem.data.valid.eq(mem_port.data.valid),
+                     gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
+        with m.If(d["load"]):
+            self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
+                                                    "scan": scan, "had": had},
+                        regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer,
+                        rbuf_w=wr_["r"])
         with m.FSM(name="ctl"):
             with m.State("idle"):
                 m.d.comb += self.tok.ready.eq(1)
+                successor(0)
                 with m.If(self.tok.valid):
                     m.d.sync += [token.eq(self.tok.payload.token), fresh.eq(self.tok.payload.start), layer.eq(0),
-                                 lbase.eq(self.offsets["layers"])]
+                                 lbase.eq(self.offsets["layers"]), tok_off.eq(self.tok.payload.token * dm)]
+                    advance()
                     m.next = names[0]
             for k, (state, label, spec_) in enumerate(steps):
                 nxt = names[k + 1] if k + 1 < len(steps) else "done"
                 with m.State(state):
                     m.d.sync += cnt[label].eq(cnt[label] + 1)
                     m.d.comb += self.busy.eq(1)
+                    successor(k + 1, layer_loop=spec_ == ("op", "residual"))
                     if spec_[0] == "load":
-                        load_step(spec_[1], spec_[2], spec_[3], spec_[4], nxt)
+                        with m.If(ld_done):
+                            reset_step()
+                            advance()
+                            m.next = nxt
                     else:
                         op_step(spec_[1], nxt, label)
             with m.State("done"):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += fresh.eq(0)
+                successor(0)
                 m.next = "idle"
+
         return m
+
+    def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w):
+        """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
+        a cycle (d.sz* bytes, sign-extended if d.signed) and written as cfg beats into the target unit (d.t_*);
+        ld_done when the last is written (for the embedding row: its last requantized value in the residual)."""
+        lst, e, cur, cur_v, jb, emit = regs
+        p_rd, p_wr = ports
+        mem_port, scan, had, rq = self.mem, units["scan"], units["had"], units["rq"]
+        m.d.comb += [mem_port.req.valid.eq(~lst), mem_port.req.payload.addr.eq(abase),
+                     mem_port.req.payload.beats.eq(d["beats"])]
+        with m.If(mem_port.req.ready):
+            m.d.sync += lst.eq(1)
+        val = Signal(signed(64))
+        for size in (1, 2, 4, 8):
+            with m.If(d[f"sz{size}"]):
+                m.d.comb += val.eq(Mux(d["signed"], cur[:8 * size].as_signed(), cur[:8 * size]))
+        last = e == d["last"]
+        kb = (self.K - 1).bit_length()
+        conv = units["conv"]
+        uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (self.K - 1)) << conv.index_bits) | (e >> kb), e))
+        for t in ("norm", "rq", "table", "conv"):
+            u = units[t]
+            m.d.comb += [u.cfg.valid.eq(cur_v & d[f"t_{t}"]), u.cfg.payload.kind.eq(d["kind"]),
+                         u.cfg.payload.addr.eq(uaddr), u.cfg.payload.value.eq(val)]
+        m.d.comb += [p_rd.addr.eq(e + emit),
+                     scan.cfg.valid.eq(cur_v & d["t_scan"]),
+                     scan.cfg.payload.addr.eq((d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)),
+                     scan.cfg.payload.data.eq(Mux(d["my"], p_rd.data | (val << su.MY_BITS), val)),
+                     had.cfg.valid.eq(cur_v & d["t_had"]), had.cfg.payload.addr.eq(d["index"]),
+                     had.cfg.payload.data.eq(val),
+                     p_wr.addr.eq(e), p_wr.data.eq(val), p_wr.en.eq(emit & d["t_pair"])]
+        with m.If(d["t_embed"]):
+            m.d.comb += [rq.i.valid.eq(cur_v), rq.i.payload.v.eq(val), rq.i.payload.idx.eq(0),
+                         rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]
+        ready = ~(d["t_scan"] & ~scan.cfg.ready) & ~(d["t_had"] & ~had.cfg.ready) & ~(d["t_embed"] & ~rq.i.ready)
+        m.d.comb += [emit.eq(cur_v & ready),
+                     mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"]))))]
+        with m.If(emit):
+            m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
+            with m.If(d["sz1"]):
+                m.d.sync += cur.eq(cur >> 8)
+            with m.If(d["sz2"]):
+                m.d.sync += cur.eq(cur >> 16)
+            with m.If(d["sz4"]):
+                m.d.sync += cur.eq(cur >> 32)
+            with m.If(d["sz8"]):
+                m.d.sync += cur.eq(cur >> 64)
+            with m.If((jb == d["perm1"]) | last):
+                m.d.sync += cur_v.eq(0)
+        with m.If(mem_port.data.valid & mem_port.data.ready):
+            m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
+        with m.If(d["t_embed"]):
+            m.d.comb += ld_done.eq(writer(rq.o, rbuf_w, self.dm, rq.o.payload))
+        with m.Else():
+            m.d.comb += ld_done.eq(emit & last)
+
+    def descriptor(self, step) -> dict:
+        """A step's constants for the controller's descriptor registers (see elaborate)."""
+        _state, _label, sp = step
+        out = dict.fromkeys(DESCRIPTOR, 0)
+        if sp[0] == "load":
+            _, name, target, kind, index, _sel = sp
+            off, dt, shape, rel = self.field(name)
+            size, signed_ = np.dtype(dt).itemsize, np.dtype(dt).kind == "i"
+            count = int(np.prod(shape, dtype=np.int64))
+            beats = -(-count * size // self.B)
+            if target == "embed":
+                count, beats = self.dm, self.dm // self.B
+            out.update({"load": 1, "off": off, "rel": int(rel), "beats": beats, "last": count - 1,
+                        "perm1": self.B // size - 1, "signed": int(signed_), f"sz{size}": 1, f"t_{target}": 1})
+            if target in ("norm", "rq", "table", "conv"):
+                out.update(kind=int(kind), addr0=int(kind == Kind.EPS or (kind in (Kind.M, Kind.S) and count == 1)),
+                           convw=int(kind == Kind.W))
+            elif target == "scan":
+                out.update(kind=int(kind), my=int(kind == su.MY), fixed=int(index is not None), index=index or 0)
+            elif target == "had":
+                out.update(index=index)
+        elif sp[1] in ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"):
+            name, n, k = self.gemv_of(sp[1])
+            off, _dt, _shape, rel = self.field(name)
+            out.update(gemv=1, off=off, rel=int(rel), n=n, k=k)
+        elif sp[1] == "scan":
+            out.update(bc=1)
+        return out
+
+    def gemv_of(self, op: str) -> tuple[str, int, int]:
+        """(weight field, rows n, columns k) of a GEMV op."""
+        dm, D, N, R, V = self.dm, self.D, self.N, self.R, self.V
+        return {"in_proj": ("P.in_proj.q", 2 * D, dm), "x_proj": ("P.x_proj.q", R + 2 * N, D),
+                "dt_proj": ("P.dt_proj.q", D, R), "out_proj": ("P.out_proj.q", dm, D),
+                "lm_head": ("lm_head.q", V, dm)}[op]

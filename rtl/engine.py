@@ -73,7 +73,7 @@ LEN_BITS = 16
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
 # the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate
-DESCRIPTOR = ("load", "gemv", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
+DESCRIPTOR = ("load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
               "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", *(f"t_{t}" for t in TARGETS))
 
 
@@ -314,39 +314,28 @@ class Engine(wiring.Component):
             d = port.data if lane is None else Array(port.data[8 * j:8 * j + 8] for j in range(HL))[lane]
             m.d.comb += [gemv.x.valid.eq(valid), gemv.x.payload.eq(d[:8].as_signed())]
 
-        def gemv_rq(uniform=0, bias=0, wide=0):
-            m.d.comb += [rq.i.valid.eq(gemv.o.valid), gemv.o.ready.eq(rq.i.ready), rq.i.payload.v.eq(gemv.o.payload),
-                         rq.i.payload.idx.eq(mid), rq.i.payload.uniform.eq(uniform), rq.i.payload.bias.eq(bias),
-                         rq.i.payload.wide.eq(wide)]
-            with m.If(gemv.o.valid & rq.i.ready):
-                m.d.sync += mid.eq(mid + 1)
-
         # ---- the ops
         def op_step(name, nxt, label):
             done = Signal(name=f"done_{name}")
             if name == "norm":
                 valid = reader(dm, norm.i.ready, [(rd_["r"], lambda a: a)])
-                m.d.comb += [norm.i.valid.eq(valid), norm.i.payload[0].eq(rd_["r"].data.as_signed())]
+                m.d.comb += norm.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
             elif name == "in_proj":
                 gemv_x(dm, rd_["u"])
-                gemv_rq()
                 m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
             elif name == "conv":
                 valid = reader(D, conv.i.ready, [(rd_["xz"], lambda a: a)])
-                m.d.comb += [conv.i.valid.eq(valid), conv.i.payload.x[0].eq(rd_["xz"].data.as_signed()),
-                             conv.i.payload.first.eq(fresh)]
+                m.d.comb += conv.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
             elif name == "x_proj":
                 gemv_x(D, rd_["xs"])
-                gemv_rq()
                 for j in range(2 * N):
                     with m.If(rq.o.valid & (wr == R + j)):
                         m.d.sync += bcr[j].eq(rq.o.payload[:8])
                 m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
             elif name == "dt_proj":
                 gemv_x(R, rd_["xp"])
-                gemv_rq(uniform=1, bias=1)
                 m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
                              table.i.payload[0].eq(rq.o.payload[:8].as_signed())]
                 m.d.comb += done.eq(writer(table.o, wr_["dt"], D, table.o.payload.as_value()))
@@ -358,9 +347,7 @@ class Engine(wiring.Component):
                 valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
                                                  (rd_["sz"], lambda a: a)])
                 o_valid, o_y = scan.o.valid, scan.o.payload
-                m.d.comb += [                             scan.i.valid.eq(valid), scan.i.payload.x.eq(rd_["xs"].data.as_signed()),
-                             scan.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
-                             scan.i.payload.sz.eq(rd_["sz"].data.as_signed()), scan.o.ready.eq(1)]
+                m.d.comb += scan.i.valid.eq(valid)
                 with m.If(o_valid):
                     m.d.sync += wr.eq(wr + 1)
                 m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[o_y] * HL)),
@@ -369,16 +356,14 @@ class Engine(wiring.Component):
                     m.d.comb += wr_["y"].en[j].eq(o_valid & ((wr & (HL - 1)) == j))
             elif name == "hadamard":
                 valid = reader(D // HL, had.i.ready, [(rd_["y"], lambda a: a)])
-                m.d.comb += [had.i.valid.eq(valid), had.i.payload.eq(rd_["y"].data)]
+                m.d.comb += had.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
             elif name == "out_proj":
                 gemv_x(D, rd_["yo"], lambda a: a >> hl_bits, lane=rd[:hl_bits])
-                gemv_rq(wide=1)
                 m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
             elif name == "residual":
                 valid = reader(dm, res.i.ready, [(rd_["r"], lambda a: a), (rd_["o"], lambda a: a)])
-                m.d.comb += [res.i.valid.eq(valid), res.i.payload.r[0].eq(rd_["r"].data.as_signed()),
-                             res.i.payload.d[0].eq(rd_["o"].data.as_signed())]
+                m.d.comb += res.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
             elif name == "lm_head":
                 gemv_x(dm, rd_["u"])
@@ -408,6 +393,20 @@ class Engine(wiring.Component):
         with m.If(scan.bc.ready):
             m.d.sync += bc_go.eq(0)
 
+        # ---- GEMV outputs through the requantizer (every GEMV op but lm_head; the descriptor says how), and the
+        # payloads of units one op feeds: wired whatever the state, only the valids belong to the ops
+        m.d.comb += [rq.i.valid.eq(gemv.o.valid & d["rq_op"]), gemv.o.ready.eq(rq.i.ready & d["rq_op"]),
+                     rq.i.payload.v.eq(gemv.o.payload), rq.i.payload.idx.eq(mid),
+                     rq.i.payload.uniform.eq(d["uniform"]), rq.i.payload.bias.eq(d["bias"]),
+                     rq.i.payload.wide.eq(d["wide"])]
+        with m.If(gemv.o.valid & rq.i.ready & d["rq_op"]):
+            m.d.sync += mid.eq(mid + 1)
+        m.d.comb += [norm.i.payload[0].eq(rd_["r"].data.as_signed()),
+                     conv.i.payload.x[0].eq(rd_["xz"].data.as_signed()), conv.i.payload.first.eq(fresh),
+                     scan.i.payload.x.eq(rd_["xs"].data.as_signed()), scan.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
+                     scan.i.payload.sz.eq(rd_["sz"].data.as_signed()), scan.o.ready.eq(1),
+                     had.i.payload.eq(rd_["y"].data),
+                     res.i.payload.r[0].eq(rd_["r"].data.as_signed()), res.i.payload.d[0].eq(rd_["o"].data.as_signed())]
         ld_done = Signal()
         # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
         # overrides the loader's counters in its last cycle
@@ -484,8 +483,9 @@ class Engine(wiring.Component):
             m.d.comb += [rq.i.valid.eq(cur_v), rq.i.payload.v.eq(val), rq.i.payload.idx.eq(0),
                          rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]
         ready = ~(d["t_scan"] & ~scan.cfg.ready) & ~(d["t_had"] & ~had.cfg.ready) & ~(d["t_embed"] & ~rq.i.ready)
-        m.d.comb += [emit.eq(cur_v & ready),
-                     mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"]))))]
+        take = Signal()  # a beat taken: from the loader's own terms, not read back through the shared port
+        m.d.comb += [emit.eq(cur_v & ready), mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),
+                     take.eq(mem_port.data.valid & lst & (~cur_v | (emit & (jb == d["perm1"]))))]
         with m.If(emit):
             m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
             with m.If(d["sz1"]):
@@ -498,7 +498,7 @@ class Engine(wiring.Component):
                 m.d.sync += cur.eq(cur >> 64)
             with m.If((jb == d["perm1"]) | last):
                 m.d.sync += cur_v.eq(0)
-        with m.If(mem_port.data.valid & mem_port.data.ready):
+        with m.If(take):
             m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
         with m.If(d["t_embed"]):
             m.d.comb += ld_done.eq(writer(rq.o, rbuf_w, self.dm, rq.o.payload))
@@ -529,7 +529,8 @@ class Engine(wiring.Component):
         elif sp[1] in ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"):
             name, n, k = self.gemv_of(sp[1])
             off, _dt, _shape, rel = self.field(name)
-            out.update(gemv=1, off=off, rel=int(rel), n=n, k=k)
+            out.update(gemv=1, off=off, rel=int(rel), n=n, k=k, rq_op=int(sp[1] != "lm_head"),
+                       uniform=int(sp[1] == "dt_proj"), bias=int(sp[1] == "dt_proj"), wide=int(sp[1] == "out_proj"))
         elif sp[1] == "scan":
             out.update(bc=1)
         return out

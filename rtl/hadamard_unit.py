@@ -123,7 +123,7 @@ class HadamardUnit(wiring.Component):
 
         # ---- run-time constants m, s: cfg beats accepted between vectors (the load pass not begun, every
         # earlier pass drained), a waiting beat holding the next vector off; the rounding half and the
-        # saturation mask are decoded from s as it is written
+        # saturation mask are decoded from s the cycle after it is written
         prod_bits = max(W + MULT_BITS + 1, SHIFT_MAX) + 1  # mul_add(res, mult, half): signed(W) x signed(32) + half
         mul_m, shift = Signal(unsigned(MULT_BITS)), Signal(unsigned(SHIFT_BITS))
         half, mask = Signal(unsigned(SHIFT_MAX)), Signal(unsigned(prod_bits))
@@ -132,9 +132,9 @@ class HadamardUnit(wiring.Component):
             with m.If(self.cfg.payload.addr == 0):
                 m.d.sync += mul_m.eq(self.cfg.payload.data)
             with m.Else():
-                s_new = self.cfg.payload.data[:SHIFT_BITS]
-                m.d.sync += [shift.eq(s_new), half.eq(half_of(s_new, SHIFT_MAX)),
-                             mask.eq(sat_mask(s_new, 8, prod_bits))]
+                m.d.sync += shift.eq(self.cfg.payload.data[:SHIFT_BITS])
+        # decoded from the registered s a cycle after it is written (a vector's requantization is passes away)
+        m.d.sync += [half.eq(half_of(shift, SHIFT_MAX)), mask.eq(sat_mask(shift, 8, prod_bits))]
 
         # ---- sequencer: pass index, issue counter, drain counter
         pi, t = Signal(range(P)), Signal(range(R))

@@ -261,7 +261,8 @@ class ScanUnit(wiring.Component):
             with m.Case(1):
                 m.d.sync += m_h.eq(cfg.data)
             with m.Case(2):
-                m.d.sync += [s_h.eq(cfg.data), half_h.eq(half_of(cfg.data[:SHIFT_BITS], SHIFT_MAX))]
+                m.d.sync += s_h.eq(cfg.data)
+        m.d.sync += half_h.eq(half_of(s_h, SHIFT_MAX))  # from the registered s_h: a cycle later, long before use
         # constant while tokens flow: each is placed at the stage that takes it, no delay line
         p.put(m_h, DTXB + MUL_LATENCY)
         p.put(half_h, DTXB + MUL_LATENCY + 3)

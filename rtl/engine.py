@@ -16,6 +16,13 @@ Controller: a sequencer (one FSM) of steps run strictly one after another:
   op     one vector through one unit (or a GEMV chained with its requantization): a reader streams an on-chip
          buffer into the unit, a writer stores its outputs; the op ends with its last output written
 
+For the clock (reports/rtl/synth.md), the FSM state drives little directly: each step's constants (a load's
+address, count, element size, target unit and cfg kind; a GEMV's matrix and requantization mode) are a
+descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded as the step begins from registers its
+predecessor filled; the loader, the GEMV command, the GEMV -> requantizer path and the scan's B/C beat read
+those registers, and unit payloads with one source are wired whatever the state. A reader addresses its
+buffer through a mux on the handshake (rd or a registered rd + 1), never an add after it.
+
 Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
 in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |
 dt_proj (+ bias, requant, softplus table) -> dt | SiLU(z) table -> sz | scan -> y | Hadamard (+ requant) ->
@@ -460,10 +467,11 @@ class Engine(wiring.Component):
                      mem_port.req.payload.beats.eq(d["beats"])]
         with m.If(mem_port.req.ready):
             m.d.sync += lst.eq(1)
-        val = Signal(signed(64))
+        val = Signal(signed(64))  # element jb of the beat: selected, not shifted out (no shifter behind `emit`)
         for size in (1, 2, 4, 8):
+            el = cur.word_select(jb[:(self.B // size - 1).bit_length()], 8 * size) if self.B > size else cur[:8 * size]
             with m.If(d[f"sz{size}"]):
-                m.d.comb += val.eq(Mux(d["signed"], cur[:8 * size].as_signed(), cur[:8 * size]))
+                m.d.comb += val.eq(Mux(d["signed"], el.as_signed(), el))
         last = e == d["last"]
         kb = (self.K - 1).bit_length()
         conv = units["conv"]
@@ -488,14 +496,6 @@ class Engine(wiring.Component):
                      take.eq(mem_port.data.valid & lst & (~cur_v | (emit & (jb == d["perm1"]))))]
         with m.If(emit):
             m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
-            with m.If(d["sz1"]):
-                m.d.sync += cur.eq(cur >> 8)
-            with m.If(d["sz2"]):
-                m.d.sync += cur.eq(cur >> 16)
-            with m.If(d["sz4"]):
-                m.d.sync += cur.eq(cur >> 32)
-            with m.If(d["sz8"]):
-                m.d.sync += cur.eq(cur >> 64)
             with m.If((jb == d["perm1"]) | last):
                 m.d.sync += cur_v.eq(0)
         with m.If(take):

@@ -120,10 +120,11 @@ class RMSNormUnit(wiring.Component):
         ss = Signal(unsigned(SS_BITS))
         m.d.sync += ss.eq(acc + eps)
         nz, top = highest_bit(ss)
-        bl, sh_odd = Signal(range(SS_BITS + 1)), Signal(signed(8))
-        m.d.comb += [bl.eq(Mux(nz, top + 1, 0)), sh_odd.eq(bl - 10)]
+        # bit_length bl = top + 1; the even shift sh = bl - 10 rounded up to even = (top & ~1) - 8, and ss's right
+        # shift after << 8 is sh + 8 = top & ~1: no adder behind the priority encoder (ss == 0: sh = -10)
+        even = Cat(Const(0, 1), top[1:])
         sh_a, amt = Signal(signed(8)), Signal(unsigned(7))  # the even shift, and ss's right shift after << 8
-        m.d.sync += [sh_a.eq(sh_odd + sh_odd[0]), amt.eq((sh_odd + sh_odd[0] + 8).as_unsigned()[:7])]
+        m.d.sync += [sh_a.eq(Mux(nz, even - 8, -10)), amt.eq(Mux(nz, even, (-2) & 0x7F))]
         sh = Signal(signed(8))  # bit_length - 10, rounded up to even: [-8, 52]
         mant = Signal(unsigned(10))
         m.d.sync += [sh.eq(sh_a), mant.eq(((ss << 8) >> amt)[:10])]

@@ -19,9 +19,9 @@ before its tokens.
 Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
 Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
 
-Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 x*w per tap;
-3 b + sum; 6 * m (Pipeline.mul); 7 2 * prod >> s (halves); 8 rounded, saturated to int8 = conv_pre, SiLU table read;
-9 xs: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
+Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 taps and weights
+registered; 3 x*w per tap; 4 b + sum; 7 * m (Pipeline.mul); 8 2 * prod >> s (halves); 9 rounded, saturated to int8 =
+conv_pre, SiLU table read; 10 xs: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
 """
 
 from __future__ import annotations
@@ -138,24 +138,26 @@ class ConvUnit(wiring.Component):
             old = [win_r.data[(j * (K - 1) + i) * 8:(j * (K - 1) + i + 1) * 8].as_signed() for i in range(K - 1)]
             xp = [Mux(first1, 0, o) for o in old] + [x1[j]]  # oldest first; zeros at a sequence start
             new_win += xp[1:]
-            prods.append([pl.reg(xp[k] * w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(),
-                                 2, f"p{j}_{k}", signed(16)) for k in range(K)])
+            # block RAM outputs into flip-flops before the multipliers (a RAM's clock-to-out is half a 100 MHz cycle)
+            xr = [pl.reg(xp[k], 2, f"xw{j}_{k}", signed(8)) for k in range(K)]
+            wr_ = [pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}") for k in range(K)]
+            prods.append([pl.reg(xr[k] * wr_[k], 3, f"p{j}_{k}", signed(16)) for k in range(K)])
         m.d.comb += [win_w.addr.eq(waddr1), win_w.data.eq(Cat(*new_win)), win_w.en.eq(v1)]
 
         # ---- stage 3 on: acc = b + sum x*w; requantized; SiLU table
-        pl.put(mult, 3)
+        pl.put(mult, 4)
         pre, ports = [], []
         for j in range(L):
             bj = pl.put(Signal(BIAS, name=f"b{j}"), 1)
             m.d.comb += bj.eq(b_r.data[32 * j:32 * (j + 1)])
-            acc = pl.reg(pl.at(bj, 2) + sum(prods[j]), 3, f"acc{j}", signed(36))
-            prod = pl.mul(acc, mult, 3, f"am{j}")
-            rounded = pl.reg(halves(prod, shift), 3 + MUL_LATENCY + 1, f"r{j}")
+            acc = pl.reg(pl.at(bj, 3) + sum(prods[j]), 4, f"acc{j}", signed(36))
+            prod = pl.mul(acc, mult, 4, f"am{j}")
+            rounded = pl.reg(halves(prod, shift), 4 + MUL_LATENCY + 1, f"r{j}")
             q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
             p = silu.read_port()
             m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
             pre.append(pl.at(q, CONV_STAGE))
             ports.append(p)
-        assert 3 + MUL_LATENCY + 2 == CONV_STAGE - 1
+        assert 4 + MUL_LATENCY + 2 == CONV_STAGE - 1
         out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *(p.data for p in ports)))
         return m

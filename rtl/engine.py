@@ -45,9 +45,9 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 062 cycles a token, per layer in_proj 16 661,
-out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 525, tables 517, residual
-261 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 538, lm_head 4 364.
+other units one element a cycle and a DRAM latency of 8: 255 072 cycles a token, per layer in_proj 16 661,
+out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 526, tables 517, residual
+262 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 538, lm_head 4 364.
 
 Observation ports for testbenches: `layer_done` (one cycle after a layer's residual is written: the residual
 buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label

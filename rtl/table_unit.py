@@ -187,11 +187,13 @@ class ResidualUnit(wiring.Component):
         out = OutFifo(m, self.o, B * L, fifo_depth(RESIDUAL_STAGE))
         issue = Signal()
         m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
-        sums = [self.i.payload.r[j] + self.i.payload.d[j] for j in range(L)]
+        # stage 1: the operands registered (they come from block RAM, whose clock-to-out leaves no room for an add)
+        v1 = pl.reg(issue, 1, "v1")
+        sums = [pl.reg(self.i.payload.r[j], 1, f"r{j}") + pl.reg(self.i.payload.d[j], 1, f"d{j}") for j in range(L)]
         ys = [pl.reg(saturate(s, RESIDUAL), RESIDUAL_STAGE, f"y{j}") for j, s in enumerate(sums)]
-        clamped = [pl.reg(issue & ((s > (1 << (B - 1)) - 1) | (s < -(1 << (B - 1)))), RESIDUAL_STAGE, f"c{j}")
+        clamped = [pl.reg(v1 & ((s > (1 << (B - 1)) - 1) | (s < -(1 << (B - 1)))), RESIDUAL_STAGE, f"c{j}")
                    for j, s in enumerate(sums)]
-        v = pl.reg(issue, RESIDUAL_STAGE, "v")
+        v = pl.reg(v1, RESIDUAL_STAGE, "v")
         count = Signal(unsigned(32))
         m.d.sync += count.eq(count + sum(clamped))
         with m.If(self.sat_clear):

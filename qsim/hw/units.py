@@ -78,17 +78,18 @@ rtl/requant_unit.py)
     SyncFIFOBuffered write-to-readable delay):
 
       table     memory read (1 cycle), into the FIFO
-      residual  add and saturate (1 cycle), into the FIFO
-      conv      memory data (1), x*w (2), + b and sum (3), *m (6), rounded (7),
-                saturated (8), SiLU table read (9), into the FIFO
+      residual  operands registered (1), add and saturate (2), into the FIFO
+      conv      memory data (1), taps and weights registered (2), x*w (3),
+                + b and sum (4), *m (7), halves (8), rounded and saturated (9),
+                SiLU table read (10), into the FIFO
       rmsnorm   pass 1: rows in, r*r (3 cycles), lane sum (4), accumulated (5);
                 RMSNORM_GAP cycles from the last input beat to the first pass-2
                 issue (ss + eps, bit length, mantissa, rsqrt ROM, registered);
                 pass 2: RMSNORM_OUT_LATENCY after each issue (r*t, rounded, *g,
                 *m, rounded, saturated, FIFO)
       requant   issue and m/s/b reads (0), data (1), v + b (2), * m (5: the
-                3-cycle rtl.pipeline multiplier), rounded >> s (6), saturated
-                into the FIFO (7)
+                3-cycle rtl.pipeline multiplier), 2 * v >> s (6), rounded and
+                saturated into the FIFO (7)
 
 Measured cycle counts (reports/rtl/cycles.json) are expected as a list of
 records: {"unit": "scan", "lanes", "d_inner", "d_state", "tokens", "cycles"}
@@ -110,9 +111,9 @@ GEMV_PIPELINE_LATENCY = 7  # without the adder tree: plus gemv_tree_levels(lanes
 FIFO_LATENCY = 2  # amaranth.lib.fifo.SyncFIFOBuffered: written on cycle c, readable (and taken) on c + 2
 TABLE_STAGE = 1
 TABLE_LATENCY = TABLE_STAGE + FIFO_LATENCY
-RESIDUAL_STAGE = 1
+RESIDUAL_STAGE = 2  # operands registered, then added and saturated
 RESIDUAL_LATENCY = RESIDUAL_STAGE + FIFO_LATENCY
-CONV_STAGE = 9
+CONV_STAGE = 10
 CONV_LATENCY = CONV_STAGE + FIFO_LATENCY
 RMSNORM_GAP = 10  # cycles from the last pass-1 issue to the first pass-2 issue
 RMSNORM_STAGE = 13

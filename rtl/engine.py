@@ -45,7 +45,7 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 072 cycles a token, per layer in_proj 16 661,
+other units one element a cycle and a DRAM latency of 8: 255 073 cycles a token, per layer in_proj 16 661,
 out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 526, tables 517, residual
 262 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 538, lm_head 4 364.
 
@@ -253,10 +253,11 @@ class Engine(wiring.Component):
         token = Signal(16)
         fresh = Signal()  # this token starts a sequence
         vmax = max(self.max_n, D * N, D * K) + 1
-        rd, mid, wr = Signal(range(vmax)), Signal(range(vmax)), Signal(range(vmax))
+        rd, mid, wr = Signal(range(vmax), name="rd"), Signal(range(vmax), name="mid"), Signal(range(vmax), name="wr")
         rd1 = Signal(range(vmax + 1), init=1)  # rd + 1, kept in a register
         prime = Signal()
-        lst, e, cur, cur_v, jb = Signal(), Signal(range(vmax)), Signal(8 * B), Signal(), Signal(range(B))
+        lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
+        cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         emit = Signal()
         tok_off = Signal(ADDR_BITS)  # token * d_model: the embedding row's offset
         bcr = [Signal(signed(8), name=f"bc{j}") for j in range(2 * N)]
@@ -338,11 +339,9 @@ class Engine(wiring.Component):
                      mem_port.req.payload.beats.eq(gemv.mem.req.payload.beats),
                      gemv.mem.req.ready.eq(mem_port.req.ready), gemv.mem.data.valid.eq(mem_port.data.valid),
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
-        with m.If(d["load"]):
-            self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
-                                                    "scan": scan, "had": had},
-                        regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer,
-                        rbuf_w=wr_["r"])
+        self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
+                                                "scan": scan, "had": had},
+                    regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"])
         with m.FSM(name="ctl"):
             with m.State("idle"):
                 m.d.comb += self.tok.ready.eq(1)
@@ -451,52 +450,72 @@ class Engine(wiring.Component):
 
     def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w):
         """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
-        a cycle (d.sz* bytes, sign-extended if d.signed) and written as cfg beats into the target unit (d.t_*);
-        ld_done when the last is written (for the embedding row: its last requantized value in the residual)."""
+        a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq`, which presents it
+        as a cfg beat to the target unit (its own copy of the target: the last beat may reach the unit in the next
+        step's first cycle); ld_done when the last element is in cq (for the embedding row: its last requantized
+        value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
+        next op's first element (a reader primes for a cycle) and behind the scan's and Hadamard unit's own checks."""
         lst, e, cur, cur_v, jb, emit = regs
         p_rd, p_wr = ports
-        mem_port, scan, had, rq = self.mem, units["scan"], units["had"], units["rq"]
-        m.d.comb += [mem_port.req.valid.eq(~lst), mem_port.req.payload.addr.eq(abase),
-                     mem_port.req.payload.beats.eq(d["beats"])]
-        with m.If(mem_port.req.ready):
-            m.d.sync += lst.eq(1)
+        mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
+        K = self.K
         val = Signal(signed(64))  # element jb of the beat: selected, not shifted out (no shifter behind `emit`)
         for size in (1, 2, 4, 8):
             el = cur.word_select(jb[:(self.B // size - 1).bit_length()], 8 * size) if self.B > size else cur[:8 * size]
             with m.If(d[f"sz{size}"]):
                 m.d.comb += val.eq(Mux(d["signed"], el.as_signed(), el))
         last = e == d["last"]
-        kb = (self.K - 1).bit_length()
-        conv = units["conv"]
-        uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (self.K - 1)) << conv.index_bits) | (e >> kb), e))
+        kb = (K - 1).bit_length()
+        uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (K - 1)) << conv.index_bits) | (e >> kb), e))
+
+        # ---- cq: the element on its way to its unit
+        cq_targets = ("norm", "rq", "table", "conv", "scan", "had", "embed")
+        cq = {"v": Signal(name="cq_v"), "val": Signal(signed(64), name="cq_val"), "my": Signal(name="cq_my"),
+              "uaddr": Signal(len(units["norm"].cfg.payload.addr), name="cq_uaddr"), "kind": Signal(3, name="cq_kind"),
+              "saddr": Signal(len(scan.cfg.payload.addr), name="cq_saddr"), "index": Signal(2, name="cq_index"),
+              **{f"t_{t}": Signal(name=f"cq_t_{t}") for t in cq_targets}}
+        ready = ~(cq["t_scan"] & ~scan.cfg.ready) & ~(cq["t_had"] & ~had.cfg.ready) & ~(cq["t_embed"] & ~rq.i.ready)
+        m.d.comb += emit.eq(cur_v & (~cq["v"] | ready))
+        with m.If(emit):
+            m.d.sync += [cq["v"].eq(1), cq["val"].eq(val), cq["uaddr"].eq(uaddr), cq["kind"].eq(d["kind"]),
+                         cq["saddr"].eq((d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)),
+                         cq["index"].eq(d["index"]), cq["my"].eq(d["my"])]
+            m.d.sync += [cq[f"t_{t}"].eq(d[f"t_{t}"]) for t in cq_targets]
+        with m.Elif(ready):
+            m.d.sync += cq["v"].eq(0)
         for t in ("norm", "rq", "table", "conv"):
             u = units[t]
-            m.d.comb += [u.cfg.valid.eq(cur_v & d[f"t_{t}"]), u.cfg.payload.kind.eq(d["kind"]),
-                         u.cfg.payload.addr.eq(uaddr), u.cfg.payload.value.eq(val)]
-        m.d.comb += [p_rd.addr.eq(e + emit),
-                     scan.cfg.valid.eq(cur_v & d["t_scan"]),
-                     scan.cfg.payload.addr.eq((d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)),
-                     scan.cfg.payload.data.eq(Mux(d["my"], p_rd.data | (val << su.MY_BITS), val)),
-                     had.cfg.valid.eq(cur_v & d["t_had"]), had.cfg.payload.addr.eq(d["index"]),
-                     had.cfg.payload.data.eq(val),
+            m.d.comb += [u.cfg.valid.eq(cq["v"] & cq[f"t_{t}"]), u.cfg.payload.kind.eq(cq["kind"]),
+                         u.cfg.payload.addr.eq(cq["uaddr"]), u.cfg.payload.value.eq(cq["val"])]
+        m.d.comb += [p_rd.addr.eq(e),  # the scan's m_y of element e, read as e enters cq
+                     scan.cfg.valid.eq(cq["v"] & cq["t_scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
+                     scan.cfg.payload.data.eq(Mux(cq["my"], p_rd.data | (cq["val"] << su.MY_BITS), cq["val"])),
+                     had.cfg.valid.eq(cq["v"] & cq["t_had"]), had.cfg.payload.addr.eq(cq["index"]),
+                     had.cfg.payload.data.eq(cq["val"]),
                      p_wr.addr.eq(e), p_wr.data.eq(val), p_wr.en.eq(emit & d["t_pair"])]
-        with m.If(d["t_embed"]):
-            m.d.comb += [rq.i.valid.eq(cur_v), rq.i.payload.v.eq(val), rq.i.payload.idx.eq(0),
+        with m.If(cq["t_embed"]):
+            m.d.comb += [rq.i.valid.eq(cq["v"]), rq.i.payload.v.eq(cq["val"]), rq.i.payload.idx.eq(0),
                          rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]
-        ready = ~(d["t_scan"] & ~scan.cfg.ready) & ~(d["t_had"] & ~had.cfg.ready) & ~(d["t_embed"] & ~rq.i.ready)
-        take = Signal()  # a beat taken: from the loader's own terms, not read back through the shared port
-        m.d.comb += [emit.eq(cur_v & ready), mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),
-                     take.eq(mem_port.data.valid & lst & (~cur_v | (emit & (jb == d["perm1"]))))]
-        with m.If(emit):
-            m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
-            with m.If((jb == d["perm1"]) | last):
-                m.d.sync += cur_v.eq(0)
-        with m.If(take):
-            m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
-        with m.If(d["t_embed"]):
-            m.d.comb += ld_done.eq(writer(rq.o, rbuf_w, self.dm, rq.o.payload))
-        with m.Else():
-            m.d.comb += ld_done.eq(emit & last)
+
+        # ---- the burst: requested once, a beat taken when its last element is going
+        with m.If(d["load"]):
+            m.d.comb += [mem_port.req.valid.eq(~lst), mem_port.req.payload.addr.eq(abase),
+                         mem_port.req.payload.beats.eq(d["beats"])]
+            with m.If(mem_port.req.ready):
+                m.d.sync += lst.eq(1)
+            take = Signal()  # a beat taken: from the loader's own terms, not read back through the shared port
+            m.d.comb += [mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),
+                         take.eq(mem_port.data.valid & lst & (~cur_v | (emit & (jb == d["perm1"]))))]
+            with m.If(emit):
+                m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
+                with m.If((jb == d["perm1"]) | last):
+                    m.d.sync += cur_v.eq(0)
+            with m.If(take):
+                m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
+            with m.If(d["t_embed"]):
+                m.d.comb += ld_done.eq(writer(rq.o, rbuf_w, self.dm, rq.o.payload))
+            with m.Else():
+                m.d.comb += ld_done.eq(emit & last)
 
     def descriptor(self, step) -> dict:
         """A step's constants for the controller's descriptor registers (see elaborate)."""

@@ -25,7 +25,8 @@ The engine runs one step after another (a load or an op); per token:
 is under the label `load`.) Cycles of a step, with a DRAM of fixed `dram_latency` and one bus beat a cycle:
 
   load   dram_latency + count + 1: the request, the first beat dram_latency cycles later, one element a cycle
-  embed  a load of d_model elements + REQUANT_LATENCY + 1 (requantized to the residual width, then written)
+  embed  a load of d_model elements + REQUANT_LATENCY + 2 (through the loader's one-beat register into the
+         requantizer, requantized to the residual width, then written)
   op     the unit's contract (qsim.hw.units) + OP_OVERHEAD; a GEMV op: gemv_unit_cycles + 1, plus the
          requantization's latency (and for dt_proj the softplus table's) its outputs pass through; lm_head
          has no requantization
@@ -188,7 +189,7 @@ def decode_step_cycles(m: EngineModel, e: EngineConfig) -> dict[str, int]:
              "out_proj": gemv("out_proj") + rq,
              "residual": units.residual_unit_cycles(dm, 1) + OP_OVERHEAD}
     out = {label: m.n_layer * c for label, c in layer.items()}
-    out["embed"] = load(dm) + rq + 1
+    out["embed"] = load(dm) + rq + 2
     out["final_norm"] = layer["norm"]
     out["lm_head"] = gemv("lm_head")
     out["load"] = (sum(load(x.count) for x in token_loads(m) + final_loads(m))

@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
+    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,
@@ -93,7 +94,7 @@ class ConvUnit(wiring.Component):
         m.d.comb += cfg.ready.eq(1)
 
         # ---- constants: w (rows x lanes x K int8, one byte enable each), b, m, s, the SiLU table
-        m.submodules.w = wmem = Memory(shape=unsigned(8 * K * L), depth=R, init=[])
+        m.submodules.w = wmem = Memory(shape=unsigned(8 * K * L), depth=R, init=[], attrs=NO_RW_CHECK)
         ww = wmem.write_port(granularity=8)
         d = cfg.payload.addr[:self.index_bits]
         tap = cfg.payload.addr[self.index_bits:16]
@@ -102,11 +103,11 @@ class ConvUnit(wiring.Component):
         for j in range(L):
             for k in range(K):
                 m.d.comb += ww.en[j * K + k].eq(hit & (tap == k) & ((d & (L - 1)) == j if L > 1 else 1))
-        m.submodules.b = bmem = Memory(shape=unsigned(32 * L), depth=R, init=[])
+        m.submodules.b = bmem = Memory(shape=unsigned(32 * L), depth=R, init=[], attrs=NO_RW_CHECK)
         vector_write(m, cfg, Kind.VEC, bmem, L, BIAS, self.d_inner)
         mult = scalar_reg(m, cfg, Kind.M, M_SHAPE, "m")
         shift = scalar_reg(m, cfg, Kind.S, S_SHAPE, "s")
-        m.submodules.silu = silu = Memory(shape=unsigned(8), depth=TABLE_ENTRIES, init=[])
+        m.submodules.silu = silu = Memory(shape=unsigned(8), depth=TABLE_ENTRIES, init=[], attrs=NO_RW_CHECK)
         sw = silu.write_port()
         m.d.comb += [sw.addr.eq(cfg.payload.addr[:8]), sw.data.eq(cfg.payload.value[:8]),
                      sw.en.eq(cfg.valid & (cfg.payload.kind == Kind.TABLE))]

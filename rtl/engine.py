@@ -73,7 +73,7 @@ from rtl.hadamard_unit import HadamardUnit
 from rtl.requant_unit import RequantUnit
 from rtl.rmsnorm_unit import RMSNormUnit
 from rtl.scan_unit import ScanUnit
-from rtl.table_unit import Kind, ResidualUnit, TableUnit
+from rtl.table_unit import NO_RW_CHECK, Kind, ResidualUnit, TableUnit
 
 ADDR_BITS = 32
 LEN_BITS = 16
@@ -223,7 +223,9 @@ class Engine(wiring.Component):
 
         # ---- on-chip vectors
         def mem(name, width, depth):
-            m.submodules[name] = mm = Memory(shape=unsigned(width), depth=depth, init=[])
+            # NO_RW_CHECK: a buffer one op both reads and writes (the residual) writes only elements its reader has
+            # passed; the others are written and read by different steps
+            m.submodules[name] = mm = Memory(shape=unsigned(width), depth=depth, init=[], attrs=NO_RW_CHECK)
             return mm
 
         RB = spec.RESIDUAL_BITS

@@ -31,6 +31,7 @@ from qsim import spec
 from qsim.hw.units import REQUANT_LATENCY, REQUANT_STAGE  # noqa: F401 (REQUANT_LATENCY: rtl.engine imports it here)
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
+    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,
@@ -75,7 +76,7 @@ class RequantUnit(wiring.Component):
 
         mems = {}
         for kind, name, shape in ((Kind.M, "m", unsigned(31)), (Kind.S, "s", unsigned(6)), (Kind.VEC, "b", signed(32))):
-            m.submodules[name] = mem = Memory(shape=shape, depth=n, init=[])
+            m.submodules[name] = mem = Memory(shape=shape, depth=n, init=[], attrs=NO_RW_CHECK)
             w = mem.write_port()
             m.d.comb += [w.addr.eq(cfg.payload.addr[:self.idx_bits]), w.data.eq(cfg.payload.value[:shape.width]),
                          w.en.eq(cfg.valid & (cfg.payload.kind == kind))]

@@ -27,6 +27,7 @@ from qsim import spec, tables
 from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
+    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,
@@ -71,7 +72,7 @@ class RMSNormUnit(wiring.Component):
         m.d.comb += cfg.ready.eq(1)
 
         # ---- constants
-        m.submodules.g = gmem = Memory(shape=unsigned(16 * L), depth=R, init=[])
+        m.submodules.g = gmem = Memory(shape=unsigned(16 * L), depth=R, init=[], attrs=NO_RW_CHECK)
         vector_write(m, cfg, Kind.VEC, gmem, L, G_SHAPE, self.d_model)
         eps = scalar_reg(m, cfg, Kind.EPS, unsigned(SS_BITS), "eps")
         mult = scalar_reg(m, cfg, Kind.M, signed(32), "m")

@@ -80,8 +80,7 @@ LEN_BITS = 16
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
 # the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate
-OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
-DESCRIPTOR = ("load", "op", "rn", "wn", *(f"op_{o}" for o in OPS), "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
+DESCRIPTOR = ("load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
               "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", *(f"t_{t}" for t in TARGETS))
 
 
@@ -208,6 +207,7 @@ class Engine(wiring.Component):
         m = Module()
         B, dm, D, N, R, K, V, NL = self.B, self.dm, self.D, self.N, self.R, self.K, self.V, self.n_layer
         HL = self.had_lanes
+        hl_bits = (HL - 1).bit_length()
 
         # ---- units
         m.submodules.norm = norm = RMSNormUnit(d_model=dm, lanes=1)
@@ -276,7 +276,7 @@ class Engine(wiring.Component):
         # in registers `d` loaded as the step begins from `nd`, which each state fills with its successor's: the
         # loader and the GEMV command read flip-flops, not a decode of the state.
         widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last": range(vmax),
-                  "perm1": range(B), "rn": range(vmax), "wn": range(vmax), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1)}
+                  "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1)}
         descs = [self.descriptor(s) for s in steps] + [dict.fromkeys(widths, 0)]
         d = {f: Signal(w, name=f"d_{f}") for f, w in widths.items()}
         nd = {f: Signal(w, name=f"nd_{f}", init=descs[0][f]) for f, w in widths.items()}
@@ -300,15 +300,98 @@ class Engine(wiring.Component):
         def reset_step():
             m.d.sync += [rd.eq(0), rd1.eq(1), mid.eq(0), wr.eq(0), prime.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
 
-        def writer(src, port, n, data_):
-            m.d.comb += [src.ready.eq(1), port.addr.eq(wr), port.data.eq(data_), port.en.eq(src.valid)]
+        def reader(n, ready, ports):
+            """Stream n elements from buffers: ports [(read port, address function)]; returns (valid, data ready)."""
+            valid = prime & (rd < n)
+            take = valid & ready
+            m.d.sync += prime.eq(1)
+            at = Mux(take, rd1, rd)  # the next element's address: a mux on the handshake, not an add after it
+            for p, f in ports:
+                m.d.comb += p.addr.eq(f(at))
+            with m.If(take):
+                m.d.sync += [rd.eq(rd1), rd1.eq(rd1 + 1)]
+            return valid
+
+        def writer(src, port, n, data_, addr=None):
+            m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
+                         port.en.eq(src.valid)]
             with m.If(src.valid):
                 m.d.sync += wr.eq(wr + 1)
             return wr == n
 
-        op_done = self.ops(m, d, units={"norm": norm, "gemv": gemv, "rq": rq, "table": table, "had": had,
-                                         "res": res, "conv": conv, "scan": scan},
-                           regs=(prime, rd, rd1, wr, bcr), rd_=rd_, wr_=wr_)
+        def gemv_x(k, port, f=lambda a: a, lane=None):
+            valid = reader(k, gemv.x.ready, [(port, f)])
+            d = port.data if lane is None else Array(port.data[8 * j:8 * j + 8] for j in range(HL))[lane]
+            m.d.comb += [gemv.x.valid.eq(valid), gemv.x.payload.eq(d[:8].as_signed())]
+
+        # ---- the ops
+        def op_step(name, nxt, label):
+            done = Signal(name=f"done_{name}")
+            if name == "norm":
+                valid = reader(dm, norm.i.ready, [(rd_["r"], lambda a: a)])
+                m.d.comb += norm.i.valid.eq(valid)
+                m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
+            elif name == "in_proj":
+                gemv_x(dm, rd_["u"])
+                m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
+            elif name == "conv":
+                valid = reader(D, conv.i.ready, [(rd_["xz"], lambda a: a)])
+                m.d.comb += conv.i.valid.eq(valid)
+                m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
+            elif name == "x_proj":
+                gemv_x(D, rd_["xs"])
+                for j in range(2 * N):
+                    with m.If(rq.o.valid & (wr == R + j)):
+                        m.d.sync += bcr[j].eq(rq.o.payload[:8])
+                m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
+            elif name == "dt_proj":
+                gemv_x(R, rd_["xp"])
+                m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
+                             table.i.payload[0].eq(rq.o.payload[:8].as_signed())]
+                m.d.comb += done.eq(writer(table.o, wr_["dt"], D, table.o.payload.as_value()))
+            elif name == "silu_z":
+                valid = reader(D, table.i.ready, [(rd_["xz"], lambda a: a + D)])
+                m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(rd_["xz"].data.as_signed())]
+                m.d.comb += done.eq(writer(table.o, wr_["sz"], D, table.o.payload.as_value()))
+            elif name == "scan":
+                valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
+                                                 (rd_["sz"], lambda a: a)])
+                o_valid, o_y = scan.o.valid, scan.o.payload
+                m.d.comb += scan.i.valid.eq(valid)
+                with m.If(o_valid):
+                    m.d.sync += wr.eq(wr + 1)
+                m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[o_y] * HL)),
+                             done.eq(wr == D)]
+                for j in range(HL):
+                    m.d.comb += wr_["y"].en[j].eq(o_valid & ((wr & (HL - 1)) == j))
+            elif name == "hadamard":
+                valid = reader(D // HL, had.i.ready, [(rd_["y"], lambda a: a)])
+                m.d.comb += had.i.valid.eq(valid)
+                m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
+            elif name == "out_proj":
+                gemv_x(D, rd_["yo"], lambda a: a >> hl_bits, lane=rd[:hl_bits])
+                m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
+            elif name == "residual":
+                valid = reader(dm, res.i.ready, [(rd_["r"], lambda a: a), (rd_["o"], lambda a: a)])
+                m.d.comb += res.i.valid.eq(valid)
+                m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
+            elif name == "lm_head":
+                gemv_x(dm, rd_["u"])
+                m.d.comb += done.eq(writer(gemv.o, wr_["l"], V, gemv.o.payload))
+            else:
+                raise AssertionError(name)
+            with m.If(done):
+                reset_step()
+                advance()
+                if name == "residual":
+                    m.d.comb += self.layer_done.eq(1)
+                    with m.If(layer == NL - 1):
+                        m.next = nxt
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), lbase.eq(lbase + self.offsets["layer_stride"])]
+                        m.next = names[first_layer]
+                else:
+                    m.next = nxt
 
         # ---- the GEMV command and the scan's B/C beat: offered from the step's first cycle until taken
         m.d.comb += [gemv.cmd.valid.eq(g_go), gemv.cmd.payload.base.eq(abase), gemv.cmd.payload.n.eq(d["n"]),
@@ -322,7 +405,7 @@ class Engine(wiring.Component):
 
         # ---- GEMV outputs through the requantizer (every GEMV op but lm_head; the descriptor says how), and the
         # payloads of units one op feeds: wired whatever the state, only the valids belong to the ops
-        m.d.comb += [rq.i.valid.eq(gemv.o.valid & d["rq_op"]), gemv.o.ready.eq(Mux(d["rq_op"], rq.i.ready, 1)),
+        m.d.comb += [rq.i.valid.eq(gemv.o.valid & d["rq_op"]), gemv.o.ready.eq(rq.i.ready & d["rq_op"]),
                      rq.i.payload.v.eq(gemv.o.payload), rq.i.payload.idx.eq(mid),
                      rq.i.payload.uniform.eq(d["uniform"]), rq.i.payload.bias.eq(d["bias"]),
                      rq.i.payload.wide.eq(d["wide"])]
@@ -359,18 +442,13 @@ class Engine(wiring.Component):
                     m.d.sync += cnt[label].eq(cnt[label] + 1)
                     m.d.comb += self.busy.eq(1)
                     successor(k + 1, layer_loop=spec_ == ("op", "residual"))
-                    with m.If(ld_done if spec_[0] == "load" else op_done):
-                        reset_step()
-                        advance()
-                        if spec_ == ("op", "residual"):
-                            m.d.comb += self.layer_done.eq(1)
-                            with m.If(layer == NL - 1):
-                                m.next = nxt
-                            with m.Else():
-                                m.d.sync += [layer.eq(layer + 1), lbase.eq(lbase + self.offsets["layer_stride"])]
-                                m.next = names[first_layer]
-                        else:
+                    if spec_[0] == "load":
+                        with m.If(ld_done):
+                            reset_step()
+                            advance()
                             m.next = nxt
+                    else:
+                        op_step(spec_[1], nxt, label)
             with m.State("done"):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += fresh.eq(0)
@@ -378,77 +456,6 @@ class Engine(wiring.Component):
                 m.next = "idle"
 
         return m
-
-    def ops(self, m, d, units, regs, rd_, wr_):
-        """An op step from its descriptor: one reader streams d.rn elements from the op's buffers into its unit, one
-        writer counts d.wn results into the op's buffer; units, buffers and payloads are picked by the one-hot op
-        flags (d.op_*), not by the state. Returns the op's end: its last result written."""
-        prime, rd, rd1, wr, bcr = regs
-        u = units
-        gemv, rq, table, scan = u["gemv"], u["rq"], u["table"], u["scan"]
-        D, R, N, HL = self.D, self.R, self.N, self.had_lanes
-        hl_bits = (HL - 1).bit_length()
-        op = {o: d[f"op_{o}"] for o in OPS}
-        gemv_op = op["in_proj"] | op["x_proj"] | op["dt_proj"] | op["out_proj"] | op["lm_head"]
-
-        def pick(pairs):  # the value whose flag is set (flags one-hot): an AND-OR, not a priority chain
-            out = 0
-            for flag, v in pairs:
-                out = out | Mux(flag, v, 0)
-            return out
-
-        # ---- reader: rd counts taken elements; the buffers are addressed through a mux on the handshake
-        rvalid, rready, done = Signal(), Signal(), Signal()
-        m.d.comb += [rvalid.eq(prime & (rd < d["rn"])),
-                     rready.eq(pick([(op["norm"], u["norm"].i.ready), (gemv_op, gemv.x.ready),
-                                     (op["conv"], u["conv"].i.ready), (op["silu_z"], table.i.ready),
-                                     (op["scan"], scan.i.ready), (op["hadamard"], u["had"].i.ready),
-                                     (op["residual"], u["res"].i.ready)]))]
-        take = rvalid & rready
-        m.d.sync += prime.eq(1)
-        at = Mux(take, rd1, rd)  # the next element's address: a mux on the handshake, not an add after it
-        with m.If(take):
-            m.d.sync += [rd.eq(rd1), rd1.eq(rd1 + 1)]
-        for name in ("r", "o", "u", "xs", "xp", "dt", "sz", "y"):
-            m.d.comb += rd_[name].addr.eq(at)
-        m.d.comb += [rd_["xz"].addr.eq(Mux(op["silu_z"], at + D, at)), rd_["yo"].addr.eq(at >> hl_bits)]
-        lane = Array(rd_["yo"].data[8 * j:8 * j + 8] for j in range(HL))[rd[:hl_bits]]
-        m.d.comb += [gemv.x.valid.eq(gemv_op & rvalid),
-                     gemv.x.payload.eq(pick([(op["in_proj"] | op["lm_head"], rd_["u"].data[:8]),
-                                             (op["x_proj"], rd_["xs"].data[:8]), (op["dt_proj"], rd_["xp"].data[:8]),
-                                             (op["out_proj"], lane)]).as_signed())]
-        for o, unit in (("norm", u["norm"]), ("conv", u["conv"]), ("scan", scan), ("hadamard", u["had"]),
-                        ("residual", u["res"])):
-            m.d.comb += unit.i.valid.eq(op[o] & rvalid)
-        m.d.comb += [table.i.valid.eq((op["silu_z"] & rvalid) | (op["dt_proj"] & rq.o.valid)),
-                     table.i.payload[0].eq(Mux(op["dt_proj"], rq.o.payload[:8], rd_["xz"].data[:8]).as_signed()),
-                     rq.o.ready.eq(Mux(op["dt_proj"], table.i.ready, 1))]
-
-        # ---- writer: wr counts results of the op's unit into the op's buffer
-        srcs = {"norm": u["norm"].o, "in_proj": rq.o, "conv": u["conv"].o, "x_proj": rq.o, "dt_proj": table.o,
-                "silu_z": table.o, "scan": scan.o, "hadamard": u["had"].o, "out_proj": rq.o,
-                "residual": u["res"].o, "lm_head": gemv.o}
-        for unit in ("norm", "conv", "had", "res"):
-            m.d.comb += u[unit].o.ready.eq(1)
-        m.d.comb += table.o.ready.eq(1)
-        wv = pick([(op[o], srcs[o].valid) for o in OPS])
-        with m.If(wv):
-            m.d.sync += wr.eq(wr + 1)
-        m.d.comb += done.eq(d["op"] & (wr == d["wn"]))
-        for o, port, data_ in (("norm", "u", u["norm"].o.payload.as_value()), ("in_proj", "xz", rq.o.payload[:8]),
-                               ("conv", "xs", u["conv"].o.payload.xs.as_value()), ("x_proj", "xp", rq.o.payload[:8]),
-                               ("dt_proj", "dt", table.o.payload.as_value()),
-                               ("silu_z", "sz", table.o.payload.as_value()),
-                               ("hadamard", "yo", u["had"].o.payload.as_value()), ("out_proj", "o", rq.o.payload),
-                               ("residual", "r", u["res"].o.payload.as_value()), ("lm_head", "l", gemv.o.payload)):
-            m.d.comb += [wr_[port].addr.eq(wr), wr_[port].data.eq(data_), wr_[port].en.eq(op[o] & srcs[o].valid)]
-        m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[scan.o.payload] * HL))]
-        for j in range(HL):
-            m.d.comb += wr_["y"].en[j].eq(op["scan"] & scan.o.valid & ((wr & (HL - 1)) == j))
-        for j in range(2 * N):  # x_proj's B and C, kept for the scan's B/C beat
-            with m.If(op["x_proj"] & rq.o.valid & (wr == R + j)):
-                m.d.sync += bcr[j].eq(rq.o.payload[:8])
-        return done
 
     def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w):
         """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
@@ -540,13 +547,7 @@ class Engine(wiring.Component):
                 out.update(kind=int(kind), my=int(kind == su.MY), fixed=int(index is not None), index=index or 0)
             elif target == "had":
                 out.update(index=index)
-            return out
-        dm, D, N, R, V, HL = self.dm, self.D, self.N, self.R, self.V, self.had_lanes
-        rn, wn = {"norm": (dm, dm), "in_proj": (dm, 2 * D), "conv": (D, D), "x_proj": (D, R + 2 * N),
-                  "dt_proj": (R, D), "silu_z": (D, D), "scan": (D, D), "hadamard": (D // HL, D // HL),
-                  "out_proj": (D, dm), "residual": (dm, dm), "lm_head": (dm, V)}[sp[1]]
-        out.update({"op": 1, "rn": rn, "wn": wn, f"op_{sp[1]}": 1})
-        if sp[1] in ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"):
+        elif sp[1] in ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"):
             name, n, k = self.gemv_of(sp[1])
             off, _dt, _shape, rel = self.field(name)
             out.update(gemv=1, off=off, rel=int(rel), n=n, k=k, rq_op=int(sp[1] != "lm_head"),

@@ -35,18 +35,6 @@ def saturate(v, shape: Shape):
     return Mux(v > hi, Const(hi, shape), Mux(v < lo, Const(lo, shape), low))
 
 
-def requantize(v, s: int, shape: Shape):
-    """saturate(rshift_round(v, s), shape) in one shallow stage: the range checks compare v itself with the
-    bounds moved before the shift (r > hi iff v >= (hi+1) * 2**s - half, r < lo iff v < lo * 2**s - half), so
-    they run beside the rounding add instead of after it, and that add spans only the s + width bits it needs."""
-    w = shape.width
-    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
-    half = 1 << (s - 1) if s else 0
-    low = (v[:s + w] + half)[s:s + w]
-    low = low.as_signed() if shape.signed else low
-    return Mux(v >= ((hi + 1) << s) - half, Const(hi, shape), Mux(v < (lo << s) - half, Const(lo, shape), low))
-
-
 def pieces(v) -> list[tuple[int, object]]:
     """(bit offset, piece) with every piece at most 18 bits signed: low pieces unsigned, the top one signed."""
     shape = v.shape()

@@ -4,8 +4,9 @@ to conv_pre and the SiLU table to xs (the executor's "conv_pre" and "xs"), bit f
 Streams, per token, d_inner / lanes beats of `lanes` int8 x (channels in order) with a `first` flag: set on every
 beat of a sequence's first token, it reads the window as zeros (a new sequence, SPEC 7.3 "zeros at the start").
 Emits per beat `lanes` conv_pre (int8) and `lanes` xs (int8). The window (the d_conv - 1 previous x of every
-channel, oldest first) stays in on-chip memory across tokens: read at issue, written back shifted by one with
-the new x the cycle after (the read port is transparent to that write, so one row per token also works).
+channel, oldest first) stays in on-chip memory across tokens: read at issue, registered, written back shifted by
+one with the new x two cycles after issue (with fewer than three rows a layer, a row's window still being written
+is forwarded from the pipeline, so one row per token also works).
 
 One unit keeps the windows of `n_layer` layers (a decode engine runs every layer's token through it) in one window
 memory, layer-major: layer l's d_inner / lanes rows start at row l * d_inner / lanes (`window_words`), and the window
@@ -19,9 +20,10 @@ before its tokens.
 Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
 Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
 
-Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 taps and weights
-registered; 3 x*w per tap; 4 b + sum; 7 * m (Pipeline.mul); 8 2 * prod >> s (halves); 9 rounded, saturated to int8 =
-conv_pre, SiLU table read; 10 xs: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
+Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 data registered, window
+written; 3 taps and weights registered; 4 x*w per tap; 5 b + sum; 8 * m (Pipeline.mul); 9 2 * prod >> s (halves); 10
+rounded, saturated to int8 = conv_pre, SiLU table read; 11 xs: conv_pre and xs into the output FIFO
+(qsim.hw.units.CONV_LATENCY).
 """
 
 from __future__ import annotations
@@ -121,44 +123,53 @@ class ConvUnit(wiring.Component):
         # the windows, layer-major (an attribute for testbenches to peek at); a beat's address: its layer's base (a
         # table of constants, no multiplier) plus the row
         m.submodules.win = wmemw = self.win = Memory(shape=unsigned(8 * (K - 1) * L), depth=R * NL, init=[])
-        win_w = wmemw.write_port()
-        win_r = wmemw.read_port(transparent_for=(win_w,))
+        win_w, win_r = wmemw.write_port(), wmemw.read_port()
         w_r, b_r = wmem.read_port(), bmem.read_port()
         waddr = Signal(range(R * NL))
         m.d.comb += [waddr.eq(Array(Const(i * R, len(waddr)) for i in range(NL))[self.layer] + row),
                      win_r.addr.eq(waddr), w_r.addr.eq(row), b_r.addr.eq(row)]
 
-        # ---- stage 1: memory data; window written back shifted
-        v1 = pl.reg(issue, 1, "v")
-        waddr1 = pl.reg(waddr, 1, "waddr")
-        first1 = pl.reg(self.i.payload.first, 1, "first")
-        x1 = [pl.reg(self.i.payload.x[j], 1, f"x{j}") for j in range(L)]
-        new_win = []
-        prods = []
+        # ---- stage 1: memory data, registered at stage 2 (a block RAM's clock-to-out leaves no room for logic
+        # behind it); stage 2: the window written back shifted
+        v1, waddr1 = pl.reg(issue, 1, "v"), pl.reg(waddr, 1, "waddr")
+        v2, waddr2 = pl.at(v1, 2), pl.at(waddr1, 2)
+        first2 = pl.at(pl.reg(self.i.payload.first, 1, "first"), 2)
+        x2 = [pl.at(pl.reg(self.i.payload.x[j], 1, f"x{j}"), 2) for j in range(L)]
+        old_win = pl.reg(win_r.data, 2, "win")
+        new_win = Signal(len(win_w.data))
+        if R < 3:  # a row read again before the window of its previous beat is written: forward that window
+            nw3 = pl.reg(new_win, 3, "nw")
+            for st in (4, 3):  # the newest write last
+                hit = pl.at(v1, st) & (pl.at(waddr1, st) == waddr2)
+                old_win = Mux(hit, pl.at(nw3, st), old_win)
+        taps = []
         for j in range(L):
-            old = [win_r.data[(j * (K - 1) + i) * 8:(j * (K - 1) + i + 1) * 8].as_signed() for i in range(K - 1)]
-            xp = [Mux(first1, 0, o) for o in old] + [x1[j]]  # oldest first; zeros at a sequence start
-            new_win += xp[1:]
-            # block RAM outputs into flip-flops before the multipliers (a RAM's clock-to-out is half a 100 MHz cycle)
-            xr = [pl.reg(xp[k], 2, f"xw{j}_{k}", signed(8)) for k in range(K)]
-            wr_ = [pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}") for k in range(K)]
-            prods.append([pl.reg(xr[k] * wr_[k], 3, f"p{j}_{k}", signed(16)) for k in range(K)])
-        m.d.comb += [win_w.addr.eq(waddr1), win_w.data.eq(Cat(*new_win)), win_w.en.eq(v1)]
+            old = [old_win[(j * (K - 1) + i) * 8:(j * (K - 1) + i + 1) * 8].as_signed() for i in range(K - 1)]
+            xp = [Mux(first2, 0, o) for o in old] + [x2[j]]  # oldest first; zeros at a sequence start
+            m.d.comb += new_win[8 * (K - 1) * j:8 * (K - 1) * (j + 1)].eq(Cat(*xp[1:]))
+            taps.append(xp)
+        m.d.comb += [win_w.addr.eq(waddr2), win_w.data.eq(new_win), win_w.en.eq(v2)]
+        # stage 3: taps and weights registered; 4: x*w per tap
+        prods = []
+        for j, xp in enumerate(taps):
+            xr = [pl.reg(xp[k], 3, f"xw{j}_{k}", signed(8)) for k in range(K)]
+            wr_ = [pl.at(pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}"), 3)
+                   for k in range(K)]
+            prods.append([pl.reg(xr[k] * wr_[k], 4, f"p{j}_{k}", signed(16)) for k in range(K)])
 
-        # ---- stage 3 on: acc = b + sum x*w; requantized; SiLU table
-        pl.put(mult, 4)
+        # ---- stage 5 on: acc = b + sum x*w; requantized; SiLU table
+        pl.put(mult, 5)
         pre, ports = [], []
         for j in range(L):
-            bj = pl.put(Signal(BIAS, name=f"b{j}"), 1)
-            m.d.comb += bj.eq(b_r.data[32 * j:32 * (j + 1)])
-            acc = pl.reg(pl.at(bj, 3) + sum(prods[j]), 4, f"acc{j}", signed(36))
-            prod = pl.mul(acc, mult, 4, f"am{j}")
-            rounded = pl.reg(halves(prod, shift), 4 + MUL_LATENCY + 1, f"r{j}")
+            bj = pl.reg(b_r.data[32 * j:32 * (j + 1)].as_signed(), 2, f"b{j}")
+            acc = pl.reg(pl.at(bj, 4) + sum(prods[j]), 5, f"acc{j}", signed(36))
+            prod = pl.mul(acc, mult, 5, f"am{j}")
+            rounded = pl.reg(halves(prod, shift), 5 + MUL_LATENCY + 1, f"r{j}")
             q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
             p = silu.read_port()
             m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
             pre.append(pl.at(q, CONV_STAGE))
             ports.append(p)
-        assert 4 + MUL_LATENCY + 2 == CONV_STAGE - 1
+        assert 5 + MUL_LATENCY + 2 == CONV_STAGE - 1
         out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *(p.data for p in ports)))
         return m

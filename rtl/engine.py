@@ -20,8 +20,8 @@ For the clock (reports/rtl/synth.md), the FSM state drives little directly: each
 address, count, element size, target unit and cfg kind; a GEMV's matrix and requantization mode) are a
 descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded as the step begins from registers its
 predecessor filled; the loader, the GEMV command, the GEMV -> requantizer path and the scan's B/C beat read
-those registers, and unit payloads with one source are wired whatever the state. A reader addresses its
-buffer through a mux on the handshake (rd or a registered rd + 1), never an add after it.
+those registers, and unit payloads with one source are wired whatever the state. A reader's buffer data pass
+through a register before they reach a unit (block RAM's clock-to-out leaves no room for logic behind it).
 
 Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
 in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |
@@ -45,9 +45,9 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 073 cycles a token, per layer in_proj 16 661,
-out_proj 8 725, x_proj 2 069, dt_proj 552, scan 2 078, hadamard 1 235, norm 538, conv 526, tables 517, residual
-262 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 538, lm_head 4 364.
+other units one element a cycle and a DRAM latency of 8: 255 151 cycles a token, per layer in_proj 16 663,
+out_proj 8 727, x_proj 2 071, dt_proj 554, scan 2 079, hadamard 1 236, norm 539, conv 528, tables 518, residual
+263 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 539, lm_head 4 365.
 
 Observation ports for testbenches: `layer_done` (one cycle after a layer's residual is written: the residual
 buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
@@ -256,8 +256,15 @@ class Engine(wiring.Component):
         fresh = Signal()  # this token starts a sequence
         vmax = max(self.max_n, D * N, D * K) + 1
         rd, mid, wr = Signal(range(vmax), name="rd"), Signal(range(vmax), name="mid"), Signal(range(vmax), name="wr")
-        rd1 = Signal(range(vmax + 1), init=1)  # rd + 1, kept in a register
-        prime = Signal()
+        # a reader's pipeline: the buffers' read data (valid b_v) registered into q (valid q_v, lane q_l), both held
+        # while the unit stalls (the read ports' enable): a unit's input comes from flip-flops, not block RAM
+        b_v, q_v, adv = Signal(name="b_v"), Signal(name="q_v"), Signal(name="adv")
+        b_l, q_l = Signal(max(hl_bits, 1), name="b_l"), Signal(max(hl_bits, 1), name="q_l")
+        q_ = {n: Signal(len(p.data), name=f"q_{n}") for n, p in rd_.items() if n != "p"}
+        for n, q in q_.items():
+            m.d.comb += rd_[n].en.eq(adv)
+            with m.If(adv):
+                m.d.sync += q.eq(rd_[n].data)
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         emit = Signal()
@@ -298,19 +305,20 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), rd1.eq(1), mid.eq(0), wr.eq(0), prime.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
+            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
 
         def reader(n, ready, ports):
-            """Stream n elements from buffers: ports [(read port, address function)]; returns (valid, data ready)."""
-            valid = prime & (rd < n)
-            take = valid & ready
-            m.d.sync += prime.eq(1)
-            at = Mux(take, rd1, rd)  # the next element's address: a mux on the handshake, not an add after it
+            """Stream n elements from buffers, ports [(read port, address function of the element)], through the
+            read pipeline: element rd is addressed while its predecessor is in the read data and the one before in
+            q; all advance when q is empty or taken. Returns q's valid (the data: q_[port], its lane q_l)."""
+            m.d.comb += adv.eq(~q_v | ready)
             for p, f in ports:
-                m.d.comb += p.addr.eq(f(at))
-            with m.If(take):
-                m.d.sync += [rd.eq(rd1), rd1.eq(rd1 + 1)]
-            return valid
+                m.d.comb += p.addr.eq(f(rd))
+            with m.If(adv):
+                m.d.sync += [b_v.eq(rd < n), q_v.eq(b_v), b_l.eq(rd), q_l.eq(b_l)]
+                with m.If(rd < n):
+                    m.d.sync += rd.eq(rd + 1)
+            return q_v
 
         def writer(src, port, n, data_, addr=None):
             m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
@@ -319,9 +327,9 @@ class Engine(wiring.Component):
                 m.d.sync += wr.eq(wr + 1)
             return wr == n
 
-        def gemv_x(k, port, f=lambda a: a, lane=None):
-            valid = reader(k, gemv.x.ready, [(port, f)])
-            d = port.data if lane is None else Array(port.data[8 * j:8 * j + 8] for j in range(HL))[lane]
+        def gemv_x(k, name, f=lambda a: a, lanes=False):
+            valid = reader(k, gemv.x.ready, [(rd_[name], f)])
+            d = Array(q_[name][8 * j:8 * j + 8] for j in range(HL))[q_l] if lanes else q_[name]
             m.d.comb += [gemv.x.valid.eq(valid), gemv.x.payload.eq(d[:8].as_signed())]
 
         # ---- the ops
@@ -332,26 +340,26 @@ class Engine(wiring.Component):
                 m.d.comb += norm.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
             elif name == "in_proj":
-                gemv_x(dm, rd_["u"])
+                gemv_x(dm, "u")
                 m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
             elif name == "conv":
                 valid = reader(D, conv.i.ready, [(rd_["xz"], lambda a: a)])
                 m.d.comb += conv.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
             elif name == "x_proj":
-                gemv_x(D, rd_["xs"])
+                gemv_x(D, "xs")
                 for j in range(2 * N):
                     with m.If(rq.o.valid & (wr == R + j)):
                         m.d.sync += bcr[j].eq(rq.o.payload[:8])
                 m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
             elif name == "dt_proj":
-                gemv_x(R, rd_["xp"])
+                gemv_x(R, "xp")
                 m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
                              table.i.payload[0].eq(rq.o.payload[:8].as_signed())]
                 m.d.comb += done.eq(writer(table.o, wr_["dt"], D, table.o.payload.as_value()))
             elif name == "silu_z":
                 valid = reader(D, table.i.ready, [(rd_["xz"], lambda a: a + D)])
-                m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(rd_["xz"].data.as_signed())]
+                m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(q_["xz"].as_signed())]
                 m.d.comb += done.eq(writer(table.o, wr_["sz"], D, table.o.payload.as_value()))
             elif name == "scan":
                 valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
@@ -369,14 +377,14 @@ class Engine(wiring.Component):
                 m.d.comb += had.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
             elif name == "out_proj":
-                gemv_x(D, rd_["yo"], lambda a: a >> hl_bits, lane=rd[:hl_bits])
+                gemv_x(D, "yo", lambda a: a >> hl_bits, lanes=True)
                 m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
             elif name == "residual":
                 valid = reader(dm, res.i.ready, [(rd_["r"], lambda a: a), (rd_["o"], lambda a: a)])
                 m.d.comb += res.i.valid.eq(valid)
                 m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
             elif name == "lm_head":
-                gemv_x(dm, rd_["u"])
+                gemv_x(dm, "u")
                 m.d.comb += done.eq(writer(gemv.o, wr_["l"], V, gemv.o.payload))
             else:
                 raise AssertionError(name)
@@ -411,12 +419,12 @@ class Engine(wiring.Component):
                      rq.i.payload.wide.eq(d["wide"])]
         with m.If(gemv.o.valid & rq.i.ready & d["rq_op"]):
             m.d.sync += mid.eq(mid + 1)
-        m.d.comb += [norm.i.payload[0].eq(rd_["r"].data.as_signed()),
-                     conv.i.payload.x[0].eq(rd_["xz"].data.as_signed()), conv.i.payload.first.eq(fresh),
-                     scan.i.payload.x.eq(rd_["xs"].data.as_signed()), scan.i.payload.dt.eq(rd_["dt"].data[:spec.DT_BITS]),
-                     scan.i.payload.sz.eq(rd_["sz"].data.as_signed()), scan.o.ready.eq(1),
-                     had.i.payload.eq(rd_["y"].data),
-                     res.i.payload.r[0].eq(rd_["r"].data.as_signed()), res.i.payload.d[0].eq(rd_["o"].data.as_signed())]
+        m.d.comb += [norm.i.payload[0].eq(q_["r"].as_signed()),
+                     conv.i.payload.x[0].eq(q_["xz"].as_signed()), conv.i.payload.first.eq(fresh),
+                     scan.i.payload.x.eq(q_["xs"].as_signed()), scan.i.payload.dt.eq(q_["dt"][:spec.DT_BITS]),
+                     scan.i.payload.sz.eq(q_["sz"].as_signed()), scan.o.ready.eq(1),
+                     had.i.payload.eq(q_["y"]),
+                     res.i.payload.r[0].eq(q_["r"].as_signed()), res.i.payload.d[0].eq(q_["o"].as_signed())]
         ld_done = Signal()
         # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
         # overrides the loader's counters in its last cycle
@@ -463,7 +471,7 @@ class Engine(wiring.Component):
         as a cfg beat to the target unit (its own copy of the target: the last beat may reach the unit in the next
         step's first cycle); ld_done when the last element is in cq (for the embedding row: its last requantized
         value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
-        next op's first element (a reader primes for a cycle) and behind the scan's and Hadamard unit's own checks."""
+        next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
         lst, e, cur, cur_v, jb, emit = regs
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]

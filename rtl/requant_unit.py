@@ -14,8 +14,9 @@ Run-time constants (rtl.table_unit's cfg convention, cfg.ready always high): Kin
 Kind.S addr row: s in [0, 62]; Kind.VEC addr row: b (int32). Elaboration: max_rows (the most rows one op
 requantizes), in_bits (the accumulator width, 32 for the GEMV unit's int32).
 
-Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 v + b; 5 * m (Pipeline.mul);
-6 2 * prod >> s (halves); 7 rounded and saturated, into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later
+Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 data registered (no logic behind a
+block RAM); 3 v + b; 6 * m (Pipeline.mul); 7 2 * prod >> s (halves); 8 rounded and saturated, into the output FIFO
+(REQUANT_STAGE); readable FIFO_LATENCY cycles later
 (the cycle contract, requant_unit_cycles, is in qsim.hw.units).
 The issue stage holds off when the output FIFO could fill (credits), as in rtl.table_unit.
 """
@@ -42,8 +43,8 @@ from rtl.table_unit import (
 )
 
 RESIDUAL = signed(spec.RESIDUAL_BITS)
-if REQUANT_STAGE != 4 + MUL_LATENCY:  # the contract's stage (qsim.hw.units) is this pipeline's
-    raise AssertionError(f"qsim.hw.units.REQUANT_STAGE {REQUANT_STAGE} != 4 + MUL_LATENCY {MUL_LATENCY}")
+if REQUANT_STAGE != 5 + MUL_LATENCY:  # the contract's stage (qsim.hw.units) is this pipeline's
+    raise AssertionError(f"qsim.hw.units.REQUANT_STAGE {REQUANT_STAGE} != 5 + MUL_LATENCY {MUL_LATENCY}")
 
 
 def in_layout(max_rows: int, in_bits: int) -> data.StructLayout:
@@ -92,14 +93,13 @@ class RequantUnit(wiring.Component):
         v = pl.reg(issue, 1, "v")
         val = pl.reg(p.v, 1, "val")
         bias, wide = pl.reg(p.bias, 1, "bias"), pl.reg(p.wide, 1, "wide")
-        mult = pl.put(Signal(signed(32), name="mult"), 1)
-        shift = pl.put(Signal(unsigned(6), name="shift"), 1)
-        b = pl.put(Signal(signed(32), name="b"), 1)
-        m.d.comb += [mult.eq(mems["m"].data), shift.eq(mems["s"].data), b.eq(mems["b"].data)]
-        acc = pl.reg(val + Mux(bias, b, 0), 2, "acc", signed(self.in_bits + 1))
-        prod = pl.mul(acc, mult, 2, "prod")
-        rnd = pl.reg(halves(prod, pl.at(shift, 2 + MUL_LATENCY)), 3 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
-        y = pl.reg(Mux(pl.at(wide, 3 + MUL_LATENCY), round_saturate_halves(rnd, RESIDUAL),
+        mult = pl.reg(mems["m"].data, 2, "mult", signed(32))
+        shift = pl.reg(mems["s"].data, 2, "shift")
+        b = pl.reg(mems["b"].data, 2, "b")
+        acc = pl.reg(pl.at(val, 2) + Mux(pl.at(bias, 2), b, 0), 3, "acc", signed(self.in_bits + 1))
+        prod = pl.mul(acc, mult, 3, "prod")
+        rnd = pl.reg(halves(prod, pl.at(shift, 3 + MUL_LATENCY)), 4 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
+        y = pl.reg(Mux(pl.at(wide, 4 + MUL_LATENCY), round_saturate_halves(rnd, RESIDUAL),
                        round_saturate_halves(rnd, signed(8))), REQUANT_STAGE, "y", RESIDUAL)
         out.connect(issue, pl.at(v, REQUANT_STAGE), y)
         return m

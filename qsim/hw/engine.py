@@ -27,7 +27,8 @@ is under the label `load`.) Cycles of a step, with a DRAM of fixed `dram_latency
   load   dram_latency + count + 1: the request, the first beat dram_latency cycles later, one element a cycle
   embed  a load of d_model elements + REQUANT_LATENCY + 2 (through the loader's one-beat register into the
          requantizer, requantized to the residual width, then written)
-  op     the unit's contract (qsim.hw.units) + OP_OVERHEAD; a GEMV op: gemv_unit_cycles + 1, plus the
+  op     the unit's contract (qsim.hw.units) + OP_OVERHEAD; a GEMV op: gemv_unit_cycles + 1, its x from the
+         read pipeline one cycle late (x_delay = OP_OVERHEAD - 2: the unit's contract has x from cycle 1), plus the
          requantization's latency (and for dt_proj the softplus table's) its outputs pass through; lm_head
          has no requantization
 
@@ -48,7 +49,7 @@ from qsim.hw import units
 LABELS = ("embed", "norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj",
           "residual", "final_norm", "lm_head", "load")
 PER_LAYER = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj", "residual")
-OP_OVERHEAD = 2  # an op's cycle priming its buffer reads and the one seeing its last write (rtl.engine)
+OP_OVERHEAD = 3  # an op's two cycles filling its read pipeline and the one seeing its last write (rtl.engine)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def decode_step_cycles(m: EngineModel, e: EngineConfig) -> dict[str, int]:
 
     def gemv(name: str) -> int:
         n, k = gemvs(m)[name]
-        return units.gemv_unit_cycles(rows=1, lanes=e.gemv_lanes, bus_bytes=e.bus_bytes, latency=lat, n=n, k=k) + 1
+        return units.gemv_unit_cycles(rows=1, lanes=e.gemv_lanes, bus_bytes=e.bus_bytes, latency=lat, n=n, k=k,
+                                      x_delay=OP_OVERHEAD - 2) + 1
 
     dm, D, N = m.d_model, m.d_inner, m.d_state
     layer = {"norm": units.rmsnorm_unit_cycles(dm, 1) + OP_OVERHEAD,

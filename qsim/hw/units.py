@@ -37,12 +37,12 @@ GEMV unit (weights streamed from memory, rtl/gemv_unit.py; tests/rtl/test_rtl_ge
     fixed ``latency`` (request accepted to first beat) and gives one beat per
     cycle (rtl/dram.py). Counted from the cycle the command is accepted (cycle 0)
     to the cycle of the last output, inclusive, with x streamed one value per
-    cycle from cycle 1 and no back-pressure:
+    cycle from cycle 1 + x_delay and no back-pressure:
 
         C = ceil(k / bus_bytes)  chunks per row      G = ceil(n / rows)  row groups
         r = n - (G - 1) * rows   rows of the last group
         T(q) = max(q, P)         cycles per chunk of a group of q rows
-        first = 1 + max(latency, k)          first beat taken (after x is loaded)
+        first = 1 + max(latency, k + x_delay)   first beat taken (after x is loaded)
         E = GEMV_PIPELINE_LATENCY + ceil(log4(lanes))   (gemv_pipeline_latency)
         G == 1: out = first + r - 1 + (C - 1) * T(r) + P + E
         G > 1:  out = first + rows - 1 + ((G - 1) * C - 1) * T(rows) + P + E + max(C * T(r), rows)
@@ -113,12 +113,12 @@ TABLE_STAGE = 1
 TABLE_LATENCY = TABLE_STAGE + FIFO_LATENCY
 RESIDUAL_STAGE = 2  # operands registered, then added and saturated
 RESIDUAL_LATENCY = RESIDUAL_STAGE + FIFO_LATENCY
-CONV_STAGE = 10
+CONV_STAGE = 11
 CONV_LATENCY = CONV_STAGE + FIFO_LATENCY
 RMSNORM_GAP = 10  # cycles from the last pass-1 issue to the first pass-2 issue
 RMSNORM_STAGE = 13
 RMSNORM_OUT_LATENCY = RMSNORM_STAGE + FIFO_LATENCY
-REQUANT_STAGE = 7  # 4 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
+REQUANT_STAGE = 8  # 5 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
 REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY
 TABLE_ENTRIES = 256  # a table is indexed by an int8 code
 
@@ -172,7 +172,7 @@ def gemv_pipeline_latency(lanes: int) -> int:
     return GEMV_PIPELINE_LATENCY + gemv_tree_levels(lanes)
 
 
-def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int, k: int) -> int:
+def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int, k: int, x_delay: int = 0) -> int:
     """Cycles of one n x k GEMV command on the GEMV unit, accept to last output (module docstring)."""
     _positive(rows=rows, lanes=lanes, bus_bytes=bus_bytes, latency=latency, n=n, k=k)
     if bus_bytes % lanes:
@@ -180,7 +180,7 @@ def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int
     P = bus_bytes // lanes
     C, G = math.ceil(k / bus_bytes), math.ceil(n / rows)
     r = n - (G - 1) * rows
-    first = 1 + max(latency, k)
+    first = 1 + max(latency, k + x_delay)
     tail = P + gemv_pipeline_latency(lanes)
     if G == 1:
         out = first + r - 1 + (C - 1) * max(r, P) + tail

@@ -56,6 +56,9 @@ buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cy
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 import numpy as np
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -79,9 +82,12 @@ ADDR_BITS = 32
 LEN_BITS = 16
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
-# the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate
-DESCRIPTOR = ("load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1", "signed", "sz1", "sz2", "sz4", "sz8",
-              "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", *(f"t_{t}" for t in TARGETS))
+OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
+# the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate; an op's
+# reader count rn and writer count wn (the op is done when wn outputs are written)
+DESCRIPTOR = ("load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1",
+              "signed", "sz1", "sz2", "sz4", "sz8", "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", "rn",
+              "wn", *(f"t_{t}" for t in TARGETS), *(f"o_{o}" for o in OPS))
 
 
 class Engine(wiring.Component):
@@ -283,7 +289,8 @@ class Engine(wiring.Component):
         # in registers `d` loaded as the step begins from `nd`, which each state fills with its successor's: the
         # loader and the GEMV command read flip-flops, not a decode of the state.
         widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last": range(vmax),
-                  "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1)}
+                  "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1),
+                  "rn": range(vmax + 1), "wn": range(vmax + 1)}
         descs = [self.descriptor(s) for s in steps] + [dict.fromkeys(widths, 0)]
         d = {f: Signal(w, name=f"d_{f}") for f, w in widths.items()}
         nd = {f: Signal(w, name=f"nd_{f}", init=descs[0][f]) for f, w in widths.items()}
@@ -307,87 +314,84 @@ class Engine(wiring.Component):
         def reset_step():
             m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
 
-        def reader(n, ready, ports):
-            """Stream n elements from buffers, ports [(read port, address function of the element)], through the
-            read pipeline: element rd is addressed while its predecessor is in the read data and the one before in
-            q; all advance when q is empty or taken. Returns q's valid (the data: q_[port], its lane q_l)."""
-            m.d.comb += adv.eq(~q_v | ready)
-            for p, f in ports:
-                m.d.comb += p.addr.eq(f(rd))
-            with m.If(adv):
-                m.d.sync += [b_v.eq(rd < n), q_v.eq(b_v), b_l.eq(rd), q_l.eq(b_l)]
-                with m.If(rd < n):
-                    m.d.sync += rd.eq(rd + 1)
-            return q_v
-
-        def writer(src, port, n, data_, addr=None):
+        def writer(src, port, data_, addr=None):
             m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
                          port.en.eq(src.valid)]
             with m.If(src.valid):
                 m.d.sync += wr.eq(wr + 1)
-            return wr == n
 
-        def gemv_x(k, name, f=lambda a: a, lanes=False):
-            valid = reader(k, gemv.x.ready, [(rd_[name], f)])
-            d = Array(q_[name][8 * j:8 * j + 8] for j in range(HL))[q_l] if lanes else q_[name]
-            m.d.comb += [gemv.x.valid.eq(valid), gemv.x.payload.eq(d[:8].as_signed())]
+        # ---- the ops, wired by the descriptor's op flags (o_<op>), not by the state: a unit's valid, a buffer's
+        # write enable and the reader's ready are a flip-flop ANDed in. The reader: element rd is addressed while
+        # its predecessor is in the read data and the one before in q; all advance when q is empty or taken
+        op = {o: d[f"o_{o}"] for o in OPS}
+        ready = Signal()
+        m.d.comb += ready.eq(op["norm"] & norm.i.ready | d["gemv"] & gemv.x.ready | op["conv"] & conv.i.ready
+                             | op["silu_z"] & table.i.ready | op["scan"] & scan.i.ready
+                             | op["hadamard"] & had.i.ready | op["residual"] & res.i.ready)
+        m.d.comb += adv.eq(~q_v | ready)
+        for n, p in rd_.items():
+            if n != "p":
+                m.d.comb += p.addr.eq(rd)
+        m.d.comb += [rd_["xz"].addr.eq(Mux(op["silu_z"], rd + D, rd)), rd_["yo"].addr.eq(rd >> hl_bits)]
+        with m.If(adv):
+            m.d.sync += [b_v.eq(rd < d["rn"]), q_v.eq(b_v), b_l.eq(rd), q_l.eq(b_l)]
+            with m.If(rd < d["rn"]):
+                m.d.sync += rd.eq(rd + 1)
+        x_of = {"in_proj": q_["u"], "x_proj": q_["xs"], "dt_proj": q_["xp"], "lm_head": q_["u"],
+                "out_proj": Array(q_["yo"][8 * j:8 * j + 8] for j in range(HL))[q_l] if HL > 1 else q_["yo"]}
+        m.d.comb += [norm.i.valid.eq(q_v & op["norm"]), gemv.x.valid.eq(q_v & d["gemv"]),
+                     gemv.x.payload.eq(reduce(operator.or_, (Mux(op[o], x[:8], 0) for o, x in x_of.items()))),
+                     conv.i.valid.eq(q_v & op["conv"]), scan.i.valid.eq(q_v & op["scan"]),
+                     had.i.valid.eq(q_v & op["hadamard"]), res.i.valid.eq(q_v & op["residual"]),
+                     table.i.valid.eq(Mux(op["dt_proj"], rq.o.valid, q_v & op["silu_z"])),
+                     table.i.payload[0].eq(Mux(op["dt_proj"], rq.o.payload[:8], q_["xz"]).as_signed())]
+        m.d.comb += [norm.i.payload[0].eq(q_["r"].as_signed()),
+                     conv.i.payload.x[0].eq(q_["xz"].as_signed()), conv.i.payload.first.eq(fresh),
+                     scan.i.payload.x.eq(q_["xs"].as_signed()), scan.i.payload.dt.eq(q_["dt"][:spec.DT_BITS]),
+                     scan.i.payload.sz.eq(q_["sz"].as_signed()), scan.o.ready.eq(1),
+                     had.i.payload.eq(q_["y"]),
+                     res.i.payload.r[0].eq(q_["r"].as_signed()), res.i.payload.d[0].eq(q_["o"].as_signed())]
+        # ---- GEMV outputs through the requantizer (every GEMV op but lm_head; the descriptor says how)
+        m.d.comb += [rq.i.valid.eq(gemv.o.valid & d["rq_op"]), gemv.o.ready.eq(rq.i.ready & d["rq_op"]),
+                     rq.i.payload.v.eq(gemv.o.payload), rq.i.payload.idx.eq(mid),
+                     rq.i.payload.uniform.eq(d["uniform"]), rq.i.payload.bias.eq(d["bias"]),
+                     rq.i.payload.wide.eq(d["wide"])]
+        with m.If(gemv.o.valid & rq.i.ready & d["rq_op"]):
+            m.d.sync += mid.eq(mid + 1)
+        # the writers: an op's outputs into its buffer at wr; the op is done when wr reaches its count (d.wn)
+        with m.If(op["norm"]):
+            writer(norm.o, wr_["u"], norm.o.payload.as_value())
+        with m.If(op["in_proj"]):
+            writer(rq.o, wr_["xz"], rq.o.payload[:8])
+        with m.If(op["conv"]):
+            writer(conv.o, wr_["xs"], conv.o.payload.xs.as_value())
+        with m.If(op["x_proj"]):
+            writer(rq.o, wr_["xp"], rq.o.payload[:8])
+            for j in range(2 * N):
+                with m.If(rq.o.valid & (wr == R + j)):
+                    m.d.sync += bcr[j].eq(rq.o.payload[:8])
+        with m.If(op["dt_proj"]):
+            m.d.comb += rq.o.ready.eq(table.i.ready)
+            writer(table.o, wr_["dt"], table.o.payload.as_value())
+        with m.If(op["silu_z"]):
+            writer(table.o, wr_["sz"], table.o.payload.as_value())
+        with m.If(op["scan"]):
+            with m.If(scan.o.valid):
+                m.d.sync += wr.eq(wr + 1)
+            m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[scan.o.payload] * HL))]
+            m.d.comb += [wr_["y"].en[j].eq(scan.o.valid & ((wr & (HL - 1)) == j)) for j in range(HL)]
+        with m.If(op["hadamard"]):
+            writer(had.o, wr_["yo"], had.o.payload.as_value())
+        with m.If(op["out_proj"]):
+            writer(rq.o, wr_["o"], rq.o.payload)
+        with m.If(op["residual"]):
+            writer(res.o, wr_["r"], res.o.payload.as_value())
+        with m.If(op["lm_head"]):
+            writer(gemv.o, wr_["l"], gemv.o.payload)
+        done = Signal()
+        m.d.comb += done.eq(wr == d["wn"])
 
-        # ---- the ops
-        def op_step(name, nxt, label):
-            done = Signal(name=f"done_{name}")
-            if name == "norm":
-                valid = reader(dm, norm.i.ready, [(rd_["r"], lambda a: a)])
-                m.d.comb += norm.i.valid.eq(valid)
-                m.d.comb += done.eq(writer(norm.o, wr_["u"], dm, norm.o.payload.as_value()))
-            elif name == "in_proj":
-                gemv_x(dm, "u")
-                m.d.comb += done.eq(writer(rq.o, wr_["xz"], 2 * D, rq.o.payload[:8]))
-            elif name == "conv":
-                valid = reader(D, conv.i.ready, [(rd_["xz"], lambda a: a)])
-                m.d.comb += conv.i.valid.eq(valid)
-                m.d.comb += done.eq(writer(conv.o, wr_["xs"], D, conv.o.payload.xs.as_value()))
-            elif name == "x_proj":
-                gemv_x(D, "xs")
-                for j in range(2 * N):
-                    with m.If(rq.o.valid & (wr == R + j)):
-                        m.d.sync += bcr[j].eq(rq.o.payload[:8])
-                m.d.comb += done.eq(writer(rq.o, wr_["xp"], R + 2 * N, rq.o.payload[:8]))
-            elif name == "dt_proj":
-                gemv_x(R, "xp")
-                m.d.comb += [table.i.valid.eq(rq.o.valid), rq.o.ready.eq(table.i.ready),
-                             table.i.payload[0].eq(rq.o.payload[:8].as_signed())]
-                m.d.comb += done.eq(writer(table.o, wr_["dt"], D, table.o.payload.as_value()))
-            elif name == "silu_z":
-                valid = reader(D, table.i.ready, [(rd_["xz"], lambda a: a + D)])
-                m.d.comb += [table.i.valid.eq(valid), table.i.payload[0].eq(q_["xz"].as_signed())]
-                m.d.comb += done.eq(writer(table.o, wr_["sz"], D, table.o.payload.as_value()))
-            elif name == "scan":
-                valid = reader(D, scan.i.ready, [(rd_["xs"], lambda a: a), (rd_["dt"], lambda a: a),
-                                                 (rd_["sz"], lambda a: a)])
-                o_valid, o_y = scan.o.valid, scan.o.payload
-                m.d.comb += scan.i.valid.eq(valid)
-                with m.If(o_valid):
-                    m.d.sync += wr.eq(wr + 1)
-                m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[o_y] * HL)),
-                             done.eq(wr == D)]
-                for j in range(HL):
-                    m.d.comb += wr_["y"].en[j].eq(o_valid & ((wr & (HL - 1)) == j))
-            elif name == "hadamard":
-                valid = reader(D // HL, had.i.ready, [(rd_["y"], lambda a: a)])
-                m.d.comb += had.i.valid.eq(valid)
-                m.d.comb += done.eq(writer(had.o, wr_["yo"], D // HL, had.o.payload.as_value()))
-            elif name == "out_proj":
-                gemv_x(D, "yo", lambda a: a >> hl_bits, lanes=True)
-                m.d.comb += done.eq(writer(rq.o, wr_["o"], dm, rq.o.payload))
-            elif name == "residual":
-                valid = reader(dm, res.i.ready, [(rd_["r"], lambda a: a), (rd_["o"], lambda a: a)])
-                m.d.comb += res.i.valid.eq(valid)
-                m.d.comb += done.eq(writer(res.o, wr_["r"], dm, res.o.payload.as_value()))
-            elif name == "lm_head":
-                gemv_x(dm, "u")
-                m.d.comb += done.eq(writer(gemv.o, wr_["l"], V, gemv.o.payload))
-            else:
-                raise AssertionError(name)
+        def op_step(name, nxt):
             with m.If(done):
                 reset_step()
                 advance()
@@ -411,20 +415,6 @@ class Engine(wiring.Component):
         with m.If(scan.bc.ready):
             m.d.sync += bc_go.eq(0)
 
-        # ---- GEMV outputs through the requantizer (every GEMV op but lm_head; the descriptor says how), and the
-        # payloads of units one op feeds: wired whatever the state, only the valids belong to the ops
-        m.d.comb += [rq.i.valid.eq(gemv.o.valid & d["rq_op"]), gemv.o.ready.eq(rq.i.ready & d["rq_op"]),
-                     rq.i.payload.v.eq(gemv.o.payload), rq.i.payload.idx.eq(mid),
-                     rq.i.payload.uniform.eq(d["uniform"]), rq.i.payload.bias.eq(d["bias"]),
-                     rq.i.payload.wide.eq(d["wide"])]
-        with m.If(gemv.o.valid & rq.i.ready & d["rq_op"]):
-            m.d.sync += mid.eq(mid + 1)
-        m.d.comb += [norm.i.payload[0].eq(q_["r"].as_signed()),
-                     conv.i.payload.x[0].eq(q_["xz"].as_signed()), conv.i.payload.first.eq(fresh),
-                     scan.i.payload.x.eq(q_["xs"].as_signed()), scan.i.payload.dt.eq(q_["dt"][:spec.DT_BITS]),
-                     scan.i.payload.sz.eq(q_["sz"].as_signed()), scan.o.ready.eq(1),
-                     had.i.payload.eq(q_["y"]),
-                     res.i.payload.r[0].eq(q_["r"].as_signed()), res.i.payload.d[0].eq(q_["o"].as_signed())]
         ld_done = Signal()
         # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
         # overrides the loader's counters in its last cycle
@@ -434,7 +424,7 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"])
+                    regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
         with m.FSM(name="ctl"):
             with m.State("idle"):
                 m.d.comb += self.tok.ready.eq(1)
@@ -456,7 +446,7 @@ class Engine(wiring.Component):
                             advance()
                             m.next = nxt
                     else:
-                        op_step(spec_[1], nxt, label)
+                        op_step(spec_[1], nxt)
             with m.State("done"):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += fresh.eq(0)
@@ -465,7 +455,7 @@ class Engine(wiring.Component):
 
         return m
 
-    def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w):
+    def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w, written):
         """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
         a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq`, which presents it
         as a cfg beat to the target unit (its own copy of the target: the last beat may reach the unit in the next
@@ -530,7 +520,8 @@ class Engine(wiring.Component):
             with m.If(take):
                 m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
             with m.If(d["t_embed"]):
-                m.d.comb += ld_done.eq(writer(rq.o, rbuf_w, self.dm, rq.o.payload))
+                writer(rq.o, rbuf_w, rq.o.payload)
+                m.d.comb += ld_done.eq(written)
             with m.Else():
                 m.d.comb += ld_done.eq(emit & last)
 
@@ -546,6 +537,7 @@ class Engine(wiring.Component):
             beats = -(-count * size // self.B)
             if target == "embed":
                 count, beats = self.dm, self.dm // self.B
+                out["wn"] = self.dm  # its requantized values written to the residual
             out.update({"load": 1, "off": off, "rel": int(rel), "beats": beats, "last": count - 1,
                         "perm1": self.B // size - 1, "signed": int(signed_), f"sz{size}": 1, f"t_{target}": 1})
             if target in ("norm", "rq", "table", "conv"):
@@ -560,8 +552,12 @@ class Engine(wiring.Component):
             off, _dt, _shape, rel = self.field(name)
             out.update(gemv=1, off=off, rel=int(rel), n=n, k=k, rq_op=int(sp[1] != "lm_head"),
                        uniform=int(sp[1] == "dt_proj"), bias=int(sp[1] == "dt_proj"), wide=int(sp[1] == "out_proj"))
-        elif sp[1] == "scan":
-            out.update(bc=1)
+        if sp[0] == "op":
+            dm, D, N, R, HL = self.dm, self.D, self.N, self.R, self.had_lanes
+            counts = {"norm": (dm, dm), "in_proj": (dm, 2 * D), "conv": (D, D), "x_proj": (D, R + 2 * N),
+                      "dt_proj": (R, D), "silu_z": (D, D), "scan": (D, D), "hadamard": (D // HL, D // HL),
+                      "out_proj": (D, dm), "residual": (dm, dm), "lm_head": (dm, self.V)}
+            out.update({f"o_{sp[1]}": 1, "rn": counts[sp[1]][0], "wn": counts[sp[1]][1], "bc": int(sp[1] == "scan")})
         return out
 
     def gemv_of(self, op: str) -> tuple[str, int, int]:

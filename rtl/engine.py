@@ -85,7 +85,7 @@ TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # whe
 OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
 # the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate; an op's
 # reader count rn and writer count wn (the op is done when wn outputs are written)
-DESCRIPTOR = ("load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1",
+DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1",
               "signed", "sz1", "sz2", "sz4", "sz8", "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", "rn",
               "wn", *(f"t_{t}" for t in TARGETS), *(f"o_{o}" for o in OPS))
 
@@ -312,7 +312,8 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0)]
+            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0),
+                         ld_last.eq(0)]
 
         def writer(src, port, data_, addr=None):
             m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
@@ -392,9 +393,7 @@ class Engine(wiring.Component):
         m.d.comb += done.eq(wr == d["wn"])
 
         def op_step(name, nxt):
-            with m.If(done):
-                reset_step()
-                advance()
+            with m.If(step_done):
                 if name == "residual":
                     m.d.comb += self.layer_done.eq(1)
                     with m.If(layer == NL - 1):
@@ -415,7 +414,8 @@ class Engine(wiring.Component):
         with m.If(scan.bc.ready):
             m.d.sync += bc_go.eq(0)
 
-        ld_done = Signal()
+        ld_done, ld_last, step_done = Signal(), Signal(name="ld_last"), Signal()
+        m.d.comb += step_done.eq(d["step"] & Mux(d["load"], ld_done, done))
         # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
         # overrides the loader's counters in its last cycle
         m.d.comb += [mem_port.req.valid.eq(gemv.mem.req.valid), mem_port.req.payload.addr.eq(gemv.mem.req.payload.addr),
@@ -424,7 +424,12 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, cur, cur_v, jb, emit), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
+                    regs=(lst, e, cur, cur_v, jb, emit, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
+        # a step's end: its successor's descriptor, the shared counters cleared (after the loader's, the reader's
+        # and the writers' updates, which it overrides); the FSM only follows
+        with m.If(step_done):
+            reset_step()
+            advance()
         with m.FSM(name="ctl"):
             with m.State("idle"):
                 m.d.comb += self.tok.ready.eq(1)
@@ -441,9 +446,7 @@ class Engine(wiring.Component):
                     m.d.comb += self.busy.eq(1)
                     successor(k + 1, layer_loop=spec_ == ("op", "residual"))
                     if spec_[0] == "load":
-                        with m.If(ld_done):
-                            reset_step()
-                            advance()
+                        with m.If(step_done):
                             m.next = nxt
                     else:
                         op_step(spec_[1], nxt)
@@ -462,7 +465,7 @@ class Engine(wiring.Component):
         step's first cycle); ld_done when the last element is in cq (for the embedding row: its last requantized
         value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
         next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
-        lst, e, cur, cur_v, jb, emit = regs
+        lst, e, cur, cur_v, jb, emit, ld_last = regs
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
@@ -522,13 +525,16 @@ class Engine(wiring.Component):
             with m.If(d["t_embed"]):
                 writer(rq.o, rbuf_w, rq.o.payload)
                 m.d.comb += ld_done.eq(written)
-            with m.Else():
-                m.d.comb += ld_done.eq(emit & last)
+            with m.Else():  # the last element is in cq (a register: emit's logic ends at the loader's counters)
+                with m.If(emit & last):
+                    m.d.sync += ld_last.eq(1)
+                m.d.comb += ld_done.eq(ld_last)
 
     def descriptor(self, step) -> dict:
         """A step's constants for the controller's descriptor registers (see elaborate)."""
         _state, _label, sp = step
         out = dict.fromkeys(DESCRIPTOR, 0)
+        out["step"] = 1
         if sp[0] == "load":
             _, name, target, kind, index, _sel = sp
             off, dt, shape, rel = self.field(name)

@@ -139,6 +139,7 @@ class HadamardUnit(wiring.Component):
         # ---- sequencer: pass index, issue counter, drain counter
         pi, t = Signal(range(P)), Signal(range(R))
         drain = Signal(range(HPL + 1))  # 0: issuing; d > 0: d-th drain cycle
+        idle, t0 = Signal(init=1), Signal(init=1)  # == (drain == 0), (t == 0): kept in registers for the handshakes
         qc, gi = Signal(range(RPB)), Signal(range(mb))  # sweep: column chunk, row group
         advance = drain == HPL
         pi_next = Mux(pi == P - 1, 0, pi + 1)
@@ -161,17 +162,17 @@ class HadamardUnit(wiring.Component):
 
         pending = Signal(range(self.fifo_depth + 1))
         issue = Signal()
-        m.d.comb += [cfg_ok.eq(is_load & (t == 0) & (drain == 0)), self.cfg.ready.eq(cfg_ok),
-                     issue.eq((drain == 0) & Mux(is_load, self.i.valid & ~(cfg_ok & self.cfg.valid),
+        m.d.comb += [cfg_ok.eq(is_load & t0 & idle), self.cfg.ready.eq(cfg_ok),
+                     issue.eq(idle & Mux(is_load, self.i.valid & ~(cfg_ok & self.cfg.valid),
                                                  ~is_out | (pending < self.fifo_depth))),
-                     self.i.ready.eq((drain == 0) & is_load & ~(cfg_ok & self.cfg.valid))]  # issue without i.valid
+                     self.i.ready.eq(idle & is_load & ~(cfg_ok & self.cfg.valid))]  # issue without i.valid
         m.d.sync += pending.eq(pending + (issue & is_out) - (self.o.valid & self.o.ready))
-        with m.If(drain != 0):
-            m.d.sync += drain.eq(Mux(advance, 0, drain + 1))
+        with m.If(~idle):
+            m.d.sync += [drain.eq(Mux(advance, 0, drain + 1)), idle.eq(advance)]
         with m.Elif(issue):
-            m.d.sync += t.eq(Mux(t == R - 1, 0, t + 1))
+            m.d.sync += [t.eq(Mux(t == R - 1, 0, t + 1)), t0.eq(t == R - 1)]
             with m.If(t == R - 1):
-                m.d.sync += [drain.eq(1), qc.eq(0), gi.eq(0)]
+                m.d.sync += [drain.eq(1), idle.eq(0), qc.eq(0), gi.eq(0)]
             with m.Elif(is_sweep):
                 m.d.sync += [gi.eq(Mux(gi == mb - 1, 0, gi + 1)), qc.eq(qc + (gi == mb - 1))]
 

@@ -24,9 +24,10 @@ The engine runs one step after another (a load or an op); per token:
 (dm = d_model, D = d_inner, N = d_state, R = dt_rank, K = d_conv, V = vocab; every load but the embedding row
 is under the label `load`.) Cycles of a step, with a DRAM of fixed `dram_latency` and one bus beat a cycle:
 
-  load   dram_latency + count + 1: the request, the first beat dram_latency cycles later, one element a cycle
-  embed  a load of d_model elements + REQUANT_LATENCY + 2 (through the loader's one-beat register into the
-         requantizer, requantized to the residual width, then written)
+  load   dram_latency + count + 2: the request, the first beat dram_latency cycles later, one element a cycle,
+         and the cycle the last one sits in the loader's one-beat register (the step ends on a register)
+  embed  dram_latency + d_model + 1 + REQUANT_LATENCY + 2 (the row's elements through the loader's one-beat
+         register into the requantizer, requantized to the residual width, then written)
   op     the unit's contract (qsim.hw.units) + OP_OVERHEAD; a GEMV op: gemv_unit_cycles + 1, its x from the
          read pipeline one cycle late (x_delay = OP_OVERHEAD - 2: the unit's contract has x from cycle 1), plus the
          requantization's latency (and for dt_proj the softplus table's) its outputs pass through; lm_head
@@ -172,7 +173,7 @@ def decode_step_cycles(m: EngineModel, e: EngineConfig) -> dict[str, int]:
     lat, rq = e.dram_latency, units.REQUANT_LATENCY
 
     def load(count: int) -> int:
-        return lat + count + 1
+        return lat + count + 2
 
     def gemv(name: str) -> int:
         n, k = gemvs(m)[name]
@@ -191,7 +192,7 @@ def decode_step_cycles(m: EngineModel, e: EngineConfig) -> dict[str, int]:
              "out_proj": gemv("out_proj") + rq,
              "residual": units.residual_unit_cycles(dm, 1) + OP_OVERHEAD}
     out = {label: m.n_layer * c for label, c in layer.items()}
-    out["embed"] = load(dm) + rq + 2
+    out["embed"] = lat + dm + 1 + rq + 2
     out["final_norm"] = layer["norm"]
     out["lm_head"] = gemv("lm_head")
     out["load"] = (sum(load(x.count) for x in token_loads(m) + final_loads(m))

@@ -121,7 +121,8 @@ class GemvUnit(wiring.Component):
 
         # ---- command: latched at accept; the unit is busy until its last output has transferred
         active = Signal()
-        n, k = Signal(range(self.max_n + 1)), Signal(range(self.max_k + 1))
+        n = Signal(range(self.max_n + 1))
+        k1 = Signal(range(self.max_k + 1))  # k - 1, registered: the x loader's last-value test is one compare
         chunks = Signal(range(CM + 1))  # ceil(k / B)
         kw = Signal(range(words + 1))  # x words holding data: ceil(k / L)
         stride = Signal(range(CM * B + 1))
@@ -131,7 +132,7 @@ class GemvUnit(wiring.Component):
         c_chunks = (cmd.k + B - 1) >> lb
         m.d.comb += [self.cmd.ready.eq(~active), accept.eq(self.cmd.valid & ~active)]
         with m.If(accept):
-            m.d.sync += [active.eq(1), n.eq(cmd.n), k.eq(cmd.k), chunks.eq(c_chunks),
+            m.d.sync += [active.eq(1), n.eq(cmd.n), k1.eq(cmd.k - 1), chunks.eq(c_chunks),
                          kw.eq((cmd.k + L - 1) >> ll), stride.eq(c_chunks << lb), base.eq(cmd.base)]
 
         # ---- x: k values into L-wide words; the last word's unused lanes stay 0
@@ -145,7 +146,7 @@ class GemvUnit(wiring.Component):
         x_take = Signal()
         m.d.comb += [self.x.ready.eq(loading), x_take.eq(self.x.valid & loading)]
         new_word = Cat(*[Mux(xl == j, self.x.payload.as_unsigned(), word[8 * j:8 * j + 8]) for j in range(L)])
-        x_last = xi == k - 1
+        x_last = xi == k1
         m.d.comb += [xw.addr.eq(xa), xw.data.eq(new_word), xw.en.eq(x_take & ((xl == L - 1) | x_last))]
         with m.If(accept):
             m.d.sync += [loading.eq(1), x_done.eq(0), xi.eq(0), xa.eq(0), xl.eq(0), word.eq(0)]

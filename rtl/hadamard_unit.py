@@ -52,7 +52,7 @@ from rtl.loadable import (
 from rtl.pipeline import MUL_LATENCY, Pipeline
 
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
-OUT_STAGE = 4 + MUL_LATENCY  # issue, data, data registered, butterfly, product, int8 into the FIFO
+OUT_STAGE = 5 + MUL_LATENCY  # issue, data, data registered, butterfly operands, sum, product, int8 into the FIFO
 
 
 class HadamardUnit(wiring.Component):
@@ -194,7 +194,7 @@ class HadamardUnit(wiring.Component):
 
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2
-        pl.put(half, D + 3)  # constant while vectors flow: taken where the product's pieces are summed
+        pl.put(half, D + 4)  # constant while vectors flow: taken where the product's pieces are summed
         v, second = pl.at(pl.reg(issue, 1, "v"), D), pl.at(pl.reg(t[0], 1, "second"), D)
         row_d = pl.at(pl.reg(Mux(is_sweep, grp_row, row) if mb > 1 else row, 1, "row"), D)
         lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
@@ -234,24 +234,26 @@ class HadamardUnit(wiring.Component):
             a, b, sub = ops[-1][1:]
             for cond, oa, ob, osub in reversed(ops[:-1]):
                 a, b, sub = Mux(cond, oa, a), Mux(cond, ob, b), Mux(cond, osub, sub)
-            res.append(pl.reg(a + Mux(sub, ~b, b) + sub, D + 1, f"res{j}", signed(W)))  # one adder, carry-in
+            # the operands selected, registered; then one adder with carry-in (no selection in front of the add)
+            a, b, sub = pl.reg(a, D + 1, f"a{j}"), pl.reg(b, D + 1, f"b{j}"), pl.reg(sub, D + 1, f"sub{j}")
+            res.append(pl.reg(a + Mux(sub, ~b, b) + sub, D + 2, f"res{j}", signed(W)))
         prev_row = pl.reg(row_d, D + 1, "prev_row")  # a pair's sum goes to its first row, the difference to its second
-        res_row = pl.reg(Mux(emit_pend, pend_row, Mux(cross_second, prev_row, row_d)), D + 1, "res_row")
-        res_v = pl.reg((v & (~cross | second)) | emit_pend, D + 1, "res_v")
+        res_row = pl.at(pl.reg(Mux(emit_pend, pend_row, Mux(cross_second, prev_row, row_d)), D + 1, "res_row"), D + 2)
+        res_v = pl.at(pl.reg((v & (~cross | second)) | emit_pend, D + 1, "res_v"), D + 2)
 
-        # ---- stage 3: write back, or requantize into the output FIFO
+        # ---- stage 4: write back, or requantize into the output FIFO
         word = Cat(*res)
         m.d.comb += [a_w.addr.eq(res_row), a_w.data.eq(word), a_w.en.eq(res_v & ~is_out & ~is_sweep)]
-        mult = pl.put(Signal(signed(MULT_BITS + 1), name="mult"), D + 1)
+        mult = pl.put(Signal(signed(MULT_BITS + 1), name="mult"), D + 2)
         if mb > 1:
             m.d.comb += [b_w.addr.eq(res_row), b_w.data.eq(word), b_w.en.eq(res_v & is_sweep)]
             neg = Array(Const(int(self.base[i, 0] < 0), 1) for i in range(mb))[res_row >> (RPB.bit_length() - 1)]
             m.d.comb += mult.eq(Mux(neg, -mul_m, mul_m))
         else:
             m.d.comb += mult.eq(mul_m)
-        out_v = pl.reg(res_v & is_out, D + 2, "out_v")
+        out_v = pl.reg(res_v & is_out, D + 3, "out_v")
         # x M + 2**(S-1) (the half joins the product's sum), then >> S and saturated beside a masked sign test
-        prods = [mul_add(pl, r, mult, half, D + 1, f"prod{j}") for j, r in enumerate(res)]
+        prods = [mul_add(pl, r, mult, half, D + 2, f"prod{j}") for j, r in enumerate(res)]
         ys = [pl.reg(shift_saturate(v, shift, mask, signed(8)), OUT_STAGE, f"y{j}") for j, v in enumerate(prods)]
         m.d.comb += [fifo.w_en.eq(pl.at(out_v, OUT_STAGE)), fifo.w_data.eq(Cat(*ys)),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]

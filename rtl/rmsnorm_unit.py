@@ -35,7 +35,6 @@ from rtl.table_unit import (
     fifo_depth,
     halves,
     round_saturate_halves,
-    rshift_round_var,
     scalar_reg,
     vector_write,
 )
@@ -145,14 +144,16 @@ class RMSNormUnit(wiring.Component):
             m.d.comb += [r1.eq(br.data[spec.RESIDUAL_BITS * j:spec.RESIDUAL_BITS * (j + 1)].as_signed()),
                          g1.eq(gr.data[16 * j:16 * (j + 1)].as_signed())]
             rt = pl.mul(r1, t_r, 1, f"rt{j}")
-            normed = pl.reg(rshift_round_var(rt, norm_shift), 2 + MUL_LATENCY, f"normed{j}", NORMED)
-            ng = pl.mul(normed, g1, 2 + MUL_LATENCY, f"ng{j}")
+            # rshift_round(rt, shift) = (halves(rt, shift) + 1) >> 1: the barrel shift, then the rounding add
+            rth = pl.reg(halves(rt, norm_shift), 2 + MUL_LATENCY, f"rth{j}")
+            normed = pl.reg((rth + 1) >> 1, 3 + MUL_LATENCY, f"normed{j}", NORMED)
+            ng = pl.mul(normed, g1, 3 + MUL_LATENCY, f"ng{j}")
             if j == 0:
-                pl.put(mult, 2 + 2 * MUL_LATENCY)
-            ngm = pl.mul(ng, mult, 2 + 2 * MUL_LATENCY, f"ngm{j}")
-            q = pl.reg(halves(ngm, shift_s), 3 + 3 * MUL_LATENCY, f"q{j}")
+                pl.put(mult, 3 + 2 * MUL_LATENCY)
+            ngm = pl.mul(ng, mult, 3 + 2 * MUL_LATENCY, f"ngm{j}")
+            q = pl.reg(halves(ngm, shift_s), 4 + 3 * MUL_LATENCY, f"q{j}")
             ys.append(pl.reg(round_saturate_halves(q, signed(8)), RMSNORM_STAGE, f"u{j}"))
-        assert 4 + 3 * MUL_LATENCY == RMSNORM_STAGE
+        assert 5 + 3 * MUL_LATENCY == RMSNORM_STAGE
         out.connect(issue_out, pl.at(v1, RMSNORM_STAGE), Cat(*ys))
         return m
 

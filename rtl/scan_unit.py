@@ -270,9 +270,12 @@ class ScanUnit(wiring.Component):
         # ---- stage 0: token slots, channel/chunk counters, credits (decisions read registered flags only)
         slot, k, d, addr = Signal(range(per_token)), Signal(range(K)), Signal(range(D)), Signal(range(work))
         first_slot, in_pad = Signal(init=1), Signal(init=pad > 0)  # == (slot == 0), (slot < pad)
-        credit = Signal(init=1)  # == (pending < fifo_depth)
+        # credits: tokens issued and drained, counted apart (a counter each, no adder behind the issue); `credit`,
+        # registered from them, leaves room for the one token the cycle may still issue
+        credit = Signal(init=1)
+        cw = self.fifo_depth.bit_length() + 1
+        issued, drained = Signal(cw), Signal(cw)
         hold = Signal(bc_layout(self.d_state))
-        pending = Signal(range(self.fifo_depth + 1))
         bc = bc_layout(self.d_state)(Mux(first_slot, self.bc.payload.as_value(), hold.as_value()))  # this token's
         step = Mux(in_pad, 1, self.i.valid & credit) & (~first_slot | (self.bc.valid & ~self.cfg.valid))
         issue, done_issue = Signal(), Signal()
@@ -286,10 +289,13 @@ class ScanUnit(wiring.Component):
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
             m.d.sync += [hold.eq(self.bc.payload), token_layer.eq(self.layer)]
         slot_next = Mux(step, Mux(slot == per_token - 1, 0, slot + 1), slot)
-        pending_next = pending + done_issue - (self.o.valid & self.o.ready)
         m.d.sync += quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1)))
         m.d.sync += [slot.eq(slot_next), first_slot.eq(slot_next == 0), in_pad.eq(slot_next < pad),
-                     pending.eq(pending_next), credit.eq(pending_next < self.fifo_depth)]
+                     credit.eq((issued - drained)[:cw] + 1 < self.fifo_depth)]
+        with m.If(done_issue):
+            m.d.sync += issued.eq(issued + 1)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += drained.eq(drained + 1)
         with m.If(issue):
             m.d.sync += [k.eq(Mux(k == K - 1, 0, k + 1)), addr.eq(Mux(addr == work - 1, 0, addr + 1))]
             with m.If(k == K - 1):

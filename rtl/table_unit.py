@@ -112,11 +112,6 @@ def fifo_depth(stage: int) -> int:
     return max(4, stage + FIFO_LATENCY + 2)
 
 
-def rshift_round_var(v, s):
-    """qsim.spec.rshift_round for a run-time shift s >= 0: (v + (2**s >> 1)) >> s, arithmetic."""
-    return (v + ((Const(1, 1) << s) >> 1)) >> s
-
-
 def halves(v, s):
     """v / 2**(s-1) rounded down, for a run-time shift s >= 0: (2v) >> s, arithmetic. A barrel shift alone, so a
     requantization registers it and rounds and saturates in the next stage (round_saturate_halves) instead of

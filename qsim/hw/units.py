@@ -106,7 +106,7 @@ from qsim.hadamard import factor
 
 SCAN_PIPELINE_LATENCY = 28
 SCAN_RECURRENCE_LATENCY = 14
-HADAMARD_PASS_LATENCY = 9
+HADAMARD_PASS_LATENCY = 10
 GEMV_PIPELINE_LATENCY = 7  # without the adder tree: plus gemv_tree_levels(lanes)
 FIFO_LATENCY = 2  # amaranth.lib.fifo.SyncFIFOBuffered: written on cycle c, readable (and taken) on c + 2
 TABLE_STAGE = 1
@@ -116,7 +116,7 @@ RESIDUAL_LATENCY = RESIDUAL_STAGE + FIFO_LATENCY
 CONV_STAGE = 11
 CONV_LATENCY = CONV_STAGE + FIFO_LATENCY
 RMSNORM_GAP = 10  # cycles from the last pass-1 issue to the first pass-2 issue
-RMSNORM_STAGE = 13
+RMSNORM_STAGE = 14
 RMSNORM_OUT_LATENCY = RMSNORM_STAGE + FIFO_LATENCY
 REQUANT_STAGE = 8  # 5 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
 REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY

@@ -16,12 +16,13 @@ Controller: a sequencer (one FSM) of steps run strictly one after another:
   op     one vector through one unit (or a GEMV chained with its requantization): a reader streams an on-chip
          buffer into the unit, a writer stores its outputs; the op ends with its last output written
 
-For the clock (reports/rtl/synth.md), the FSM state drives little directly: each step's constants (a load's
-address, count, element size, target unit and cfg kind; a GEMV's matrix and requantization mode) are a
-descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded as the step begins from registers its
-predecessor filled; the loader, the GEMV command, the GEMV -> requantizer path and the scan's B/C beat read
-those registers, and unit payloads with one source are wired whatever the state. A reader's buffer data pass
-through a register before they reach a unit (block RAM's clock-to-out leaves no room for logic behind it).
+For the clock (reports/rtl/synth.md), the FSM state drives nothing but its successor: each step's constants (a
+load's address, count, element size, target unit and cfg kind; an op's unit, its reader and writer counts; a
+GEMV's matrix and requantization mode) are a descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded
+as the step ends (step_done) from registers its predecessor filled; the loader, the reader, the writers, the GEMV
+command, the GEMV -> requantizer path and the scan's B/C beat read those registers. A reader's buffer data pass
+through a register before they reach a unit (block RAM's clock-to-out leaves no room for logic behind it), and a
+load step ends on a register (the last element handed on), not on the unit's handshake.
 
 Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
 in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |
@@ -45,12 +46,12 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 151 cycles a token, per layer in_proj 16 663,
-out_proj 8 727, x_proj 2 071, dt_proj 554, scan 2 079, hadamard 1 236, norm 539, conv 528, tables 518, residual
-263 and constant loads 16 753 (A.q alone 8 201: one cfg beat a cycle); then final norm 539, lm_head 4 365.
+other units one element a cycle and a DRAM latency of 8: 255 353 cycles a token, per layer in_proj 16 663,
+out_proj 8 727, x_proj 2 071, dt_proj 554, scan 2 079, hadamard 1 245, norm 540, conv 528, tables 518, residual
+263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 540, lm_head 4 365.
 
-Observation ports for testbenches: `layer_done` (one cycle after a layer's residual is written: the residual
-buffer `rbuf` holds it), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
+Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
+ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
 (`cyc_<label>`, running totals; loads count under `load`).
 """
 
@@ -395,7 +396,7 @@ class Engine(wiring.Component):
         def op_step(name, nxt):
             with m.If(step_done):
                 if name == "residual":
-                    m.d.comb += self.layer_done.eq(1)
+                    m.d.sync += layer_end.eq(1)
                     with m.If(layer == NL - 1):
                         m.next = nxt
                     with m.Else():
@@ -430,6 +431,11 @@ class Engine(wiring.Component):
         with m.If(step_done):
             reset_step()
             advance()
+        # layer_done from a register: a testbench triggers on its edge, which a decode of several registers (state,
+        # descriptor, counters) may glitch on in an event-driven simulator while they update
+        layer_end = Signal()
+        m.d.sync += layer_end.eq(0)
+        m.d.comb += self.layer_done.eq(layer_end)
         with m.FSM(name="ctl"):
             with m.State("idle"):
                 m.d.comb += self.tok.ready.eq(1)

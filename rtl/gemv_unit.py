@@ -33,7 +33,7 @@ taken only when the array is on the last pass of the previous chunk. So with
 rows * lanes >= bus_bytes (rows >= P) the unit takes one beat per cycle and
 the memory is the bottleneck. A group's first result is on `o`
 qsim.hw.units.gemv_pipeline_latency(lanes) + P cycles after its last beat
-(issue, x read, x registered, products, adder tree, accumulator, FIFO, output
+(issue, x read, x registered, operands again, products, products again, adder tree, accumulator, FIFO, output
 register; the `latency` property). The unit takes the next command once
 the last output of the current one has transferred.
 
@@ -98,7 +98,7 @@ class GemvUnit(wiring.Component):
 
     @property
     def acc_stage(self) -> int:
-        return 3 + self.tree_levels  # issue, x read, x registered, products, tree levels
+        return 5 + self.tree_levels  # issue, x read, x registered, operands again, products, products again, tree
 
     @property
     def latency(self) -> int:
@@ -247,12 +247,15 @@ class GemvUnit(wiring.Component):
                          unsigned(8 * L)) for j, w in enumerate(work)]
         xs = [pl.reg(Mux(xmask, lane(xr.data, i), 0), 2, f"x{i}", signed(8)) for i in range(L)]
         acc = [Signal(signed(ACC_BITS), name=f"acc{j}") for j in range(R)]
-        s = 3
+        s = 5
         sums = []
+        # a multiplier is a DSP tile in a fixed row, often far from the logic: its operands and its product are each
+        # registered twice, so that placement can put one register of each pair beside the DSP
+        xs3 = [pl.at(x, 3) for x in xs]
         for j in range(R):
-            wj = pl.at(slices[j], 2)
-            terms = [pl.reg(lane(wj, i) * xs[i], 3, f"prod{j}_{i}", signed(16)) for i in range(L)]
-            s = 3
+            wj = pl.at(slices[j], 3)
+            terms = [pl.at(pl.reg(lane(wj, i) * xs3[i], 4, f"prod{j}_{i}", signed(16)), 5) for i in range(L)]
+            s = 5
             while len(terms) > 1:
                 terms = [pl.reg(sum(terms[i:i + 4]), s + 1, f"sum{j}_{s}_{i}") for i in range(0, len(terms), 4)]
                 s += 1

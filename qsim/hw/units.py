@@ -52,7 +52,8 @@ GEMV unit (weights streamed from memory, rtl/gemv_unit.py; tests/rtl/test_rtl_ge
     ``rows`` is the previous group's outputs still leaving (tiny k). With
     rows * lanes >= bus_bytes, T(rows) = rows: one beat per cycle, the memory is
     the bottleneck (n * C beats). E, a group's last beat to its first output
-    less the passes, covers issue, x read, products, the adder tree
+    less the passes, covers issue, x read, products (operands and product
+    registered twice, for a DSP placed away from its logic), the adder tree
     (ceil(log4 lanes) register levels), accumulator, output FIFO and output
     register. The unit takes the next command after the last output.
 
@@ -107,7 +108,7 @@ from qsim.hadamard import factor
 SCAN_PIPELINE_LATENCY = 28
 SCAN_RECURRENCE_LATENCY = 14
 HADAMARD_PASS_LATENCY = 10
-GEMV_PIPELINE_LATENCY = 7  # without the adder tree: plus gemv_tree_levels(lanes)
+GEMV_PIPELINE_LATENCY = 9  # without the adder tree: plus gemv_tree_levels(lanes)
 FIFO_LATENCY = 2  # amaranth.lib.fifo.SyncFIFOBuffered: written on cycle c, readable (and taken) on c + 2
 TABLE_STAGE = 1
 TABLE_LATENCY = TABLE_STAGE + FIFO_LATENCY

@@ -519,9 +519,9 @@ class Engine(wiring.Component):
                          mem_port.req.payload.beats.eq(d["beats"])]
             with m.If(mem_port.req.ready):
                 m.d.sync += lst.eq(1)
-            take = Signal()  # a beat taken: from the loader's own terms, not read back through the shared port
-            m.d.comb += [mem_port.data.ready.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),
-                         take.eq(mem_port.data.valid & lst & (~cur_v | (emit & (jb == d["perm1"]))))]
+            want, take = Signal(), Signal()  # a beat wanted and taken: from the loader's own terms, not read back
+            m.d.comb += [want.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),  # through the shared port
+                         mem_port.data.ready.eq(want), take.eq(mem_port.data.valid & want)]
             with m.If(emit):
                 m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
                 with m.If((jb == d["perm1"]) | last):

@@ -27,10 +27,16 @@ def rshift_round(v, s: int):
     return v if s == 0 else (v + (1 << (s - 1))) >> s
 
 
+def shape_range(shape: Shape) -> tuple[int, int]:
+    """(lo, hi) of the values `shape` holds."""
+    w = shape.width
+    return (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
+
+
 def saturate(v, shape: Shape):
     """Clamp to the range of `shape` (qsim.spec.saturate)."""
     w = shape.width
-    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
+    lo, hi = shape_range(shape)
     low = v[:w].as_signed() if shape.signed else v[:w]
     return Mux(v > hi, Const(hi, shape), Mux(v < lo, Const(lo, shape), low))
 

@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec
 from qsim.hw.units import FIFO_LATENCY, RESIDUAL_STAGE, TABLE_ENTRIES, TABLE_STAGE
-from rtl.pipeline import Pipeline, saturate
+from rtl.pipeline import Pipeline, saturate, shape_range
 
 
 class Kind(IntEnum):
@@ -124,7 +124,7 @@ def round_saturate_halves(t, shape):
     included: t = 2v). The range checks compare t itself ((t + 1) >> 1 > hi iff t >= 2 hi + 1, < lo iff
     t < 2 lo - 1), beside the rounding add, which spans only the width + 1 low bits it needs."""
     w = shape.width
-    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if shape.signed else (0, (1 << w) - 1)
+    lo, hi = shape_range(shape)
     low = (t[:w + 1] + 1)[1:w + 1]
     low = low.as_signed() if shape.signed else low
     return Mux(t >= 2 * hi + 1, Const(hi, shape), Mux(t < 2 * lo - 1, Const(lo, shape), low))

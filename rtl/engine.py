@@ -51,8 +51,8 @@ out_proj 8 729, x_proj 2 073, dt_proj 556, scan 2 079, hadamard 1 245, norm 540,
 263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 540, lm_head 4 367.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
-ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a cycle counter per step label
-(`cyc_<label>`, running totals; loads count under `load`).
+ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a
+cycle counter per step label (`cyc_<label>`, running totals; loads count under `load`).
 """
 
 from __future__ import annotations
@@ -286,9 +286,9 @@ class Engine(wiring.Component):
         steps, first_layer = self.program()
         names = [s[0] for s in steps]
 
-        # ---- step descriptors. Every step's constants (a load's field, size, count, target; a GEMV's matrix) sit
-        # in registers `d` loaded as the step begins from `nd`, which each state fills with its successor's: the
-        # loader and the GEMV command read flip-flops, not a decode of the state.
+        # ---- step descriptors. Every step's constants (a load's field, size, count, target; an op's unit and
+        # counts; a GEMV's matrix) sit in registers `d` loaded as the step begins (step_done) from `nd`, which each
+        # state fills with its successor's: the datapath reads flip-flops, not a decode of the state.
         widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last": range(vmax),
                   "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1),
                   "rn": range(vmax + 1), "wn": range(vmax + 1)}
@@ -316,9 +316,8 @@ class Engine(wiring.Component):
             m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0),
                          ld_last.eq(0)]
 
-        def writer(src, port, data_, addr=None):
-            m.d.comb += [src.ready.eq(1), port.addr.eq(wr if addr is None else addr), port.data.eq(data_),
-                         port.en.eq(src.valid)]
+        def writer(src, port, data_):
+            m.d.comb += [src.ready.eq(1), port.addr.eq(wr), port.data.eq(data_), port.en.eq(src.valid)]
             with m.If(src.valid):
                 m.d.sync += wr.eq(wr + 1)
 

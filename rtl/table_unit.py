@@ -92,13 +92,17 @@ class OutFifo:
     def __init__(self, m: Module, o, width: int, depth: int):
         m.submodules.fifo = self.fifo = SyncFIFOBuffered(width=width, depth=depth)
         self.pending = Signal(range(depth + 1))
-        self.room = self.pending < depth
+        # room is registered from the next count (the same cycles as `pending < depth`): a unit's i.ready is then a
+        # flip-flop, so the sender's output logic does not wait on this unit's compare
+        self.room, self.depth = Signal(init=1), depth
         self.m, self.o = m, o
         m.d.comb += [o.valid.eq(self.fifo.r_rdy), o.payload.eq(self.fifo.r_data), self.fifo.r_en.eq(o.ready)]
 
     def connect(self, issue, w_en, w_data) -> None:
-        self.m.d.sync += self.pending.eq(self.pending + issue - (self.o.valid & self.o.ready))
-        self.m.d.comb += [self.fifo.w_en.eq(w_en), self.fifo.w_data.eq(w_data)]
+        nxt = Signal.like(self.pending, name="pending_next")
+        self.m.d.comb += [nxt.eq(self.pending + issue - (self.o.valid & self.o.ready)),
+                          self.fifo.w_en.eq(w_en), self.fifo.w_data.eq(w_data)]
+        self.m.d.sync += [self.pending.eq(nxt), self.room.eq(nxt < self.depth)]
 
 
 # attrs of a memory no port reads in the cycle another port writes the same address with the data then used: the

@@ -46,8 +46,8 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 400 cycles a token, per layer in_proj 16 665,
-out_proj 8 729, x_proj 2 073, dt_proj 556, scan 2 080, hadamard 1 245, norm 540, conv 528, tables 518, residual
+other units one element a cycle and a DRAM latency of 8: 255 455 cycles a token, per layer in_proj 16 665,
+out_proj 8 729, x_proj 2 073, dt_proj 556, scan 2 082, hadamard 1 254, norm 540, conv 528, tables 518, residual
 263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 540, lm_head 4 367.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
@@ -263,6 +263,9 @@ class Engine(wiring.Component):
         fresh = Signal()  # this token starts a sequence
         vmax = max(self.max_n, D * N, D * K) + 1
         rd, mid, wr = Signal(range(vmax), name="rd"), Signal(range(vmax), name="mid"), Signal(range(vmax), name="wr")
+        # an op's end, wr == d.wn, as a register (set by the write that reaches the count): step_done, which loads
+        # every descriptor register, starts from flip-flops
+        done = Signal(name="wdone")
         # a reader's pipeline: the buffers' read data (valid b_v) registered into q (valid q_v, lane q_l), both held
         # while the unit stalls (the read ports' enable): a unit's input comes from flip-flops, not block RAM
         b_v, q_v, adv = Signal(name="b_v"), Signal(name="q_v"), Signal(name="adv")
@@ -313,13 +316,16 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), lst.eq(0), e.eq(0), cur_v.eq(0),
-                         ld_last.eq(0)]
+            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
+                         cur_v.eq(0), ld_last.eq(0)]
+
+        def written_one():  # done (wr == d.wn) set with the write that reaches the count
+            m.d.sync += [wr.eq(wr + 1), done.eq(wr + 1 == d["wn"])]
 
         def writer(src, port, data_):
             m.d.comb += [src.ready.eq(1), port.addr.eq(wr), port.data.eq(data_), port.en.eq(src.valid)]
             with m.If(src.valid):
-                m.d.sync += wr.eq(wr + 1)
+                written_one()
 
         # ---- the ops, wired by the descriptor's op flags (o_<op>), not by the state: a unit's valid, a buffer's
         # write enable and the reader's ready are a flip-flop ANDed in. The reader: element rd is addressed while
@@ -378,7 +384,7 @@ class Engine(wiring.Component):
             writer(table.o, wr_["sz"], table.o.payload.as_value())
         with m.If(op["scan"]):
             with m.If(scan.o.valid):
-                m.d.sync += wr.eq(wr + 1)
+                written_one()
             m.d.comb += [wr_["y"].addr.eq(wr >> hl_bits), wr_["y"].data.eq(Cat(*[scan.o.payload] * HL))]
             m.d.comb += [wr_["y"].en[j].eq(scan.o.valid & ((wr & (HL - 1)) == j)) for j in range(HL)]
         with m.If(op["hadamard"]):
@@ -389,8 +395,6 @@ class Engine(wiring.Component):
             writer(res.o, wr_["r"], res.o.payload.as_value())
         with m.If(op["lm_head"]):
             writer(gemv.o, wr_["l"], gemv.o.payload)
-        done = Signal()
-        m.d.comb += done.eq(wr == d["wn"])
 
         def op_step(name, nxt):
             with m.If(step_done):
@@ -474,11 +478,13 @@ class Engine(wiring.Component):
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
-        val = Signal(signed(64))  # element jb of the beat: selected, not shifted out (no shifter behind `emit`)
+        # element jb of the beat: the lowest of `cur`, which shifts by one element as it goes (a fixed shift per
+        # size, no selection by jb behind cq's value)
+        val, step_out = Signal(signed(64)), Signal(len(cur))
         for size in (1, 2, 4, 8):
-            el = cur.word_select(jb[:(self.B // size - 1).bit_length()], 8 * size) if self.B > size else cur[:8 * size]
             with m.If(d[f"sz{size}"]):
-                m.d.comb += val.eq(Mux(d["signed"], el.as_signed(), el))
+                m.d.comb += [val.eq(Mux(d["signed"], cur[:8 * size].as_signed(), cur[:8 * size])),
+                             step_out.eq(cur >> (8 * size))]
         last = e == d["last"]
         kb = (K - 1).bit_length()
         uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (K - 1)) << conv.index_bits) | (e >> kb), e))
@@ -522,7 +528,7 @@ class Engine(wiring.Component):
             m.d.comb += [want.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),  # through the shared port
                          mem_port.data.ready.eq(want), take.eq(mem_port.data.valid & want)]
             with m.If(emit):
-                m.d.sync += [e.eq(e + 1), jb.eq(jb + 1)]
+                m.d.sync += [e.eq(e + 1), jb.eq(jb + 1), cur.eq(step_out)]
                 with m.If((jb == d["perm1"]) | last):
                     m.d.sync += cur_v.eq(0)
             with m.If(take):

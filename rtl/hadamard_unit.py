@@ -24,8 +24,8 @@ at run time through the `cfg` stream (`config_beats`: addr 0 M in
 (`load_cycles`), accepted between vectors (the load pass not begun, every
 earlier pass drained); a valid cfg beat holds the next vector off. S's
 rounding half and saturation mask are decoded as S is written: the half
-joins the sum of the product's pieces and the output stage is a barrel
-shifter beside a masked sign test (rtl.loadable), exact.
+joins the sum of the product's pieces and the output stages are a barrel
+shifter (whole bytes, then the rest) beside a masked sign test (rtl.loadable), exact.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from rtl.loadable import (
 from rtl.pipeline import MUL_LATENCY, Pipeline
 
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
-OUT_STAGE = 5 + MUL_LATENCY  # issue, data, data registered, butterfly operands, sum, product, int8 into the FIFO
+OUT_STAGE = 6 + MUL_LATENCY  # issue, data, registered, operands, sum, product, shifted by bytes, int8 into the FIFO
 
 
 class HadamardUnit(wiring.Component):
@@ -254,7 +254,7 @@ class HadamardUnit(wiring.Component):
         out_v = pl.reg(res_v & is_out, D + 3, "out_v")
         # x M + 2**(S-1) (the half joins the product's sum), then >> S and saturated beside a masked sign test
         prods = [mul_add(pl, r, mult, half, D + 2, f"prod{j}") for j, r in enumerate(res)]
-        ys = [pl.reg(shift_saturate(v, shift, mask, signed(8)), OUT_STAGE, f"y{j}") for j, v in enumerate(prods)]
+        ys = [shift_saturate(pl, v, shift, mask, signed(8), OUT_STAGE - 1, f"y{j}") for j, v in enumerate(prods)]
         m.d.comb += [fifo.w_en.eq(pl.at(out_v, OUT_STAGE)), fifo.w_data.eq(Cat(*ys)),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

@@ -6,13 +6,13 @@ on-chip memories and registers while the unit is idle. A loaded shift `s`
 (spec 5.1: 0 <= s <= 62) costs no adder after the product: its rounding half
 2**(s-1) is decoded when the constant is written (or a few stages early) and
 joins the sum of the product's partial products (`mul_add`); what remains is
-a barrel shifter beside a masked sign test (`shift_saturate`), exact:
+a barrel shifter beside a masked sign test (`shift_saturate`, two stages), exact:
 saturate(floor((v + half) / 2**s)) == saturate(rshift_round(v, s)).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, signed, unsigned
 from amaranth.lib import data
 
 from rtl.pipeline import MUL_LATENCY, pieces
@@ -38,16 +38,21 @@ def sat_mask(s, out_bits: int, width: int):
     return (Const((1 << width) - 1, width) << (s + (out_bits - 1)))[:width]
 
 
-def shift_saturate(v, s, mask, shape):
-    """saturate(v >> s, shape) (arithmetic shift, signed `shape`) for a run-time shift s; `mask` is
-    sat_mask(s, shape.width, len(v)), registered beforehand. v >> s fits iff v's bits under the mask all
-    equal its sign, a test that runs beside the shifter."""
+def shift_saturate(p, v, s, mask, shape, stage: int, name: str):
+    """saturate(v >> s, shape) (arithmetic shift, signed `shape`) for a run-time shift s, over two pipeline stages
+    (`p`, a Pipeline): v, s and `mask` (sat_mask(s, shape.width, len(v)), constant or registered beforehand) are
+    taken at stage - 1; at `stage` v shifted by whole bytes of s and the fit test are registered, at stage + 1 the
+    rest of the shift (s % 8) and the clamp: a 62-bit barrel shifter and the test beside it in one cycle do not
+    meet 100 MHz on an ECP5. v >> s fits iff v's bits under the mask all equal its sign."""
     assert shape.signed and len(mask) >= len(v)
     w = shape.width
     sign = v[-1]
-    fits = (Mux(sign, ~v, v) & mask[:len(v)]) == 0
-    low = (v >> s)[:w].as_signed()
-    return Mux(fits, low, Mux(sign, Const(-(1 << (w - 1)), shape), Const((1 << (w - 1)) - 1, shape)))
+    coarse = p.reg(v >> Cat(Const(0, 3), s[3:]), stage, f"{name}_bytes")
+    fits = p.reg((Mux(sign, ~v, v) & mask[:len(v)]) == 0, stage, f"{name}_fits")
+    neg, rest = p.reg(sign, stage, f"{name}_sign"), p.reg(s[:3], stage, f"{name}_rest")
+    low = (coarse >> rest)[:w].as_signed()
+    clamp = Mux(fits, low, Mux(neg, Const(-(1 << (w - 1)), shape), Const((1 << (w - 1)) - 1, shape)))
+    return p.reg(clamp, stage + 1, name, shape)
 
 
 def mul_add(p, a, b, c, stage: int, name: str, retime: bool = False):

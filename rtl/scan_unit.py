@@ -58,11 +58,11 @@ Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul` or `mul_a
    0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
    2 memory data registered; e = dt*a, Dq*x                      4 (dt*x)*B
    5 exp-table index ((e >> (frac-9)) + 1) >> 1                     6 2**-frac by table     7-8 decay = table >> int, rounded
-   7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> s_h)
-  13 decay*h + dBx                        14 h = sat(sum): written back; C*h
-  18-19 sum over lanes                   19 accumulate chunks (+ D*x + rounding half)
-  20 (acc >> scan_acc_shift) *SiLU(z)   21 m_y, s_y RAM read   23 *m_y[d] + 2**(s_y[d]-1)
-  27 >> s_y[d], saturated to int16, into the output FIFO
+   7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> whole bytes of s_h)
+  13 dBx >> the rest of s_h               14 decay*h + dBx        15 h = sat(sum): written back; C*h
+  19-20 sum over lanes                   20 accumulate chunks (+ D*x + rounding half)
+  21 (acc >> scan_acc_shift) *SiLU(z)   22 m_y, s_y RAM read   24 *m_y[d] + 2**(s_y[d]-1)
+  28 >> whole bytes of s_y[d]           29 >> the rest, saturated to int16, into the output FIFO
 No stall inside: the issue stage holds off when the output FIFO could fill
 (credits), so back-pressure never reaches the pipeline registers.
 """
@@ -96,11 +96,12 @@ MEM = 2  # memory data registered
 EXP = MEM + MUL_LATENCY  # exp-table index
 DTXB = 1 + MUL_LATENCY  # (dt*x)*B
 DECAY = EXP + MUL_LATENCY  # 2**-frac by table (EXP + 1), rounded >> int (EXP + 3); decay*h
-ROUND = DECAY + MUL_LATENCY + 1  # both products rounded
-SUM = ROUND + 1  # decay*h + dBx (a wide add: its saturation compare gets a cycle of its own)
+ROUND = DECAY + MUL_LATENCY + 1  # both products rounded (dBx: shifted by whole bytes of s_h)
+FINE = ROUND + 1  # dBx: the rest of its shift
+SUM = FINE + 1  # decay*h + dBx (a wide add: its saturation compare gets a cycle of its own)
 WRITE_STAGE = SUM + 1  # h = sat(sum) written back; C*h
 ACC = WRITE_STAGE + MUL_LATENCY + 2  # two adder-tree stages (4 lanes each: up to 16 lanes), then accumulate
-FIFO_STAGE = ACC + 1 + 2 * MUL_LATENCY + 1  # gated, multiplied, rounded: into the output FIFO
+FIFO_STAGE = ACC + 1 + 2 * MUL_LATENCY + 2  # gated, multiplied, shifted (two stages): into the output FIFO
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 DEC_BITS = spec.DECAY_BITS
 # m_y: spec 5.1 with |acc * sz| <= 2**24 * 2**15 leaves 1 <= m_y < 2**23
@@ -241,7 +242,8 @@ class ScanUnit(wiring.Component):
 
         # ---- run-time constants: cfg beats, one a cycle, accepted between tokens once the pipeline is empty
         # (no token reads a constant while it changes); a waiting beat holds the next token off
-        cfg, quiet, still = self.cfg.payload, Signal(range(FIFO_STAGE + 1)), Signal(init=1)  # still == (quiet == 0)
+        cfg, quiet = self.cfg.payload, Signal(range(FIFO_STAGE + 1))
+        cfg_ready = Signal(init=1)  # == first_slot & (quiet == 0), registered: the loader's handshake reads a flip-flop
         kind, index = cfg.addr[self.index_bits:], cfg.addr[:self.index_bits]
         write = Signal()
         aq_w, dq_w, my_w = aq.write_port(granularity=16), dq.write_port(), my.write_port()
@@ -281,7 +283,7 @@ class ScanUnit(wiring.Component):
         step = Mux(in_pad, 1, self.i.valid & credit) & (~first_slot | (self.bc.valid & ~self.cfg.valid))
         issue, done_issue = Signal(), Signal()
         m.d.comb += [issue.eq(step & ~in_pad), done_issue.eq(issue & (k == K - 1)),
-                     self.cfg.ready.eq(first_slot & still),
+                     self.cfg.ready.eq(cfg_ready),
                      self.bc.ready.eq(first_slot & step),
                      # done_issue without i.valid: ready must not wait for valid (a shorter path from the sender)
                      self.i.ready.eq(~in_pad & credit & (k == K - 1)
@@ -290,7 +292,8 @@ class ScanUnit(wiring.Component):
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
             m.d.sync += [hold.eq(self.bc.payload), token_layer.eq(self.layer)]
         slot_next = Mux(step, Mux(slot == per_token - 1, 0, slot + 1), slot)
-        m.d.sync += [quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1))), still.eq(~issue & (quiet <= 1))]
+        m.d.sync += [quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1))),
+                     cfg_ready.eq((slot_next == 0) & ~issue & (quiet <= 1))]
         m.d.sync += [slot.eq(slot_next), first_slot.eq(slot_next == 0), in_pad.eq(slot_next < pad),
                      credit.eq((issued - drained)[:cw] + 1 < self.fifo_depth)]
         with m.If(done_issue):
@@ -345,8 +348,10 @@ class ScanUnit(wiring.Component):
                           retime=True)  # + 2**(s_h-1)
             dh = p.mul(decay, h, DECAY, f"dh{j}")
             dh_r = p.reg(rshift_round(dh, DEC_BITS), ROUND, f"dhr{j}", signed(W + 2))
-            dbx_r = p.reg(dbx >> s_h, ROUND, f"dbxr{j}")
-            hn.append(p.reg(saturate(p.reg(dh_r + dbx_r, SUM, f"hs{j}"), signed(W)), WRITE_STAGE, f"hn{j}"))
+            dbx_b = p.reg(dbx >> Cat(Const(0, 3), s_h[3:]), ROUND, f"dbxb{j}")  # a 60-bit barrel shift: two stages
+            dbx_r = p.reg(dbx_b >> s_h[:3], FINE, f"dbxr{j}")
+            hs = p.reg(p.at(dh_r, FINE) + dbx_r, SUM, f"hs{j}")
+            hn.append(p.reg(saturate(hs, signed(W)), WRITE_STAGE, f"hn{j}"))
         m.d.comb += [st_w.addr.eq(p.at(saddr, WRITE_STAGE)), st_w.data.eq(Cat(hn)),
                      st_w.en.eq(p.at(v, WRITE_STAGE))]
 
@@ -375,7 +380,7 @@ class ScanUnit(wiring.Component):
         half_y = p.reg(half_of(sy, SHIFT_MAX), gm + 1, "half_y")
         g = mul_add(p, p.mul(narrow, sz, ACC + 1, "gate"), my_v, half_y, gm, "gm")
         mask_y = p.reg(sat_mask(p.at(sy, gm + 2), spec.GATED_BITS, len(g)), gm + 3, "mask_y")
-        y = p.reg(shift_saturate(g, p.at(sy, gm + 3), mask_y, signed(spec.GATED_BITS)), FIFO_STAGE, "y")
+        y = shift_saturate(p, g, p.at(sy, gm + 3), mask_y, signed(spec.GATED_BITS), FIFO_STAGE - 1, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

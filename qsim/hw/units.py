@@ -105,9 +105,9 @@ import math
 from qsim.errors import QsimError
 from qsim.hadamard import factor
 
-SCAN_PIPELINE_LATENCY = 29
-SCAN_RECURRENCE_LATENCY = 15
-HADAMARD_PASS_LATENCY = 10
+SCAN_PIPELINE_LATENCY = 31
+SCAN_RECURRENCE_LATENCY = 16
+HADAMARD_PASS_LATENCY = 11
 GEMV_PIPELINE_LATENCY = 9  # without the adder tree: plus gemv_tree_levels(lanes)
 FIFO_LATENCY = 2  # amaranth.lib.fifo.SyncFIFOBuffered: written on cycle c, readable (and taken) on c + 2
 TABLE_STAGE = 1

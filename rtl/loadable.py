@@ -42,7 +42,7 @@ def shift_saturate(p, v, s, mask, shape, stage: int, name: str):
     """saturate(v >> s, shape) (arithmetic shift, signed `shape`) for a run-time shift s, over two pipeline stages
     (`p`, a Pipeline): v, s and `mask` (sat_mask(s, shape.width, len(v)), constant or registered beforehand) are
     taken at stage - 1; at `stage` v shifted by whole bytes of s and the fit test are registered, at stage + 1 the
-    rest of the shift (s % 8) and the clamp: a 62-bit barrel shifter and the test beside it in one cycle do not
+    rest of the shift (s % 8) and the clamp: a wide barrel shifter and the test beside it in one cycle do not
     meet 100 MHz on an ECP5. v >> s fits iff v's bits under the mask all equal its sign."""
     assert shape.signed and len(mask) >= len(v)
     w = shape.width

@@ -348,7 +348,7 @@ class ScanUnit(wiring.Component):
                           retime=True)  # + 2**(s_h-1)
             dh = p.mul(decay, h, DECAY, f"dh{j}")
             dh_r = p.reg(rshift_round(dh, DEC_BITS), ROUND, f"dhr{j}", signed(W + 2))
-            dbx_b = p.reg(dbx >> Cat(Const(0, 3), s_h[3:]), ROUND, f"dbxb{j}")  # a 60-bit barrel shift: two stages
+            dbx_b = p.reg(dbx >> Cat(Const(0, 3), s_h[3:]), ROUND, f"dbxb{j}")  # a wide barrel shift: two stages
             dbx_r = p.reg(dbx_b >> s_h[:3], FINE, f"dbxr{j}")
             hs = p.reg(p.at(dh_r, FINE) + dbx_r, SUM, f"hs{j}")
             hn.append(p.reg(saturate(hs, signed(W)), WRITE_STAGE, f"hn{j}"))

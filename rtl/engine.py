@@ -36,9 +36,10 @@ state. A token with `start` set begins a new sequence: every layer's conv reads 
 scan starts from h = 0. For testbenches (attributes exist once elaborated; in Verilog, instances `conv` and `scan`
 of the engine's module):
 
-  SSM state     `self.scan.state` (Verilog `scan.state`): layer i at words self.scan.state_words(i) = [i*W, (i+1)*W),
-                W = d_inner * d_state / scan_lanes; word d * d_state/scan_lanes + c holds h[d, c*scan_lanes + j]
-                in lane j (state_bits each, lane 0 lowest; rtl_vectors.unpack_state)
+  SSM state     `self.scan.banks` (Verilog `scan.state0`, `scan.state1`, ...): layer i at words
+                self.scan.state_words(i) = [i*W, (i+1)*W) (self.scan.state_cell(w) or .state_segments(i) say which
+                bank holds a word), W = d_inner * d_state / scan_lanes; word d * d_state/scan_lanes + c holds
+                h[d, c*scan_lanes + j] in lane j (state_bits each, lane 0 lowest; rtl_vectors.unpack_state)
   conv window   `self.conv.win` (Verilog `conv.win`): layer i at words self.conv.window_words(i) = [i*d_inner,
                 (i+1)*d_inner), word d holds channel d's previous d_conv - 1 inputs, oldest lowest (int8 each)
 

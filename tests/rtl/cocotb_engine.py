@@ -3,7 +3,7 @@ the memory image: greedy decoding from an empty state, every token's tensors com
 
 Driver: one token beat per decode step on `tok` (`start` on the first); the prompt's tokens first, then each next
 token is the argmax of the engine's own logits (the first maximum), so the engine really decodes.
-Monitor: at every `layer_done` the residual buffer, that layer's SSM state (the scan unit's state memory) and conv
+Monitor: at every `layer_done` the residual buffer, that layer's SSM state (the scan unit's state banks) and conv
 window (the conv unit's window memory); at `done` the logits buffer and the per-label cycle counters.
 Reference model: the pytest side's `fixed` executor run of the same tokens (rtl_vectors.engine_reference), saved
 as an .npz. Scoreboard: element by element, failing on the first token/layer/tensor that differs.
@@ -59,7 +59,7 @@ async def engine_decode(dut):
             where = f"token {t} layer {i}"
             compare(f"{where} residual", [signed(v, rbits) for v in read_words(rbuf, range(dm))], ref["residual"][t, i])
             scan = env["scan_state"][i]
-            words = read_words(node(dut, scan["path"]), range(*scan["words"]))
+            words = [w for seg in scan["segments"] for w in read_words(node(dut, seg["path"]), range(*seg["words"]))]
             compare(f"{where} SSM state", unpack_state(words, scan["lanes"], scan["bits"]), ref["h"][t, i])
             conv = env["conv_window"][i]
             words = read_words(node(dut, conv["path"]), range(*conv["words"]))

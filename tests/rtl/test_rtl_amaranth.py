@@ -96,7 +96,7 @@ def scan_phase(dut, manifest, arrays, name, peeked):
     tokens, y_ref = scan_beats(arrays, dut.d_inner)
 
     async def peek(ctx):
-        peeked[name] = [ctx.get(dut.state.data[w]) for w in range(dut.state.depth)]
+        peeked[name] = [ctx.get(dut.state_cell(w)) for w in range(dut.words * dut.n_layer)]
 
     sources = [(dut.bc, [bc for bc, _ in tokens]), (dut.i, [c for _, chans in tokens for c in chans])]
     return (dut.golden_config(manifest, arrays), sources, y_ref.size, peek), y_ref
@@ -144,7 +144,7 @@ def test_scan_unit_two_layers_one_build():
 
 def layer_states(ctx, dut) -> list[np.ndarray]:
     """Every layer's state (d_inner, d_state), read from its words of the unit's state memory."""
-    return [unpack_state([ctx.get(dut.state.data[w]) for w in dut.state_words(lay)], dut.lanes, dut.state_bits)
+    return [unpack_state([ctx.get(dut.state_cell(w)) for w in dut.state_words(lay)], dut.lanes, dut.state_bits)
             .reshape(dut.d_inner, dut.d_state) for lay in range(dut.n_layer)]
 
 
@@ -174,7 +174,7 @@ def test_scan_unit_layers_interleaved(gaps):
     token. scan_edge_l0 restarts its sequence mid-way: `start` zeroes that layer's state only."""
     sets = ["scan_real_l0", f"scan_real_{LAST}", "scan_edge_l0"]
     loaded = [load(name) for name in sets]
-    dut = ScanUnit.from_golden(loaded[0][0], 4, 8, n_layer=len(sets))
+    dut = ScanUnit.from_golden(loaded[0][0], 4, 8, n_layer=len(sets), bank_bits=4)  # two state banks a layer
     beats = [(dut.golden_config(mf, a), scan_beats(a, dut.d_inner)) for mf, a in loaded]
     assert all(any(a["start"][1:]) for _, a in loaded[2:])
     order = round_robin([len(tok) for _, (tok, _) in beats])
@@ -200,7 +200,7 @@ def test_scan_unit_layers_back_to_back():
     their first token, layer 2 also mid-way) streamed as one burst, the layer changing with every bc beat: y and
     final states equal qsim.fixed.ops.scan run per layer, and the burst takes scan_unit_cycles like one layer's."""
     manifest, arrays = load("scan_real_l0")
-    dut = ScanUnit.from_golden(manifest, 4, 8, n_layer=3)
+    dut = ScanUnit.from_golden(manifest, 4, 8, n_layer=3, bank_bits=6)  # layers 0, 1 in bank 0, layer 2 in bank 1
     C, c = dut.d_inner, manifest["constants"]
     p = {k: arrays[k][:C] for k in ("a_q", "Dq", "m_y", "s_y")} | {k: c[k] for k in ("frac", "m_h", "s_h")} | \
         {"exp_tab": arrays["exp_tab"], "state_bits": dut.state_bits}

@@ -82,7 +82,7 @@ def run_engine(data: bytes, tokens, n_layer: int, **kw):
             cyc = {lab: ctx.get(getattr(dut, f"cyc_{lab}")) - before[lab] for lab in LABELS}
             cycle += sum(cyc.values())
             s = dut.scan
-            h = [unpack_state([ctx.get(s.state.data[w]) for w in s.state_words(i)], s.lanes, s.state_bits)
+            h = [unpack_state([ctx.get(s.state_cell(w)) for w in s.state_words(i)], s.lanes, s.state_bits)
                  for i in range(n_layer)]
             out.append((np.array(res, np.int64), np.array(logits, np.int64), cyc, cycle - c0, h))
             await ctx.tick()

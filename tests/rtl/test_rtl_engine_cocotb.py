@@ -77,8 +77,9 @@ def state_views(dut: Engine) -> tuple[list, list]:
     """Per layer: where the bench finds its SSM state words and conv window words (hierarchy path under the bench
     top, word range, element packing; rtl/engine.py's "Recurrent state")."""
     scan, conv = dut.scan, dut.conv
-    scans = [{"path": ["engine", "scan", "state"], "words": [ws.start, ws.stop], "lanes": scan.lanes,
-              "bits": scan.state_bits} for ws in map(scan.state_words, range(dut.n_layer))]
+    scans = [{"segments": [{"path": ["engine", "scan", f"state{b}"], "words": [ws.start, ws.stop]}
+                           for b, ws in scan.state_segments(i)], "lanes": scan.lanes, "bits": scan.state_bits}
+             for i in range(dut.n_layer)]
     convs = [{"path": ["engine", "conv", "win"], "words": [ws.start, ws.stop], "taps": dut.K - 1}
              for ws in map(conv.window_words, range(dut.n_layer))]
     return scans, convs

@@ -278,6 +278,8 @@ class Engine(wiring.Component):
                 m.d.sync += q.eq(rd_[n].data)
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
+        e_last = Signal(name="e_last", init=1)  # == (e == d.last), a register: set as e counts and as d changes
+        last_m1 = Signal(range(vmax), name="last_m1")  # d.last - 1 (modulo its width), so e_last needs no adder
         emit = Signal()
         tok_off = Signal(ADDR_BITS)  # token * d_model: the embedding row's offset
         bcr = [Signal(signed(8), name=f"bc{j}") for j in range(2 * N)]
@@ -308,7 +310,9 @@ class Engine(wiring.Component):
                 m.d.sync += [nd[f].eq(descs[k][f]) for f in widths]
 
         def advance():
-            m.d.sync += [d[f].eq(nd[f]) for f in widths] + [g_go.eq(nd["gemv"]), bc_go.eq(nd["bc"])]
+            m.d.sync += [d[f].eq(nd[f]) for f in widths] + [g_go.eq(nd["gemv"]), bc_go.eq(nd["bc"]),
+                                                            e_last.eq(nd["last"] == 0),  # (e is 0 then)
+                                                            last_m1.eq(nd["last"] - 1)]
 
         abase = Signal(ADDR_BITS)  # the step's field: a layer field from the layer's record, the embedding row's
         m.d.comb += abase.eq(Mux(d["rel"], lbase, Mux(d["t_embed"], tok_off, 0)) + d["off"])
@@ -324,7 +328,9 @@ class Engine(wiring.Component):
             m.d.sync += [wr.eq(wr + 1), done.eq(wr + 1 == d["wn"])]
 
         def writer(src, port, data_):
-            m.d.comb += [src.ready.eq(1), port.addr.eq(wr), port.data.eq(data_), port.en.eq(src.valid)]
+            if src is not rq.o:  # (the requantizer's ready is one expression for every op, below)
+                m.d.comb += src.ready.eq(1)
+            m.d.comb += [port.addr.eq(wr), port.data.eq(data_), port.en.eq(src.valid)]
             with m.If(src.valid):
                 written_one()
 
@@ -366,6 +372,9 @@ class Engine(wiring.Component):
                      rq.i.payload.wide.eq(d["wide"])]
         with m.If(gemv.o.valid & rq.i.ready & d["rq_op"]):
             m.d.sync += mid.eq(mid + 1)
+        # the requantizer's outputs are taken by a writer in every op that makes them, but dt_proj's, which go to
+        # the table unit; no other op has any (each ends once its last output is written), so one flag decides
+        m.d.comb += rq.o.ready.eq(~op["dt_proj"] | table.i.ready)
         # the writers: an op's outputs into its buffer at wr; the op is done when wr reaches its count (d.wn)
         with m.If(op["norm"]):
             writer(norm.o, wr_["u"], norm.o.payload.as_value())
@@ -379,7 +388,6 @@ class Engine(wiring.Component):
                 with m.If(rq.o.valid & (wr == R + j)):
                     m.d.sync += bcr[j].eq(rq.o.payload[:8])
         with m.If(op["dt_proj"]):
-            m.d.comb += rq.o.ready.eq(table.i.ready)
             writer(table.o, wr_["dt"], table.o.payload.as_value())
         with m.If(op["silu_z"]):
             writer(table.o, wr_["sz"], table.o.payload.as_value())
@@ -429,7 +437,7 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, cur, cur_v, jb, emit, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
+                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
         # a step's end: its successor's descriptor, the shared counters cleared (after the loader's, the reader's
         # and the writers' updates, which it overrides); the FSM only follows
         with m.If(step_done):
@@ -475,7 +483,7 @@ class Engine(wiring.Component):
         step's first cycle); ld_done when the last element is in cq (for the embedding row: its last requantized
         value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
         next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
-        lst, e, cur, cur_v, jb, emit, ld_last = regs
+        lst, e, last, last_m1, cur, cur_v, jb, emit, ld_last = regs
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
@@ -486,7 +494,6 @@ class Engine(wiring.Component):
             with m.If(d[f"sz{size}"]):
                 m.d.comb += [val.eq(Mux(d["signed"], cur[:8 * size].as_signed(), cur[:8 * size])),
                              step_out.eq(cur >> (8 * size))]
-        last = e == d["last"]
         kb = (K - 1).bit_length()
         uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (K - 1)) << conv.index_bits) | (e >> kb), e))
 
@@ -519,21 +526,24 @@ class Engine(wiring.Component):
             m.d.comb += [rq.i.valid.eq(cq["v"]), rq.i.payload.v.eq(cq["val"]), rq.i.payload.idx.eq(0),
                          rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]
 
-        # ---- the burst: requested once, a beat taken when its last element is going
+        # ---- the burst: requested once, a beat taken when its last element is going. The beat registers change
+        # outside the step's load flag: lst and cur_v, cleared as every step ends, are set in load steps only, so
+        # emit and take imply d.load and the wide `cur` sees no decode of the step behind its enable
+        want, take, jlast = Signal(), Signal(), Signal()  # jlast == (jb == d.perm1), a register
+        m.d.comb += [want.eq(lst & (~cur_v | (emit & jlast))), take.eq(mem_port.data.valid & want)]
+        with m.If(emit):
+            m.d.sync += [e.eq(e + 1), last.eq(e == last_m1), jb.eq(jb + 1), jlast.eq(jb + 1 == d["perm1"]),
+                         cur.eq(step_out)]
+            with m.If(jlast | last):
+                m.d.sync += cur_v.eq(0)
+        with m.If(take):
+            m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0), jlast.eq(d["perm1"] == 0)]
         with m.If(d["load"]):
             m.d.comb += [mem_port.req.valid.eq(~lst), mem_port.req.payload.addr.eq(abase),
                          mem_port.req.payload.beats.eq(d["beats"])]
             with m.If(mem_port.req.ready):
                 m.d.sync += lst.eq(1)
-            want, take = Signal(), Signal()  # a beat wanted and taken: from the loader's own terms, not read back
-            m.d.comb += [want.eq(lst & (~cur_v | (emit & (jb == d["perm1"])))),  # through the shared port
-                         mem_port.data.ready.eq(want), take.eq(mem_port.data.valid & want)]
-            with m.If(emit):
-                m.d.sync += [e.eq(e + 1), jb.eq(jb + 1), cur.eq(step_out)]
-                with m.If((jb == d["perm1"]) | last):
-                    m.d.sync += cur_v.eq(0)
-            with m.If(take):
-                m.d.sync += [cur.eq(mem_port.data.payload), cur_v.eq(1), jb.eq(0)]
+            m.d.comb += mem_port.data.ready.eq(want)  # through the shared port
             with m.If(d["t_embed"]):
                 writer(rq.o, rbuf_w, rq.o.payload)
                 m.d.comb += ld_done.eq(written)

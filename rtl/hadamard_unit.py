@@ -127,7 +127,7 @@ class HadamardUnit(wiring.Component):
         prod_bits = max(W + MULT_BITS + 1, SHIFT_MAX) + 1  # mul_add(res, mult, half): signed(W) x signed(32) + half
         mul_m, shift = Signal(unsigned(MULT_BITS)), Signal(unsigned(SHIFT_BITS))
         half, mask = Signal(unsigned(SHIFT_MAX)), Signal(unsigned(prod_bits))
-        cfg_ok = Signal()
+        cfg_ok = Signal(init=sched[0][0] == "load")  # == is_load & t0 & idle always: a register of its own (below)
         with m.If(self.cfg.valid & cfg_ok):
             with m.If(self.cfg.payload.addr == 0):
                 m.d.sync += mul_m.eq(self.cfg.payload.data)
@@ -162,7 +162,13 @@ class HadamardUnit(wiring.Component):
 
         pending = Signal(range(self.fifo_depth + 1))
         issue = Signal()
-        m.d.comb += [cfg_ok.eq(is_load & t0 & idle), self.cfg.ready.eq(cfg_ok),
+        # cfg_ok's next value from the next values of is_load, t0 and idle (their updates below): the loader's
+        # handshake reads a flip-flop, not a decode of shared, widely fanned-out pass flags
+        load_next = Mux(advance, Array(Const(int(k == "load"), 1) for k, _ in sched)[pi_next], is_load)
+        t0_next = Mux(idle & issue, t == R - 1, t0)
+        idle_next = Mux(idle, ~(issue & (t == R - 1)), advance)
+        m.d.sync += cfg_ok.eq(load_next & t0_next & idle_next)
+        m.d.comb += [self.cfg.ready.eq(cfg_ok),
                      issue.eq(idle & Mux(is_load, self.i.valid & ~(cfg_ok & self.cfg.valid),
                                                  ~is_out | (pending < self.fifo_depth))),
                      self.i.ready.eq(idle & is_load & ~(cfg_ok & self.cfg.valid))]  # issue without i.valid

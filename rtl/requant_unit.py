@@ -15,8 +15,8 @@ Kind.S addr row: s in [0, 62]; Kind.VEC addr row: b (int32). Elaboration: max_ro
 requantizes), in_bits (the accumulator width, 32 for the GEMV unit's int32).
 
 Pipeline (stage = cycles after issue): 0 issue, m/s/b memory reads; 1 data; 2 data registered (no logic behind a
-block RAM); 3 v + b; 6 * m (Pipeline.mul); 7 2 * prod >> s (halves); 8 rounded and saturated, into the output FIFO
-(REQUANT_STAGE); readable FIFO_LATENCY cycles later
+block RAM); 3 v + b; 6 * m (Pipeline.mul); 7 2 * prod >> s (halves); 8 the range checks and the rounding add (for
+both widths); 9 saturated (the width selected), into the output FIFO (REQUANT_STAGE); readable FIFO_LATENCY cycles later
 (the cycle contract, requant_unit_cycles, is in qsim.hw.units).
 The issue stage holds off when the output FIFO could fill (credits), as in rtl.table_unit.
 """
@@ -39,12 +39,12 @@ from rtl.table_unit import (
     cfg_signature,
     fifo_depth,
     halves,
-    round_saturate_halves,
+    round_saturate_split,
 )
 
 RESIDUAL = signed(spec.RESIDUAL_BITS)
-if REQUANT_STAGE != 5 + MUL_LATENCY:  # the contract's stage (qsim.hw.units) is this pipeline's
-    raise AssertionError(f"qsim.hw.units.REQUANT_STAGE {REQUANT_STAGE} != 5 + MUL_LATENCY {MUL_LATENCY}")
+if REQUANT_STAGE != 6 + MUL_LATENCY:  # the contract's stage (qsim.hw.units) is this pipeline's
+    raise AssertionError(f"qsim.hw.units.REQUANT_STAGE {REQUANT_STAGE} != 6 + MUL_LATENCY {MUL_LATENCY}")
 
 
 def in_layout(max_rows: int, in_bits: int) -> data.StructLayout:
@@ -99,7 +99,8 @@ class RequantUnit(wiring.Component):
         acc = pl.reg(pl.at(val, 2) + Mux(pl.at(bias, 2), b, 0), 3, "acc", signed(self.in_bits + 1))
         prod = pl.mul(acc, mult, 3, "prod")
         rnd = pl.reg(halves(prod, pl.at(shift, 3 + MUL_LATENCY)), 4 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
-        y = pl.reg(Mux(pl.at(wide, 4 + MUL_LATENCY), round_saturate_halves(rnd, RESIDUAL),
-                       round_saturate_halves(rnd, signed(8))), REQUANT_STAGE, "y", RESIDUAL)
+        y = pl.reg(Mux(pl.at(wide, REQUANT_STAGE - 1), round_saturate_split(pl, rnd, RESIDUAL, REQUANT_STAGE - 1, "wide"),
+                       round_saturate_split(pl, rnd, signed(8), REQUANT_STAGE - 1, "narrow")), REQUANT_STAGE, "y",
+                   RESIDUAL)
         out.connect(issue, pl.at(v, REQUANT_STAGE), y)
         return m

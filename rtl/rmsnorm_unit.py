@@ -114,12 +114,19 @@ class RMSNormUnit(wiring.Component):
 
         # ---- gap: ss's bit length, even shift, mantissa, table entry (recomputed every cycle, latched at its end).
         # ss is final SUM_STAGE + 2 cycles after the last input beat; gap_last latches the ROM's output
-        # RMSNORM_GAP - 1 cycles after it. Between them: the shift (ss's bit length from a log-depth priority
-        # encoder, registered), the mantissa (ss shifted by it, registered), the ROM read: a short path each.
-        assert SUM_STAGE + 2 + 3 <= RMSNORM_GAP - 1  # ss, then shift, mantissa, ROM data: one register each
+        # RMSNORM_GAP - 1 cycles after it. Between them: the highest set bit of each byte of ss and the shift (ss's
+        # bit length from them, a log-depth priority encoder in two registered halves), the mantissa (ss shifted
+        # by it, registered), the ROM read: a short path each.
+        assert SUM_STAGE + 2 + 4 <= RMSNORM_GAP - 1  # ss, byte tops, shift, mantissa, ROM data: one register each
         ss = Signal(unsigned(SS_BITS))
         m.d.sync += ss.eq(acc + eps)
-        nz, top = highest_bit(ss)
+        byte_tops = []
+        for g in range(0, SS_BITS, 8):
+            nz_g, top_g = highest_bit(ss[g:g + 8])
+            regs = Signal(name=f"ss_nz{g // 8}"), Signal(len(top_g), name=f"ss_top{g // 8}")
+            m.d.sync += [regs[0].eq(nz_g), regs[1].eq(top_g)]
+            byte_tops.append(regs)
+        nz, top = highest_bit(None, groups=byte_tops)
         # bit_length bl = top + 1; the even shift sh = bl - 10 rounded up to even = (top & ~1) - 8, and ss's right
         # shift after << 8 is sh + 8 = top & ~1: no adder behind the priority encoder (ss == 0: sh = -10)
         even = Cat(Const(0, 1), top[1:])
@@ -158,12 +165,16 @@ class RMSNormUnit(wiring.Component):
         return m
 
 
-def highest_bit(v):
+def highest_bit(v, groups=None):
     """(v != 0, index of v's highest set bit): a balanced tree of 2:1 muxes over halves of v zero-extended to a
-    power-of-two width, log2(width) deep (a chain of Ifs over the bits makes a mux chain as long as v is wide)."""
-    width = 1 << (len(v) - 1).bit_length()
-    bits = Cat(v, Const(0, width - len(v)))
-    level = [(bits[b], Cat()) for b in range(width)]  # (any set, index within the group), groups of 1
+    power-of-two width, log2(width) deep (a chain of Ifs over the bits makes a mux chain as long as v is wide).
+    groups: the tree's level of that many groups of bits instead, as (any set, index within the group) pairs in
+    order (for a caller that registers that level: highest_bit of each group of v)."""
+    level = groups
+    if level is None:
+        width = 1 << (len(v) - 1).bit_length()
+        bits = Cat(v, Const(0, width - len(v)))
+        level = [(bits[b], Cat()) for b in range(width)]  # (any set, index within the group), groups of 1
     while len(level) > 1:
         level = [(lo[0] | hi[0], Mux(hi[0], Cat(hi[1], 1), Cat(lo[1], 0))) for lo, hi in zip(level[::2], level[1::2])]
     return level[0]

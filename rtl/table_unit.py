@@ -127,11 +127,27 @@ def round_saturate_halves(t, shape):
     """saturate(rshift_round(v, s), shape) from t = halves(v, s): rshift_round(v, s) = (t + 1) >> 1 exactly (s = 0
     included: t = 2v). The range checks compare t itself ((t + 1) >> 1 > hi iff t >= 2 hi + 1, < lo iff
     t < 2 lo - 1), beside the rounding add, which spans only the width + 1 low bits it needs."""
+    return _saturated(shape, *_round_parts(t, shape))
+
+
+def round_saturate_split(pl, t, shape, stage: int, name: str):
+    """round_saturate_halves(t, shape) over two cycles: its range checks and rounding add registered at `stage`
+    (t taken at stage - 1), and their selection, an expression of those registers to register at stage + 1."""
+    t = pl.at(t, stage - 1)
+    over, under, low = (pl.reg(v, stage, f"{name}_{n}") for v, n in zip(_round_parts(t, shape), ("over", "under", "low")))
+    return _saturated(shape, over, under, low)
+
+
+def _round_parts(t, shape):
+    """(t >= 2 hi + 1, t < 2 lo - 1, the low width bits of (t + 1) >> 1) for shape's range [lo, hi]."""
     w = shape.width
     lo, hi = shape_range(shape)
-    low = (t[:w + 1] + 1)[1:w + 1]
-    low = low.as_signed() if shape.signed else low
-    return Mux(t >= 2 * hi + 1, Const(hi, shape), Mux(t < 2 * lo - 1, Const(lo, shape), low))
+    return t >= 2 * hi + 1, t < 2 * lo - 1, (t[:w + 1] + 1)[1:w + 1]
+
+
+def _saturated(shape, over, under, low):
+    lo, hi = shape_range(shape)
+    return Mux(over, Const(hi, shape), Mux(under, Const(lo, shape), low.as_signed() if shape.signed else low))
 
 
 class TableUnit(wiring.Component):

@@ -116,10 +116,10 @@ RESIDUAL_STAGE = 2  # operands registered, then added and saturated
 RESIDUAL_LATENCY = RESIDUAL_STAGE + FIFO_LATENCY
 CONV_STAGE = 11
 CONV_LATENCY = CONV_STAGE + FIFO_LATENCY
-RMSNORM_GAP = 10  # cycles from the last pass-1 issue to the first pass-2 issue
+RMSNORM_GAP = 11  # cycles from the last pass-1 issue to the first pass-2 issue
 RMSNORM_STAGE = 14
 RMSNORM_OUT_LATENCY = RMSNORM_STAGE + FIFO_LATENCY
-REQUANT_STAGE = 8  # 5 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
+REQUANT_STAGE = 9  # 6 + the multiplier's 3 cycles (rtl.pipeline.MUL_LATENCY; rtl.requant_unit checks it)
 REQUANT_LATENCY = REQUANT_STAGE + FIFO_LATENCY
 TABLE_ENTRIES = 256  # a table is indexed by an int8 code
 

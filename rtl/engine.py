@@ -47,9 +47,9 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 455 cycles a token, per layer in_proj 16 665,
-out_proj 8 729, x_proj 2 073, dt_proj 556, scan 2 082, hadamard 1 254, norm 540, conv 528, tables 518, residual
-263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 540, lm_head 4 367.
+other units one element a cycle and a DRAM latency of 8: 255 482 cycles a token, per layer in_proj 16 666,
+out_proj 8 730, x_proj 2 074, dt_proj 557, scan 2 082, hadamard 1 254, norm 541, conv 528, tables 518, residual
+263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 367.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
 ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a

@@ -448,14 +448,18 @@ class Engine(wiring.Component):
         layer_end = Signal()
         m.d.sync += layer_end.eq(0)
         m.d.comb += self.layer_done.eq(layer_end)
+        # a token is taken while `ctl_idle`, a flip-flop of its own (set as the FSM leaves its last state), so the
+        # first step's descriptor load sees no decode of the FSM's state
+        ctl_idle, go = Signal(name="ctl_idle", init=1), Signal()
+        m.d.comb += [self.tok.ready.eq(ctl_idle), go.eq(ctl_idle & self.tok.valid)]
+        with m.If(go):
+            m.d.sync += [token.eq(self.tok.payload.token), fresh.eq(self.tok.payload.start), layer.eq(0),
+                         lbase.eq(self.offsets["layers"]), tok_off.eq(self.tok.payload.token * dm), ctl_idle.eq(0)]
+            advance()
         with m.FSM(name="ctl"):
             with m.State("idle"):
-                m.d.comb += self.tok.ready.eq(1)
                 successor(0)
-                with m.If(self.tok.valid):
-                    m.d.sync += [token.eq(self.tok.payload.token), fresh.eq(self.tok.payload.start), layer.eq(0),
-                                 lbase.eq(self.offsets["layers"]), tok_off.eq(self.tok.payload.token * dm)]
-                    advance()
+                with m.If(go):
                     m.next = names[0]
             for k, (state, label, spec_) in enumerate(steps):
                 nxt = names[k + 1] if k + 1 < len(steps) else "done"
@@ -470,7 +474,7 @@ class Engine(wiring.Component):
                         op_step(spec_[1], nxt)
             with m.State("done"):
                 m.d.comb += self.done.eq(1)
-                m.d.sync += fresh.eq(0)
+                m.d.sync += [fresh.eq(0), ctl_idle.eq(1)]
                 successor(0)
                 m.next = "idle"
 

@@ -33,8 +33,8 @@ taken only when the array is on the last pass of the previous chunk. So with
 rows * lanes >= bus_bytes (rows >= P) the unit takes one beat per cycle and
 the memory is the bottleneck. A group's first result is on `o`
 qsim.hw.units.gemv_pipeline_latency(lanes) + P cycles after its last beat
-(issue, x read, x registered, operands again, products, products again, adder tree, accumulator, FIFO, output
-register; the `latency` property). The unit takes the next command once
+(issue, x read, x registered, operands again, half sums of the products' rows, products, adder tree,
+accumulator, FIFO, output register; the `latency` property). The unit takes the next command once
 the last output of the current one has transferred.
 
 Back-pressure: `x` and `mem.data` stall the unit harmlessly; `o` is decoupled
@@ -98,7 +98,7 @@ class GemvUnit(wiring.Component):
 
     @property
     def acc_stage(self) -> int:
-        return 5 + self.tree_levels  # issue, x read, x registered, operands again, products, products again, tree
+        return 5 + self.tree_levels  # issue, x read, x registered, operands again, half products, products, tree
 
     @property
     def latency(self) -> int:
@@ -249,12 +249,12 @@ class GemvUnit(wiring.Component):
         acc = [Signal(signed(ACC_BITS), name=f"acc{j}") for j in range(R)]
         s = 5
         sums = []
-        # a multiplier is a DSP tile in a fixed row, often far from the logic: its operands and its product are each
-        # registered twice, so that placement can put one register of each pair beside the DSP
+        # int8 x int8 in LUTs (Pipeline.mul_fabric: two halves of the rows at stage 4, their sum at 5): DSP tiles
+        # sit in fixed rows, and the hops to one and back were the engine's routed critical path
         xs3 = [pl.at(x, 3) for x in xs]
         for j in range(R):
             wj = pl.at(slices[j], 3)
-            terms = [pl.at(pl.reg(lane(wj, i) * xs3[i], 4, f"prod{j}_{i}", signed(16)), 5) for i in range(L)]
+            terms = [pl.mul_fabric(lane(wj, i), xs3[i], 3, f"prod{j}_{i}") for i in range(L)]
             s = 5
             while len(terms) > 1:
                 terms = [pl.reg(sum(terms[i:i + 4]), s + 1, f"sum{j}_{s}_{i}") for i in range(0, len(terms), 4)]

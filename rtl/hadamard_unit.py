@@ -31,6 +31,8 @@ shifter (whole bytes, then the rest) beside a masked sign test (rtl.loadable), e
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -201,7 +203,11 @@ class HadamardUnit(wiring.Component):
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2
         pl.put(half, D + 4)  # constant while vectors flow: taken where the product's pieces are summed
-        v, second = pl.at(pl.reg(issue, 1, "v"), D), pl.at(pl.reg(t[0], 1, "second"), D)
+        second1 = pl.reg(t[0], 1, "second")
+        v, second = pl.at(pl.reg(issue, 1, "v"), D), pl.at(second1, D)
+        # cross & second, a register of its own (the operand selects fan out to every bit): `cross` taken a cycle
+        # early, which differs only right after a pass ends, in its drain, when no element is at this stage
+        cross_second = pl.reg(cross & second1, D, "cross_second")
         row_d = pl.at(pl.reg(Mux(is_sweep, grp_row, row) if mb > 1 else row, 1, "row"), D)
         lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
         cur = [pl.reg(Mux(is_load, pl.reg(self.i.payload[j], 1, f"in{j}"),
@@ -211,13 +217,14 @@ class HadamardUnit(wiring.Component):
         pend, pend_row = Signal(), Signal(range(R))
         pend_a = [Signal(signed(W), name=f"pend_a{j}") for j in range(L)]
         pend_b = [Signal(signed(W), name=f"pend_b{j}") for j in range(L)]
-        cross_second = cross & second
         with m.If(v & cross_second):
             m.d.sync += [pend.eq(1), pend_row.eq(row_d)] + [pend_a[j].eq(prev[j]) for j in range(L)] + \
                 [pend_b[j].eq(cur[j]) for j in range(L)]
         with m.Elif(pend):
             m.d.sync += pend.eq(0)
-        emit_pend = pend & ~(v & cross_second)
+        # a held pair goes out the cycle after it is set: then the element at this stage is the first of the next
+        # pair (issued elements alternate in t's parity), never a second, so the pair needs no arbitration
+        emit_pend = pend
 
         if mb > 1:
             first_sweep = decoded([int(i == next(n for n, (k, _) in enumerate(sched) if k == "sweep"))
@@ -228,7 +235,7 @@ class HadamardUnit(wiring.Component):
             sweep_sub = pl.at(pl.reg(sgn[gi][sweep_s], 1, "sweep_sub"), D)
         res = []
         for j in range(L):
-            ops = []  # (condition, a, b, subtract), first match wins
+            ops = []  # (condition, a, b, subtract): at most one condition holds whenever a result is kept (below)
             for key, flag in sel.items():
                 if key[0] == "in":
                     h = 1 << key[1]
@@ -237,9 +244,14 @@ class HadamardUnit(wiring.Component):
                 ops += [(cross_second, prev[j], cur[j], Const(0)), (emit_pend, pend_a[j], pend_b[j], Const(1))]
             if mb > 1:
                 ops.append((is_sweep, Mux(first_sweep, lane(a2_d, j), lane(b_d, j)), lane(a_d, j), sweep_sub))
-            a, b, sub = ops[-1][1:]
-            for cond, oa, ob, osub in reversed(ops[:-1]):
-                a, b, sub = Mux(cond, oa, a), Mux(cond, ob, b), Mux(cond, osub, sub)
+            # an AND-OR, not a priority chain (whose "no earlier match" terms fan out to every bit): a pass's
+            # operand flag is one-hot among the in-row keys, cross and sweep; cross_second and emit_pend (a held
+            # pair, emitted the cycle after it is set, within its cross pass's drain) exclude each other. Where no
+            # condition holds (a cross pass's first row) the result is not kept (res_v)
+            if len(ops) == 1:
+                a, b, sub = ops[0][1:]
+            else:
+                a, b, sub = (reduce(operator.or_, (Mux(op[0], op[i], 0) for op in ops)) for i in (1, 2, 3))
             # the operands selected, registered; then one adder with carry-in (no selection in front of the add)
             a, b, sub = pl.reg(a, D + 1, f"a{j}"), pl.reg(b, D + 1, f"b{j}"), pl.reg(sub, D + 1, f"sub{j}")
             res.append(pl.reg(a + Mux(sub, ~b, b) + sub, D + 2, f"res{j}", signed(W)))

@@ -28,14 +28,15 @@ def cfg_layout(addr_bits: int, data_bits: int) -> data.StructLayout:
 
 
 def half_of(s, width: int):
-    """2**(s-1) (0 when s == 0) as a `width`-bit value: the rounding half of a right shift by s."""
-    return Mux(s == 0, 0, (Const(1, width) << (s - 1)[:len(s)])[:width])
+    """2**(s-1) (0 when s == 0) as a `width`-bit value: the rounding half of a right shift by s. Bit by bit, a
+    compare with a constant each (two LUT levels), not an adder in front of a shifter."""
+    return Cat(*(s == i + 1 for i in range(width)))
 
 
 def sat_mask(s, out_bits: int, width: int):
     """Ones at bit positions >= out_bits - 1 + s of a `width`-bit value: those that must all equal its sign
-    for v >> s to fit `out_bits` signed bits."""
-    return (Const((1 << width) - 1, width) << (s + (out_bits - 1)))[:width]
+    for v >> s to fit `out_bits` signed bits. Bit by bit, a compare with a constant each (as half_of)."""
+    return Cat(*(s <= i - (out_bits - 1) if i >= out_bits - 1 else Const(0) for i in range(width)))
 
 
 def shift_saturate(p, v, s, mask, shape, stage: int, name: str):

@@ -92,6 +92,20 @@ class Pipeline:
             line.append(d)
         return line[stage - src]
 
+    def mul_fabric(self, a, b, stage: int, name: str) -> Signal:
+        """a * b for narrow operands (an int8 GEMV lane) in LUTs and carry chains, not a DSP: its shift-and-add
+        rows summed in two registered halves (stage + 1), then added (stage + 2). A DSP tile sits in a fixed row,
+        often far from the logic; routing to one and back cost two long hops (the engine's critical path)."""
+        width = len(a) + len(b)
+        top = len(b) - 1
+        rows = [(Mux(b[k], a, 0) << k) for k in range(len(b))]
+        if b.shape().signed:  # two's complement: the sign bit weighs -2**top
+            rows[top] = -rows[top]
+        h = len(rows) // 2
+        lo = self.reg(sum(rows[:h]), stage + 1, f"{name}_lo", signed(width))
+        hi = self.reg(sum(rows[h:]), stage + 1, f"{name}_hi", signed(width))
+        return self.reg(lo + hi, stage + 2, name, signed(width))
+
     def mul(self, a, b, stage: int, name: str, retime: bool = False) -> Signal:
         """a * b (operands taken at `stage`), valid at stage + MUL_LATENCY, in registered DSP-sized pieces.
 

@@ -48,8 +48,9 @@ Run-time shifts stay exact without adders after the products (rtl.loadable):
 the rounding half of each loaded shift joins the sum of the product's partial
 products (decoded as the constant is written, or from the channel's s_y two
 stages early), and the shift itself is a barrel shifter. frac: t = (dt*a) >> (frac-9), registered,
-then er = (t + 1) >> 1 == rshift_round(dt*a, frac-8) (nested floors), so the
-exp table's address path holds a short add, not a shifter; s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
+then er = (t + 1) >> 1 == rshift_round(dt*a, frac-8) (nested floors); the
+exp table is indexed by t's low 9 bits (entry i: table[((i + 1) >> 1) mod 256]), so its address path holds
+neither a shifter nor an adder; s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
 per channel, (acc*sz*m_y[d] + 2**(s_y[d]-1)) >> s_y[d], saturated to int16 by
 a masked sign test beside the shifter. (A build with baked constants stored
 m_y[d] << (S - s_y[d]) with S = max s_y so one constant shift served every
@@ -61,7 +62,7 @@ Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul` or `mul_a
    0 issue: read state, a_q, Dq           1 dt*x (no memory data in it)
    2 memory data registered (the state: each bank's word); e = dt*a, Dq*x    3 the state's bank selected
    4 (dt*x)*B; h (0 for a new sequence)
-   5 exp-table index ((e >> (frac-9)) + 1) >> 1                     6 2**-frac by table     7-8 decay = table >> int, rounded
+   5 t = e >> (frac-9): the exp table's index                  6 2**-frac by table     7-8 decay = table >> int, rounded
    7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> whole bytes of s_h)
   13 dBx >> the rest of s_h               14 decay*h + dBx        15 h = sat(sum): written back; C*h
   19-20 sum over lanes                   20 accumulate chunks (+ D*x + rounding half)
@@ -262,7 +263,14 @@ class ScanUnit(wiring.Component):
         dq_shape = self.dq_shape
         m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[])
         m.submodules.my = my = Memory(shape=unsigned(MY_BITS + SHIFT_BITS), depth=D, init=[])
-        m.submodules.exp = exp = Memory(shape=unsigned(16), depth=256, init=[int(v) for v in self.exp_tab])
+        # the 2**-f table indexed by t's low 9 bits, not by er = (t + 1) >> 1: entry i holds table[((i + 1) >> 1)
+        # mod 256] (er's low 8 bits depend on t's low 9 only), so no adder sits before the address. In block RAM,
+        # a pair of lanes to a memory (its two ports): a 4-port ROM would be a LUT tree behind the address
+        exp_words = [int(self.exp_tab[((i + 1) >> 1) & 255]) for i in range(512)]
+        exps = [Memory(shape=unsigned(16), depth=512, init=exp_words, attrs={"ram_style": "block"})
+                for _ in range(-(-L // 2))]
+        for i, mem in enumerate(exps):
+            m.submodules[f"exp{i}"] = mem
         st_r, st_w = [bank.read_port() for bank in banks], [bank.write_port() for bank in banks]
         aq_r, dq_r = aq.read_port(), dq.read_port()
 
@@ -360,14 +368,14 @@ class ScanUnit(wiring.Component):
             h = p.reg(Mux(p.at(start, MEM + 1), 0, h_mem), MEM + 2, f"h{j}")  # a new sequence starts from 0
             a = p.reg(aq_r.data[16 * j:16 * (j + 1)], MEM, f"a{j}")
             # e = dt*a (one DSP: both operands are single pieces), shifted by frac-9 as the product's sum
-            # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1, a short add before the
-            # table (no shifter on the table's address path)
+            # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1: the table is read at t's low
+            # 9 bits (exps), the add stays on the integer part's path
             e = p.reg(p.reg(p.at(dt, MEM), MEM + 1, f"e{j}_in0") * p.reg(a, MEM + 1, f"e{j}_in1"), MEM + 2, f"e{j}")
             t = p.reg(e >> e_sh, EXP, f"et{j}")
             # exponent in 1/256 units: its fraction indexes the 2**-f table, its integer part shifts
             er = (t + 1) >> 1
-            rp = exp.read_port()
-            m.d.comb += rp.addr.eq(er[:8])
+            rp = exps[j // 2].read_port()
+            m.d.comb += rp.addr.eq(t[:9])
             tab = p.put(Signal(unsigned(16), name=f"tab{j}"), EXP + 1)
             m.d.comb += tab.eq(rp.data)
             ish = p.reg(Mux(er[8:] > 17, 17, er[8:]), EXP + 1, f"ish{j}", unsigned(5))  # >= 17 zeroes any entry

@@ -1,5 +1,6 @@
-"""`python -m rtl build|synth|image`: Verilog of a unit for a configuration (its constants load at run time),
-ECP5 synthesis figures, or the decode engine's memory image of an artifact (rtl/IMAGE.md)."""
+"""`python -m rtl build|synth|timing|image`: Verilog of a unit for a configuration (its constants load at run time),
+ECP5 synthesis figures, a pre-route timing estimate of the engine's netlist, or the decode engine's memory image of
+an artifact (rtl/IMAGE.md)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                    "bus 16, scan and Hadamard 4 lanes) instead of the units; unit rows of the report are kept")
     s.add_argument("--artifact", type=Path, help="--engine: artifact whose image header configures the engine")
     s.add_argument("--jobs", type=int, default=2, help="--engine: seeds placed and routed side by side")
+    t = sub.add_parser("timing", help="pre-route timing estimate of the engine's yosys netlist (rtl/timing.py)")
+    t.add_argument("--netlist", type=Path, help="a `synth_ecp5 -noflatten` JSON netlist (default: the engine's, "
+                   "which `python -m rtl synth --engine` writes under rtl/build/synth/)")
+    t.add_argument("--top", type=int, default=25, help="registers to list, worst first")
     im = sub.add_parser("image", help="an artifact's decode-engine memory image (rtl/IMAGE.md) and its layout")
     im.add_argument("--artifact", type=Path, required=True, help="quantized Mamba-1 artifact folder")
     im.add_argument("--out", type=Path, help="image file (default rtl/build/image/<artifact>_bus<N>.bin); "
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{out}\n{meta['bytes']} bytes, sha256 {meta['sha256']}")
         return 0
+    if a.cmd == "timing":
+        return _timing(a.netlist, a.top)
     if a.cmd == "build":
         from rtl.build import (
             BUILD,
@@ -83,6 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         return synth.main_engine(a.freq, tuple(range(1, a.seeds + 1)), a.jobs, a.artifact or synth.ENGINE_ARTIFACT)
     units = [(u, a.lanes or n, s) for u, n, s in synth.DEFAULT_UNITS]
     return synth.main(units, a.freq, tuple(range(1, a.seeds + 1)))
+
+
+def _timing(path: Path | None, top: int) -> int:
+    from rtl import timing
+
+    if path is None:
+        from rtl.build import BUILD
+        from rtl.synth import engine_tag, make_engine
+
+        tag = engine_tag(make_engine())
+        path = BUILD / "synth" / tag / f"{tag}.json"
+    if not path.is_file():
+        print(f"rtl timing: {path}: no such netlist (`python -m rtl synth --engine` writes the engine's in its "
+              "yosys step)", file=sys.stderr)
+        return 2
+    try:
+        cells = timing.flatten(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        print(f"rtl timing: {path}: not a yosys JSON netlist ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    print(f"{path}\n{timing.report(timing.estimate(cells), top)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def _dsp_registered(cell: Cell) -> bool:
     return any("REG_INPUT" in k and str(v).strip() not in ("NONE", "") for k, v in cell.params.items())
 
 
+def _launches(cell: Cell) -> bool:
+    """Its outputs start paths at its clock-to-out (a flip-flop, block RAM or registered DSP)."""
+    return cell.type in CLK_TO_OUT and (cell.type != "MULT18X18D" or _dsp_registered(cell))
+
+
 def _arcs(cell: Cell, pin: str) -> list[tuple[str, float]]:
     """(output pin prefix, delay) from an input pin through a combinational cell."""
     t = cell.type
@@ -135,16 +140,15 @@ def estimate(cells: list[Cell]) -> list[tuple[float, str, list[str]]]:
                 continue
             i, p = driver[n]
             c = cells[i]
-            arcs = []  # (source net, delay) into this output
-            if not (c.type in CLK_TO_OUT and not (c.type == "MULT18X18D" and not _dsp_registered(c))):
-                arcs = [(src, d) for pin, bits in c.conns.items() if c.dirs.get(pin) != "output"
-                        for out, d in _arcs(c, pin) if p.startswith(out) for src in bits if not isinstance(src, str)]
+            arcs = [] if _launches(c) else [  # (source net, delay) into this output
+                (src, d) for pin, bits in c.conns.items() if c.dirs.get(pin) != "output"
+                for out, d in _arcs(c, pin) if p.startswith(out) for src in bits if not isinstance(src, str)]
             pending = [src for src, _ in arcs if src not in arrival and src not in visiting]
             if pending and n not in visiting:
                 visiting.add(n)
                 stack.extend(pending)
                 continue
-            best = (CLK_TO_OUT[c.type], None) if not arcs and c.type in CLK_TO_OUT else (0.0, None)
+            best = (CLK_TO_OUT[c.type], None) if _launches(c) else (0.0, None)
             for src, d in arcs:
                 t = arrival.get(src, (0.0, None))[0] + d
                 if t > best[0]:
@@ -164,7 +168,7 @@ def estimate(cells: list[Cell]) -> list[tuple[float, str, list[str]]]:
 
     ends = []
     for c in cells:
-        if c.type in COMBINATIONAL or (c.type == "MULT18X18D" and not _dsp_registered(c)):
+        if c.type in COMBINATIONAL or (c.type == "MULT18X18D" and not _launches(c)):
             continue
         for pin, bits in c.conns.items():
             if c.dirs.get(pin) != "input" or pin in CLOCKS or (c.type == "TRELLIS_DPR16X4" and pin.startswith("RAD")):

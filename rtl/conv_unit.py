@@ -4,13 +4,17 @@ to conv_pre and the SiLU table to xs (the executor's "conv_pre" and "xs"), bit f
 Streams, per token, d_inner / lanes beats of `lanes` int8 x (channels in order) with a `first` flag: set on every
 beat of a sequence's first token, it reads the window as zeros (a new sequence, SPEC 7.3 "zeros at the start").
 Emits per beat `lanes` conv_pre (int8) and `lanes` xs (int8). The window (the d_conv - 1 previous x of every
-channel, oldest first) stays in on-chip memory across tokens: read at issue, registered, written back shifted by
-one with the new x two cycles after issue (with fewer than three rows a layer, a row's window still being written
-is forwarded from the pipeline, so one row per token also works).
+channel, oldest first) stays in on-chip memory across tokens: read at issue, each bank's word registered, the
+addressed bank's selected (rtl.banked), written back shifted by one with the new x three cycles after issue (with
+fewer than four rows a layer, a row's window still being written is forwarded from the pipeline, so one row per
+token also works).
 
 One unit keeps the windows of `n_layer` layers (a decode engine runs every layer's token through it) in one window
-memory, layer-major: layer l's d_inner / lanes rows start at row l * d_inner / lanes (`window_words`), and the window
-address is that base plus the row counter (one add, one block RAM). With n_layer > 1 the input `layer` says whose
+memory, layer-major: layer l's d_inner / lanes rows start at row l * d_inner / lanes (`window_words`, `window_cell`,
+`window_segments`), and the window address is that base plus the row counter (one add). The memory is banked
+(rtl.banked.BankedMemory `win`, Verilog memories `win0`, `win1`, ...; one DP16KD deep a bank by default): mamba-tiny's
+five layers of windows are five block RAMs, and a select among RAMs right behind their 5.8 ns read was the
+engine's critical path. With n_layer > 1 the input `layer` says whose
 window a beat reads and writes: it is part of the `i` beat (valid whenever i.valid, read in the cycle the beat
 transfers), so a token's beats carry its layer and tokens of different layers may follow each other back to back at
 the same cycles; `first` zeroes only that layer's window (it is read as zeros). A one-layer build has no `layer` port
@@ -20,10 +24,10 @@ before its tokens.
 Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
 Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
 
-Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window, w, b, x); 2 data registered, window
-written; 3 taps and weights registered; 4 x*w per tap; 5 b + sum; 8 * m (Pipeline.mul); 9 2 * prod >> s (halves); 10
-rounded, saturated to int8 = conv_pre, SiLU table read; 11 xs: conv_pre and xs into the output FIFO
-(qsim.hw.units.CONV_LATENCY).
+Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window banks, w, b, x); 2 data registered;
+3 the window's bank selected, window written; 4 taps and weights registered; 5 x*w per tap; 6 b + sum; 9 * m
+(Pipeline.mul); 10 2 * prod >> s (halves); 11 rounded, saturated to int8 = conv_pre, SiLU table read; 12 xs: conv_pre
+and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
+from rtl.banked import READ_STAGES, BankedMemory, bank_bits_for
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     NO_RW_CHECK,
@@ -55,7 +60,7 @@ BIAS = signed(32)  # the image's int32 bias (rtl/IMAGE.md 4.4)
 
 
 class ConvUnit(wiring.Component):
-    def __init__(self, *, d_inner: int, d_conv: int, lanes: int, n_layer: int = 1):
+    def __init__(self, *, d_inner: int, d_conv: int, lanes: int, n_layer: int = 1, bank_bits: int | None = None):
         if lanes < 1 or lanes & (lanes - 1) or d_inner % lanes or d_conv < 2 or n_layer < 1:
             raise ValueError(f"conv unit: lanes {lanes} must be a power of two dividing d_inner {d_inner}; "
                              f"d_conv {d_conv} >= 2; n_layer {n_layer} >= 1")
@@ -72,6 +77,9 @@ class ConvUnit(wiring.Component):
         } | ({"layer": In(range(n_layer))} if n_layer > 1 else {}))
         if n_layer == 1:
             self.layer = Const(0)
+        width = 8 * (d_conv - 1) * lanes
+        self.win = BankedMemory(width=width, depth=self.rows * n_layer, name="win",
+                                bank_bits=bank_bits_for(width) if bank_bits is None else bank_bits)
 
     def window_words(self, layer: int) -> range:
         """Layer `layer`'s words of the window memory `win` (row r: lanes channels r*lanes.., d_conv - 1 int8 each,
@@ -79,6 +87,14 @@ class ConvUnit(wiring.Component):
         if not 0 <= layer < self.n_layer:
             raise ValueError(f"conv unit: layer {layer} outside [0, {self.n_layer})")
         return range(layer * self.rows, (layer + 1) * self.rows)
+
+    def window_cell(self, word: int):
+        """The memory cell holding window word `word` (window_words), for a simulation to read."""
+        return self.win.cell(word)
+
+    def window_segments(self, layer: int) -> list[tuple[int, range]]:
+        """Layer `layer`'s window words as (bank, words of that bank), in word order (memory `win{bank}`)."""
+        return self.win.segments(self.window_words(layer))
 
     def load_beats(self, w, b, m: int, s: int, silu) -> list[dict]:
         """The cfg beats of one layer's conv constants (w (d_inner, d_conv), b (d_inner,), m, s, SiLU table)."""
@@ -120,56 +136,55 @@ class ConvUnit(wiring.Component):
         m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         with m.If(issue):
             m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
-        # the windows, layer-major (an attribute for testbenches to peek at); a beat's address: its layer's base (a
-        # table of constants, no multiplier) plus the row
-        m.submodules.win = wmemw = self.win = Memory(shape=unsigned(8 * (K - 1) * L), depth=R * NL, init=[])
-        win_w, win_r = wmemw.write_port(), wmemw.read_port()
+        # the windows, layer-major; a beat's address: its layer's base (a table of constants, no multiplier) plus
+        # the row
+        self.win.build(m)
         w_r, b_r = wmem.read_port(), bmem.read_port()
-        waddr = Signal(range(R * NL))
+        waddr = pl.put(Signal(range(R * NL)), 0)
         m.d.comb += [waddr.eq(Array(Const(i * R, len(waddr)) for i in range(NL))[self.layer] + row),
-                     win_r.addr.eq(waddr), w_r.addr.eq(row), b_r.addr.eq(row)]
+                     w_r.addr.eq(row), b_r.addr.eq(row)]
 
         # ---- stage 1: memory data, registered at stage 2 (a block RAM's clock-to-out leaves no room for logic
-        # behind it); stage 2: the window written back shifted
-        v1, waddr1 = pl.reg(issue, 1, "v"), pl.reg(waddr, 1, "waddr")
-        v2, waddr2 = pl.at(v1, 2), pl.at(waddr1, 2)
-        first2 = pl.at(pl.reg(self.i.payload.first, 1, "first"), 2)
-        x2 = [pl.at(pl.reg(self.i.payload.x[j], 1, f"x{j}"), 2) for j in range(L)]
-        old_win = pl.reg(win_r.data, 2, "win")
-        new_win = Signal(len(win_w.data))
-        if R < 3:  # a row read again before the window of its previous beat is written: forward that window
-            nw3 = pl.reg(new_win, 3, "nw")
-            for st in (4, 3):  # the newest write last
-                hit = pl.at(v1, st) & (pl.at(waddr1, st) == waddr2)
-                old_win = Mux(hit, pl.at(nw3, st), old_win)
+        # behind it); stage 3 (WS): the window's bank selected, the window written back shifted
+        old_win = self.win.read(pl, waddr, 0, "win")
+        v1, WS = pl.reg(issue, 1, "v"), READ_STAGES
+        first_ws = pl.at(pl.reg(self.i.payload.first, 1, "first"), WS)
+        x_ws = [pl.at(pl.reg(self.i.payload.x[j], 1, f"x{j}"), WS) for j in range(L)]
+        new_win = Signal(self.win.width)
+        if R < WS + 1:  # a row read again before the window of its previous beat is written: forward that window
+            nw = pl.reg(new_win, WS + 1, "nw")
+            for st in range(2 * WS, WS, -1):  # the newest write last
+                hit = pl.at(v1, st) & (pl.at(waddr, st) == pl.at(waddr, WS))
+                old_win = Mux(hit, pl.at(nw, st), old_win)
         taps = []
         for j in range(L):
             old = [old_win[(j * (K - 1) + i) * 8:(j * (K - 1) + i + 1) * 8].as_signed() for i in range(K - 1)]
-            xp = [Mux(first2, 0, o) for o in old] + [x2[j]]  # oldest first; zeros at a sequence start
+            xp = [Mux(first_ws, 0, o) for o in old] + [x_ws[j]]  # oldest first; zeros at a sequence start
             m.d.comb += new_win[8 * (K - 1) * j:8 * (K - 1) * (j + 1)].eq(Cat(*xp[1:]))
             taps.append(xp)
-        m.d.comb += [win_w.addr.eq(waddr2), win_w.data.eq(new_win), win_w.en.eq(v2)]
-        # stage 3: taps and weights registered; 4: x*w per tap
+        self.win.write(m, pl.at(waddr, WS), new_win, pl.at(v1, WS))
+        # stage 4: taps and weights registered; 5: x*w per tap
         prods = []
         for j, xp in enumerate(taps):
-            xr = [pl.reg(xp[k], 3, f"xw{j}_{k}", signed(8)) for k in range(K)]
-            wr_ = [pl.at(pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}"), 3)
+            xr = [pl.reg(xp[k], WS + 1, f"xw{j}_{k}", signed(8)) for k in range(K)]
+            wr_ = [pl.at(pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}"), WS + 1)
                    for k in range(K)]
-            prods.append([pl.reg(xr[k] * wr_[k], 4, f"p{j}_{k}", signed(16)) for k in range(K)])
+            prods.append([pl.reg(xr[k] * wr_[k], WS + 2, f"p{j}_{k}", signed(16)) for k in range(K)])
 
-        # ---- stage 5 on: acc = b + sum x*w; requantized; SiLU table
-        pl.put(mult, 5)
+        # ---- stage 6 on: acc = b + sum x*w; requantized; SiLU table
+        SUM = WS + 3
+        pl.put(mult, SUM)
         pre, ports = [], []
         for j in range(L):
             bj = pl.reg(b_r.data[32 * j:32 * (j + 1)].as_signed(), 2, f"b{j}")
-            acc = pl.reg(pl.at(bj, 4) + sum(prods[j]), 5, f"acc{j}", signed(36))
-            prod = pl.mul(acc, mult, 5, f"am{j}")
-            rounded = pl.reg(halves(prod, shift), 5 + MUL_LATENCY + 1, f"r{j}")
+            acc = pl.reg(pl.at(bj, SUM - 1) + sum(prods[j]), SUM, f"acc{j}", signed(36))
+            prod = pl.mul(acc, mult, SUM, f"am{j}")
+            rounded = pl.reg(halves(prod, shift), SUM + MUL_LATENCY + 1, f"r{j}")
             q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
             p = silu.read_port()
             m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
             pre.append(pl.at(q, CONV_STAGE))
             ports.append(p)
-        assert 5 + MUL_LATENCY + 2 == CONV_STAGE - 1
+        assert SUM + MUL_LATENCY + 2 == CONV_STAGE - 1
         out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *(p.data for p in ports)))
         return m

@@ -36,19 +36,21 @@ state. A token with `start` set begins a new sequence: every layer's conv reads 
 scan starts from h = 0. For testbenches (attributes exist once elaborated; in Verilog, instances `conv` and `scan`
 of the engine's module):
 
-  SSM state     `self.scan.banks` (Verilog `scan.state0`, `scan.state1`, ...): layer i at words
+  SSM state     `self.scan.state` (Verilog `scan.state0`, `scan.state1`, ...): layer i at words
                 self.scan.state_words(i) = [i*W, (i+1)*W) (self.scan.state_cell(w) or .state_segments(i) say which
                 bank holds a word), W = d_inner * d_state / scan_lanes; word d * d_state/scan_lanes + c holds
                 h[d, c*scan_lanes + j] in lane j (state_bits each, lane 0 lowest; rtl_vectors.unpack_state)
-  conv window   `self.conv.win` (Verilog `conv.win`): layer i at words self.conv.window_words(i) = [i*d_inner,
-                (i+1)*d_inner), word d holds channel d's previous d_conv - 1 inputs, oldest lowest (int8 each)
+  conv window   `self.conv.win` (Verilog `conv.win0`, `conv.win1`, ...): layer i at words
+                self.conv.window_words(i) = [i*d_inner, (i+1)*d_inner) (self.conv.window_cell(w) or
+                .window_segments(i) say which bank holds a word), word d holds channel d's previous d_conv - 1
+                inputs, oldest lowest (int8 each)
 
 Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step: the cost model's
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 482 cycles a token, per layer in_proj 16 666,
-out_proj 8 730, x_proj 2 074, dt_proj 557, scan 2 082, hadamard 1 254, norm 541, conv 528, tables 518, residual
+other units one element a cycle and a DRAM latency of 8: 255 487 cycles a token, per layer in_proj 16 666,
+out_proj 8 730, x_proj 2 074, dt_proj 557, scan 2 082, hadamard 1 254, norm 541, conv 529, tables 518, residual
 263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 367.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
@@ -504,6 +506,7 @@ class Engine(wiring.Component):
         # ---- cq: the element on its way to its unit
         cq_targets = ("norm", "rq", "table", "conv", "scan", "had", "embed")
         cq = {"v": Signal(name="cq_v"), "val": Signal(signed(64), name="cq_val"), "my": Signal(name="cq_my"),
+              "pm": Signal(len(p_rd.data), name="cq_pm"),
               "uaddr": Signal(len(units["norm"].cfg.payload.addr), name="cq_uaddr"), "kind": Signal(3, name="cq_kind"),
               "saddr": Signal(len(scan.cfg.payload.addr), name="cq_saddr"), "index": Signal(2, name="cq_index"),
               **{f"t_{t}": Signal(name=f"cq_t_{t}") for t in cq_targets}}
@@ -512,7 +515,7 @@ class Engine(wiring.Component):
         with m.If(emit):
             m.d.sync += [cq["v"].eq(1), cq["val"].eq(val), cq["uaddr"].eq(uaddr), cq["kind"].eq(d["kind"]),
                          cq["saddr"].eq((d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)),
-                         cq["index"].eq(d["index"]), cq["my"].eq(d["my"])]
+                         cq["index"].eq(d["index"]), cq["my"].eq(d["my"]), cq["pm"].eq(p_rd.data)]
             m.d.sync += [cq[f"t_{t}"].eq(d[f"t_{t}"]) for t in cq_targets]
         with m.Elif(ready):
             m.d.sync += cq["v"].eq(0)
@@ -520,9 +523,12 @@ class Engine(wiring.Component):
             u = units[t]
             m.d.comb += [u.cfg.valid.eq(cq["v"] & cq[f"t_{t}"]), u.cfg.payload.kind.eq(cq["kind"]),
                          u.cfg.payload.addr.eq(cq["uaddr"]), u.cfg.payload.value.eq(cq["val"])]
-        m.d.comb += [p_rd.addr.eq(e),  # the scan's m_y of element e, read as e enters cq
+        # the scan's m_y of element e, read a cycle before e enters cq (the next element's address while one goes;
+        # a step's first element goes at least the DRAM's latency after e is reset) and registered into cq with it:
+        # no block RAM read ahead of the scan's cfg logic, and a stalled cq holds its m_y
+        m.d.comb += [p_rd.addr.eq(Mux(emit, e + 1, e)),
                      scan.cfg.valid.eq(cq["v"] & cq["t_scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
-                     scan.cfg.payload.data.eq(Mux(cq["my"], p_rd.data | (cq["val"] << su.MY_BITS), cq["val"])),
+                     scan.cfg.payload.data.eq(Mux(cq["my"], cq["pm"] | (cq["val"] << su.MY_BITS), cq["val"])),
                      had.cfg.valid.eq(cq["v"] & cq["t_had"]), had.cfg.payload.addr.eq(cq["index"]),
                      had.cfg.payload.data.eq(cq["val"]),
                      p_wr.addr.eq(e), p_wr.data.eq(val), p_wr.en.eq(emit & d["t_pair"])]

@@ -33,10 +33,10 @@ One unit keeps the state of `n_layer` layers (a decode engine runs every layer's
 token through it), so one state memory, layer-major, serves them all: layer l's
 d_inner*d_state/lanes words start at l * d_inner*d_state/lanes (`state_words`),
 and the state address is that base plus the token's word counter (one add).
-The memory is built as banks of 2**bank_bits words (`banks`; word w is word
-w % 2**bank_bits of bank w >> bank_bits, `state_cell`), each bank's read data
-registered before the token's bank is selected, so no multiplexer sits between a
-block RAM and the first register after it. With n_layer > 1 the input `layer` says whose state a token reads
+The memory is an rtl.banked.BankedMemory of 2**bank_bits words a bank (`state`;
+`state_cell`, `state_segments`), each bank's read data registered before the
+token's bank is selected, so no multiplexer sits between a block RAM and the
+first register after it. With n_layer > 1 the input `layer` says whose state a token reads
 and writes: it is part of the token's bc beat (valid whenever bc.valid, read in
 the cycle that beat transfers, free to change after), so tokens of different
 layers may follow each other back to back at the same cycles; `start` zeroes
@@ -82,6 +82,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
+from rtl.banked import READ_STAGES, BankedMemory
 from rtl.loadable import (
     MULT_BITS,
     SHIFT_BITS,
@@ -144,7 +145,9 @@ class ScanUnit(wiring.Component):
         self.words = d_inner * self.chunks  # state words of one layer
         self.exp_tab = tables.exp2_frac_table()  # spec 6.1: one table for every layer and model
         self.dq_shape = bits_for(-self.dq_limit, self.dq_limit)
-        self.fifo_depth, self.bank_bits = fifo_depth, bank_bits
+        self.fifo_depth = fifo_depth
+        self.state = BankedMemory(width=state_bits * lanes, depth=self.words * n_layer, bank_bits=bank_bits,
+                                  name="state")
         self.lane_bits = (lanes - 1).bit_length()
         self.index_bits = max(((self.words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
                               2)
@@ -172,21 +175,13 @@ class ScanUnit(wiring.Component):
             raise ValueError(f"scan unit: layer {layer} outside [0, {self.n_layer})")
         return range(layer * self.words, (layer + 1) * self.words)
 
-    @property
-    def bank_sizes(self) -> list[int]:
-        """Words of each state bank: state word w is word w % 2**bank_bits of bank w >> bank_bits."""
-        total, size = self.words * self.n_layer, 1 << self.bank_bits
-        return [min(size, total - lo) for lo in range(0, total, size)]
-
     def state_cell(self, word: int):
         """The memory cell holding state word `word` (state_words), for a simulation to read."""
-        return self.banks[word >> self.bank_bits].data[word & ((1 << self.bank_bits) - 1)]
+        return self.state.cell(word)
 
     def state_segments(self, layer: int) -> list[tuple[int, range]]:
         """Layer `layer`'s state words as (bank, words of that bank), in word order (memory `state{bank}`)."""
-        ws, bb = self.state_words(layer), self.bank_bits
-        return [(b, range(max(ws.start - (b << bb), 0), min(ws.stop - (b << bb), 1 << bb)))
-                for b in range(ws.start >> bb, ((ws.stop - 1) >> bb) + 1)]
+        return self.state.segments(self.state_words(layer))
 
     # ---- run-time constants
     def load_cycles(self) -> int:
@@ -248,17 +243,13 @@ class ScanUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m)
-        L, K, D, W, NL, BB = self.lanes, self.chunks, self.d_inner, self.state_bits, self.n_layer, self.bank_bits
+        L, K, D, W, NL = self.lanes, self.chunks, self.d_inner, self.state_bits, self.n_layer
         per_token, work = self.cycles_per_token, self.words
         pad = per_token - work  # idle slots opening a token, so h[d, n] is written before it is read again
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=spec.GATED_BITS, depth=self.fifo_depth)
         # the state: lanes elements per word at layer*work + channel*chunks + chunk (an attribute for tests to peek at)
-        # the state in banks of STATE_BANK_WORDS words: each bank one column of block RAMs whose read data is
-        # registered before a bank is selected (no multiplexer between a block RAM and its first register)
-        banks = self.banks = [Memory(shape=unsigned(W * L), depth=size, init=[]) for size in self.bank_sizes]
-        for b, bank in enumerate(banks):
-            m.submodules[f"state{b}"] = bank
+        self.state.build(m)
         m.submodules.aq = aq = Memory(shape=unsigned(16 * L), depth=work, init=[])
         dq_shape = self.dq_shape
         m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[])
@@ -271,7 +262,6 @@ class ScanUnit(wiring.Component):
                 for _ in range(-(-L // 2))]
         for i, mem in enumerate(exps):
             m.submodules[f"exp{i}"] = mem
-        st_r, st_w = [bank.read_port() for bank in banks], [bank.write_port() for bank in banks]
         aq_r, dq_r = aq.read_port(), dq.read_port()
 
         # ---- run-time constants: cfg beats, one a cycle, accepted between tokens once the pipeline is empty
@@ -342,7 +332,6 @@ class ScanUnit(wiring.Component):
         saddr = Signal(range(work * NL))
         base = Array(Const(i * work, len(saddr)) for i in range(NL))[Mux(first_slot, self.layer, token_layer)]
         m.d.comb += [saddr.eq(base + addr), aq_r.addr.eq(addr), dq_r.addr.eq(d)]
-        m.d.comb += [r.addr.eq(saddr[:BB]) for r in st_r]
         p.put(saddr, 0)
         p.put(d, 0)
 
@@ -358,14 +347,12 @@ class ScanUnit(wiring.Component):
         # ---- memory data, registered (an ECP5 block RAM's clock-to-out leaves no time for logic after it)
         dqv = p.reg(dq_r.data, MEM, "dq", dq_shape)
         dtx, dqx = p.mul(dt, x, 1, "dtx"), p.mul(dqv, x, MEM, "dqx")  # dt*x from stage 1: not memory data
-        # each bank's word registered (MEM), then the token's bank selected (MEM + 1): h is needed at DECAY only
-        words = [p.reg(r.data, MEM, f"hm_bank{b}") for b, r in enumerate(st_r)]
-        bank_of = p.at(saddr, MEM)[BB:]
-        h_word = p.reg(Array(words)[bank_of] if len(words) > 1 else words[0], MEM + 1, "hm", unsigned(W * L))
+        # each bank's word registered (MEM), then the token's bank selected (READ_STAGES): h is needed at DECAY only
+        h_word = self.state.read(p, saddr, 0, "hm")
         hn = []
         for j in range(L):
             h_mem = h_word[j * W:(j + 1) * W].as_signed()
-            h = p.reg(Mux(p.at(start, MEM + 1), 0, h_mem), MEM + 2, f"h{j}")  # a new sequence starts from 0
+            h = p.reg(Mux(p.at(start, READ_STAGES), 0, h_mem), READ_STAGES + 1, f"h{j}")  # a new sequence: h = 0
             a = p.reg(aq_r.data[16 * j:16 * (j + 1)], MEM, f"a{j}")
             # e = dt*a (one DSP: both operands are single pieces), shifted by frac-9 as the product's sum
             # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1: the table is read at t's low
@@ -392,9 +379,7 @@ class ScanUnit(wiring.Component):
             hs = p.reg(p.at(dh_r, FINE) + dbx_r, SUM, f"hs{j}")
             hn.append(p.reg(saturate(hs, signed(W)), WRITE_STAGE, f"hn{j}"))
         waddr = p.at(saddr, WRITE_STAGE)
-        for b, w in enumerate(st_w):
-            m.d.comb += [w.addr.eq(waddr[:BB]), w.data.eq(Cat(hn)),
-                         w.en.eq(p.at(v, WRITE_STAGE) & (waddr[BB:] == b))]
+        self.state.write(m, waddr, Cat(hn), p.at(v, WRITE_STAGE))
 
         # ---- C.h over lanes and chunks, plus D*x, narrowed by spec.scan_acc_shift (round half up). The half
         # rides in with D*x, so the shift is a bit slice: no adder after the accumulator, no extra cycle.

@@ -37,6 +37,11 @@ def compare(name: str, got, expected) -> None:
     scoreboard(got.tolist(), expected.tolist(), lambda i: f"{name} element {i}")
 
 
+def segment_words(dut, segments) -> list[int]:
+    """The words of a banked memory's segments (rtl.banked), in order."""
+    return [w for seg in segments for w in read_words(node(dut, seg["path"]), range(*seg["words"]))]
+
+
 @cocotb.test()
 async def engine_decode(dut):
     tb = TB(dut)
@@ -59,10 +64,10 @@ async def engine_decode(dut):
             where = f"token {t} layer {i}"
             compare(f"{where} residual", [signed(v, rbits) for v in read_words(rbuf, range(dm))], ref["residual"][t, i])
             scan = env["scan_state"][i]
-            words = [w for seg in scan["segments"] for w in read_words(node(dut, seg["path"]), range(*seg["words"]))]
+            words = segment_words(dut, scan["segments"])
             compare(f"{where} SSM state", unpack_state(words, scan["lanes"], scan["bits"]), ref["h"][t, i])
             conv = env["conv_window"][i]
-            words = read_words(node(dut, conv["path"]), range(*conv["words"]))
+            words = segment_words(dut, conv["segments"])
             compare(f"{where} conv window", unpack_state(words, conv["taps"], 8).reshape(-1, conv["taps"]).T,
                     ref["conv"][t, i])
         await RisingEdge(dut.done)

@@ -80,8 +80,9 @@ def state_views(dut: Engine) -> tuple[list, list]:
     scans = [{"segments": [{"path": ["engine", "scan", f"state{b}"], "words": [ws.start, ws.stop]}
                            for b, ws in scan.state_segments(i)], "lanes": scan.lanes, "bits": scan.state_bits}
              for i in range(dut.n_layer)]
-    convs = [{"path": ["engine", "conv", "win"], "words": [ws.start, ws.stop], "taps": dut.K - 1}
-             for ws in map(conv.window_words, range(dut.n_layer))]
+    convs = [{"segments": [{"path": ["engine", "conv", f"win{b}"], "words": [ws.start, ws.stop]}
+                           for b, ws in conv.window_segments(i)], "taps": dut.K - 1}
+             for i in range(dut.n_layer)]
     return scans, convs
 
 

@@ -187,7 +187,7 @@ def conv_windows(ctx, dut) -> list[np.ndarray]:
     K, L = dut.d_conv - 1, dut.lanes
     out = []
     for lay in range(dut.n_layer):
-        raw = np.array([[(ctx.get(dut.win.data[w]) >> 8 * n) & 255 for n in range(L * K)]
+        raw = np.array([[(ctx.get(dut.window_cell(w)) >> 8 * n) & 255 for n in range(L * K)]
                         for w in dut.window_words(lay)], np.int64)
         out.append(np.where(raw > 127, raw - 256, raw).reshape(-1, K).T)
     return out
@@ -256,10 +256,11 @@ def test_conv_unit_layers_interleaved(model):
     token 0, layer 2 token 0, layer 0 token 1, ...), each after a load of its layer's constants: every token's
     conv_pre and xs and each layer's final window equal a separate run's (the traced executor's for layers without
     a restart); the third layer restarts its sequence at token 2, zeroing its window only. The first 128 channels
-    (channels are independent: a smaller but exact problem, with shorter loads)."""
+    (channels are independent: a smaller but exact problem, with shorter loads). Window banks of 8 words (4 rows a
+    layer): the second layer's window straddles two banks."""
     ex, tr = model
     di, lanes = 128, 32
-    dut = ConvUnit(d_inner=di, d_conv=ex.cfg.d_conv, lanes=lanes, n_layer=3)
+    dut = ConvUnit(d_inner=di, d_conv=ex.cfg.d_conv, lanes=lanes, n_layer=3, bank_bits=3)
     layers, firsts = (0, 2, 4), ([1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0])
     xs, beats, refs = [], [], []
     for i, first in zip(layers, firsts):
@@ -284,10 +285,11 @@ def test_conv_unit_layers_interleaved(model):
 def test_conv_unit_layers_back_to_back(gaps):
     """Three layers with shared constants but their own inputs, one row per token, the layer changing with every
     token and no gap between tokens (a layer's window write and the next layer's read in adjacent cycles): every
-    output and each layer's final window equal a separate run's; restarts zero only their layer's window."""
+    output and each layer's final window equal a separate run's; restarts zero only their layer's window. Window
+    banks of two words: consecutive tokens read and write different banks, and the same bank."""
     rng = np.random.default_rng(11)
     d_inner, d_conv, lanes = 8, 4, 8
-    dut = ConvUnit(d_inner=d_inner, d_conv=d_conv, lanes=lanes, n_layer=3)
+    dut = ConvUnit(d_inner=d_inner, d_conv=d_conv, lanes=lanes, n_layer=3, bank_bits=1)
     w, b = rng.integers(-128, 128, (d_inner, d_conv)), rng.integers(-(1 << 20), 1 << 20, d_inner)
     silu = rng.integers(-128, 128, 256)
     firsts = ([1, 0, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 0, 0, 1])
@@ -301,11 +303,13 @@ def test_conv_unit_layers_back_to_back(gaps):
     check_conv_layers(dut, firsts, refs, lanes, jobs, gaps)
 
 
-@pytest.mark.parametrize("d_inner,d_conv,lanes,gaps", [(8, 4, 8, 0.0), (32, 3, 8, 0.4)],
-                         ids=["one-row", "gaps"])
+@pytest.mark.parametrize("d_inner,d_conv,lanes,gaps", [(8, 4, 8, 0.0), (16, 4, 8, 0.0), (24, 4, 8, 0.0),
+                                                      (32, 3, 8, 0.4)],
+                         ids=["one-row", "two-rows", "three-rows", "gaps"])
 def test_conv_unit_extremes(d_inner, d_conv, lanes, gaps):
     """int8 extremes in x and w, int32 extremes in b, the widest multiplier the 2^62 bound allows, saturation
-    at both ends; one row per token (the window write and the next token's read in adjacent cycles)."""
+    at both ends; one, two and three rows per token (a row read again one, two or three cycles after its previous
+    read: before, or in the cycle, its window is written; forwarded from the pipeline)."""
     rng = np.random.default_rng(d_conv)
     dut = ConvUnit(d_inner=d_inner, d_conv=d_conv, lanes=lanes)
     jobs, refs = [], []

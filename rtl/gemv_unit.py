@@ -124,6 +124,7 @@ class GemvUnit(wiring.Component):
         n = Signal(range(self.max_n + 1))
         k1 = Signal(range(self.max_k + 1))  # k - 1, registered: the x loader's last-value test is one compare
         chunks = Signal(range(CM + 1))  # ceil(k / B)
+        chunks1 = Signal(range(CM))  # chunks - 1: "the last chunk" is an equality of two registers, no subtractor
         kw = Signal(range(words + 1))  # x words holding data: ceil(k / L)
         stride = Signal(range(CM * B + 1))
         base = Signal(self.addr_width)
@@ -132,7 +133,7 @@ class GemvUnit(wiring.Component):
         c_chunks = (cmd.k + B - 1) >> lb
         m.d.comb += [self.cmd.ready.eq(~active), accept.eq(self.cmd.valid & ~active)]
         with m.If(accept):
-            m.d.sync += [active.eq(1), n.eq(cmd.n), k1.eq(cmd.k - 1), chunks.eq(c_chunks),
+            m.d.sync += [active.eq(1), n.eq(cmd.n), k1.eq(cmd.k - 1), chunks.eq(c_chunks), chunks1.eq(c_chunks - 1),
                          kw.eq((cmd.k + L - 1) >> ll), stride.eq(c_chunks << lb), base.eq(cmd.base)]
 
         # ---- x: k values into L-wide words; the last word's unused lanes stay 0
@@ -160,18 +161,21 @@ class GemvUnit(wiring.Component):
         def rows_of(left):
             return Mux(left < R, left, R)
 
+        def rows1_of(left):  # rows_of(left) - 1, for left >= 1
+            return Mux(left < R, left - 1, R - 1)
+
         # ---- requests, in beat order: group, chunk, row of the group
         req = self.mem.req
         q_on = Signal()
         q_left = Signal(range(self.max_n + 1))  # rows from this group on
-        q_rows = Signal(range(R + 1))
+        q_rows1 = Signal(range(R))  # the group's rows - 1
         q_j, q_c = Signal(range(R)), Signal(range(CM))
         grp_addr, row_addr = Signal(self.addr_width), Signal(self.addr_width)
         q_off = Signal(range(CM * B + 1))
         m.d.comb += [req.valid.eq(q_on), req.payload.addr.eq(row_addr + q_off),
                      req.payload.beats.eq(chunks if R == 1 else 1)]
         with m.If(accept):
-            m.d.sync += [q_on.eq(1), q_left.eq(cmd.n), q_rows.eq(rows_of(cmd.n)), q_j.eq(0), q_c.eq(0),
+            m.d.sync += [q_on.eq(1), q_left.eq(cmd.n), q_rows1.eq(rows1_of(cmd.n)), q_j.eq(0), q_c.eq(0),
                          grp_addr.eq(cmd.base), row_addr.eq(cmd.base), q_off.eq(0)]
         with m.Elif(req.valid & req.ready):
             if R == 1:  # a row per request
@@ -180,14 +184,14 @@ class GemvUnit(wiring.Component):
                     m.d.sync += q_on.eq(0)
                 m.d.sync += q_left.eq(q_left - 1)
             else:
-                with m.If(q_j != q_rows - 1):
+                with m.If(q_j != q_rows1):
                     m.d.sync += [q_j.eq(q_j + 1), row_addr.eq(row_addr + stride)]
-                with m.Elif(q_c != chunks - 1):
+                with m.Elif(q_c != chunks1):
                     m.d.sync += [q_j.eq(0), q_c.eq(q_c + 1), row_addr.eq(grp_addr), q_off.eq(q_off + B)]
                 with m.Else():
                     nxt = grp_addr + stride * R
                     m.d.sync += [q_j.eq(0), q_c.eq(0), q_off.eq(0), grp_addr.eq(nxt), row_addr.eq(nxt),
-                                 q_left.eq(q_left - R), q_rows.eq(rows_of(q_left - R))]
+                                 q_left.eq(q_left - R), q_rows1.eq(rows1_of(q_left - R))]
                     with m.If(q_left <= R):
                         m.d.sync += q_on.eq(0)
 
@@ -195,7 +199,7 @@ class GemvUnit(wiring.Component):
         dat = self.mem.data
         c_on = Signal()
         c_left = Signal(range(self.max_n + 1))
-        c_rows = Signal(range(R + 1))
+        c_rows1 = Signal(range(R))  # the group's rows - 1
         c_j, c_c = Signal(range(R)), Signal(range(CM))
         col = [Signal(8 * B, name=f"col{j}") for j in range(R - 1)]
         work = [Signal(8 * B, name=f"work{j}") for j in range(R)]
@@ -203,14 +207,14 @@ class GemvUnit(wiring.Component):
         w_c, w_first, w_last = Signal(range(CM)), Signal(), Signal()  # the array's chunk, group begins/ends
         pending = Signal(range(self.fifo_depth + 1))  # groups handed over whose results are not out of the FIFO
         credit = pending < self.fifo_depth
-        last_beat, last_chunk = c_j == c_rows - 1, c_c == chunks - 1
+        last_beat, last_chunk = c_j == c_rows1, c_c == chunks1
         free = ~busy | (p == P - 1)
         take = Signal()
         m.d.comb += [dat.ready.eq(c_on & x_done & (~last_beat | (free & (~last_chunk | credit)))),
                      take.eq(dat.valid & dat.ready)]
         handover = take & last_beat
         with m.If(accept):
-            m.d.sync += [c_on.eq(1), c_left.eq(cmd.n), c_rows.eq(rows_of(cmd.n)), c_j.eq(0), c_c.eq(0)]
+            m.d.sync += [c_on.eq(1), c_left.eq(cmd.n), c_rows1.eq(rows1_of(cmd.n)), c_j.eq(0), c_c.eq(0)]
         with m.Elif(take):
             for j in range(R - 1):
                 with m.If(c_j == j):
@@ -220,7 +224,7 @@ class GemvUnit(wiring.Component):
             with m.Elif(~last_chunk):
                 m.d.sync += [c_j.eq(0), c_c.eq(c_c + 1)]
             with m.Else():
-                m.d.sync += [c_j.eq(0), c_c.eq(0), c_left.eq(c_left - R), c_rows.eq(rows_of(c_left - R))]
+                m.d.sync += [c_j.eq(0), c_c.eq(0), c_left.eq(c_left - R), c_rows1.eq(rows1_of(c_left - R))]
                 with m.If(c_left <= R):
                     m.d.sync += c_on.eq(0)
         with m.If(handover):
@@ -276,8 +280,10 @@ class GemvUnit(wiring.Component):
         o_take = self.o.valid & self.o.ready
         load = fifo.r_rdy & ((ocnt == 0) | ((ocnt == 1) & self.o.ready))
         m.d.comb += [self.o.valid.eq(ocnt != 0), self.o.payload.eq(ob[0]), fifo.r_en.eq(load)]
-        o_rest = o_left - o_take  # when an entry loads, only its predecessor's last output can be transferring
-        m.d.comb += rows_pipe.eq(Mux(o_rest < R, o_rest, R))
+        # when an entry loads, only its predecessor's last output can be transferring: its rows are
+        # rows_of(o_left - o_take), kept in registers for both cases (the output handshake only selects)
+        o_rows, o_rows_m = Signal(range(R + 1)), Signal(range(R + 1))  # rows_of(o_left), rows_of(o_left - 1)
+        m.d.comb += rows_pipe.eq(Mux(o_take, o_rows_m, o_rows))
         with m.If(load):
             m.d.sync += [o.eq(fifo.r_data[ACC_BITS * j:ACC_BITS * (j + 1)].as_signed()) for j, o in enumerate(ob)]
             m.d.sync += ocnt.eq(rows_pipe)
@@ -285,9 +291,9 @@ class GemvUnit(wiring.Component):
             m.d.sync += [ocnt.eq(ocnt - 1)] + [ob[j].eq(ob[j + 1]) for j in range(R - 1)]
         m.d.sync += pending.eq(pending + (handover & last_chunk) - load)
         with m.If(accept):
-            m.d.sync += o_left.eq(cmd.n)
+            m.d.sync += [o_left.eq(cmd.n), o_rows.eq(rows_of(cmd.n)), o_rows_m.eq(rows_of(cmd.n - 1))]
         with m.Elif(o_take):
-            m.d.sync += o_left.eq(o_left - 1)
+            m.d.sync += [o_left.eq(o_left - 1), o_rows.eq(o_rows_m), o_rows_m.eq(rows_of(o_left - 2))]
             with m.If(o_left == 1):
                 m.d.sync += active.eq(0)
         return m

@@ -315,11 +315,17 @@ class ScanUnit(wiring.Component):
         token_layer = Signal(range(NL))  # the layer sent with this token's bc beat, like `hold`
         with m.If(first_slot & self.bc.valid):  # the payload holds until it transfers: capturing early is harmless
             m.d.sync += [hold.eq(self.bc.payload), token_layer.eq(self.layer)]
-        slot_next = Mux(step, Mux(slot == per_token - 1, 0, slot + 1), slot)
+        # the slot flags' next values from registers (the slot after this one, `after`), `step` (which the cfg and
+        # bc handshakes reach) only selecting between kept and advanced: no adder or compare behind it
+        slot_last = Signal(init=per_token == 1)  # == (slot == per_token - 1)
+        after = Mux(slot_last, 0, slot + 1)
         m.d.sync += [quiet.eq(Mux(issue, FIFO_STAGE, Mux(quiet == 0, 0, quiet - 1))),
-                     cfg_ready.eq((slot_next == 0) & ~issue & (quiet <= 1))]
-        m.d.sync += [slot.eq(slot_next), first_slot.eq(slot_next == 0), in_pad.eq(slot_next < pad),
-                     credit.eq((issued - drained)[:cw] + 1 < self.fifo_depth)]
+                     # the next slot is 0 and nothing issues (with a step, issue == ~in_pad)
+                     cfg_ready.eq(Mux(step, slot_last & in_pad, first_slot) & (quiet <= 1))]
+        with m.If(step):
+            m.d.sync += [slot.eq(after), first_slot.eq(slot_last), slot_last.eq(after == per_token - 1),
+                         in_pad.eq(after < pad)]
+        m.d.sync += credit.eq((issued - drained)[:cw] + 1 < self.fifo_depth)
         with m.If(done_issue):
             m.d.sync += issued.eq(issued + 1)
         with m.If(self.o.valid & self.o.ready):

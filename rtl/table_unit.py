@@ -142,7 +142,25 @@ def _round_parts(t, shape):
     """(t >= 2 hi + 1, t < 2 lo - 1, the low width bits of (t + 1) >> 1) for shape's range [lo, hi]."""
     w = shape.width
     lo, hi = shape_range(shape)
-    return t >= 2 * hi + 1, t < 2 * lo - 1, (t[:w + 1] + 1)[1:w + 1]
+    return compare_const(t, 2 * hi + 1, w + 1, ge=True), compare_const(t, 2 * lo - 1, w + 1, ge=False), \
+        (t[:w + 1] + 1)[1:w + 1]
+
+
+def compare_const(t, c: int, k: int, *, ge: bool):
+    """t >= c (ge) or t < c for a wide t and a constant c = hc * 2**k + lc with hc in {0, -1}, 0 <= lc < 2**k: t's
+    bits above k compared with hc by AND/OR trees, only the k low bits by a carry chain (a 60-bit compare is a
+    30-cell carry chain: the RMSNorm's routed critical path ran through one)."""
+    hc, lc = c >> k, c & ((1 << k) - 1)
+    if len(t) <= k + 1 or hc not in (0, -1):
+        return t >= c if ge else t < c
+    high, low = t[k:], t[:k]
+    sign = t[-1] if t.shape().signed else Const(0, 1)
+    if hc == 0:  # high > 0: non-negative and not zero; high == 0
+        above, equal = ~sign & high.any(), ~high.any()
+    else:  # high > -1: non-negative; high == -1
+        above, equal = ~sign, high.all() if t.shape().signed else Const(0, 1)
+    below = ~above & ~equal
+    return above | (equal & (low >= lc)) if ge else below | (equal & (low < lc))
 
 
 def _saturated(shape, over, under, low):

@@ -60,7 +60,8 @@ BIAS = signed(32)  # the image's int32 bias (rtl/IMAGE.md 4.4)
 
 
 class ConvUnit(wiring.Component):
-    def __init__(self, *, d_inner: int, d_conv: int, lanes: int, n_layer: int = 1, bank_bits: int | None = None):
+    def __init__(self, *, d_inner: int, d_conv: int, lanes: int, n_layer: int = 1, bank_bits: int | None = None,
+                 primitive: bool = False):
         if lanes < 1 or lanes & (lanes - 1) or d_inner % lanes or d_conv < 2 or n_layer < 1:
             raise ValueError(f"conv unit: lanes {lanes} must be a power of two dividing d_inner {d_inner}; "
                              f"d_conv {d_conv} >= 2; n_layer {n_layer} >= 1")
@@ -79,7 +80,8 @@ class ConvUnit(wiring.Component):
             self.layer = Const(0)
         width = 8 * (d_conv - 1) * lanes
         self.win = BankedMemory(width=width, depth=self.rows * n_layer, name="win",
-                                bank_bits=bank_bits_for(width) if bank_bits is None else bank_bits)
+                                bank_bits=bank_bits_for(width) if bank_bits is None else bank_bits,
+                                primitive=primitive)
 
     def window_words(self, layer: int) -> range:
         """Layer `layer`'s words of the window memory `win` (row r: lanes channels r*lanes.., d_conv - 1 int8 each,

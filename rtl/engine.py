@@ -96,7 +96,7 @@ DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", 
 
 class Engine(wiring.Component):
     def __init__(self, header: dict, *, scan_lanes: int = 4, had_lanes: int = 4, gemv_lanes: int | None = None,
-                 n_layer: int | None = None):
+                 n_layer: int | None = None, primitives: bool = False):
         h = dict(header)
         B = h["bus_bytes"]
         if B < 8 or h["d_model"] % B or h["d_inner"] % B or h["dt_rank"] % B:
@@ -116,6 +116,7 @@ class Engine(wiring.Component):
             raise ValueError(f"engine: n_layer {n_layer} outside [1, {h['n_layer']}]")
         self.layout, self.offsets = image.layout_of(h)
         self.scan_lanes, self.had_lanes = scan_lanes, had_lanes
+        self.primitives = primitives  # the scan's and conv's DP16KDs instantiated (synthesis; rtl.banked)
         self.gemv_lanes = gemv_lanes or B
         self.max_n = max(2 * self.D, self.R + 2 * self.N, self.dm, self.V)
         self.max_k = max(self.dm, self.D, self.R)
@@ -227,9 +228,11 @@ class Engine(wiring.Component):
         m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16))
         m.submodules.had = had = HadamardUnit(n=D, lanes=HL)
         m.submodules.res = res = ResidualUnit(lanes=1)
-        m.submodules.conv = conv = self.conv = ConvUnit(d_inner=D, d_conv=K, lanes=1, n_layer=NL)
+        m.submodules.conv = conv = self.conv = ConvUnit(d_inner=D, d_conv=K, lanes=1, n_layer=NL,
+                                                        primitive=self.primitives)
         m.submodules.scan = scan = self.scan = ScanUnit(lanes=self.scan_lanes, d_inner=D, d_state=N,
-                                                        state_bits=self.h["state_bits"], n_layer=NL)
+                                                        state_bits=self.h["state_bits"], n_layer=NL,
+                                                        primitive=self.primitives)
 
         # ---- on-chip vectors
         def mem(name, width, depth):

@@ -129,7 +129,7 @@ class ScanUnit(wiring.Component):
     (`config_beats`, `golden_config`)."""
 
     def __init__(self, *, lanes: int, d_inner: int, d_state: int, state_bits: int, n_layer: int = 1,
-                 fifo_depth: int = 32, bank_bits: int = BANK_BITS):
+                 fifo_depth: int = 32, bank_bits: int = BANK_BITS, primitive: bool = False):
         if n_layer < 1:
             raise ValueError(f"scan unit: n_layer {n_layer} must be at least 1")
         if lanes < 1 or lanes > 16 or d_state % lanes:
@@ -147,7 +147,7 @@ class ScanUnit(wiring.Component):
         self.dq_shape = bits_for(-self.dq_limit, self.dq_limit)
         self.fifo_depth = fifo_depth
         self.state = BankedMemory(width=state_bits * lanes, depth=self.words * n_layer, bank_bits=bank_bits,
-                                  name="state")
+                                  name="state", primitive=primitive)
         self.lane_bits = (lanes - 1).bit_length()
         self.index_bits = max(((self.words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
                               2)

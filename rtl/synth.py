@@ -96,13 +96,15 @@ DEVICE = {"luts": 83640, "ffs": 83640, "dsp": 156, "bram": 208, "lutram": 10455}
 def make_engine(artifact: Path = ENGINE_ARTIFACT, bus_bytes: int = 16, scan_lanes: int = 4, had_lanes: int = 4,
                 gemv_lanes: int | None = None):
     """The decode engine built for `artifact`'s image header (its dimensions and formats; nothing of the image's
-    contents reaches the hardware, which reads them through its `mem` port at run time)."""
+    contents reaches the hardware, which reads them through its `mem` port at run time), with the block RAM
+    primitives the RTL instantiates for synthesis (rtl.banked)."""
     from qsim import artifact as art
     from rtl import image
     from rtl.engine import Engine
 
     data, _ = image.build_image(art.load(artifact), bus_bytes)
-    return Engine.for_image(data, scan_lanes=scan_lanes, had_lanes=had_lanes, gemv_lanes=gemv_lanes)
+    return Engine.for_image(data, scan_lanes=scan_lanes, had_lanes=had_lanes, gemv_lanes=gemv_lanes,
+                            primitives=True)
 
 
 def engine_tag(e) -> str:

@@ -5,7 +5,8 @@ first here, on the netlist yosys writes (`python -m rtl synth --engine` caches i
 estimate places nothing: it sees logic depth and fan-out, not the long hops between units that dominate routed
 paths (reports/rtl/synth.md), so it ranks candidates and counts endpoints; Fmax comes from nextpnr only.
 
-Delay model (ns; the ECP5's cells as yosys maps them): a flip-flop's clock-to-out 0.5, a DP16KD block RAM's 4.0,
+Delay model (ns; the ECP5's cells as yosys maps them): a flip-flop's clock-to-out 0.5, a DP16KD block RAM's 4.0
+(1.0 from a port whose output register is in use, REGMODE OUTREG),
 a registered or unregistered MULT18X18D's 1.0 or 4.5; a LUT4 0.45; a PFUMX or L6MUX21 (a slice's wide
 multiplexers) 0.25; a CCU2C carry cell 0.5 into its carry-out or sum, 0.06 along the chain and 0.3 from the
 chain into a sum; a net 0.4 + 0.3 log2(fan-out + 1), but 0.05 from a LUT into its slice's wide multiplexer and
@@ -86,6 +87,13 @@ def _launches(cell: Cell) -> bool:
     return cell.type in CLK_TO_OUT and (cell.type != "MULT18X18D" or _dsp_registered(cell))
 
 
+def _clk_to_out(cell: Cell, pin: str) -> float:
+    """A launching cell's clock-to-out at output `pin` (a DP16KD's DOA/DOB: its port's output register or not)."""
+    if cell.type == "DP16KD" and cell.params.get(f"REGMODE_{pin[2]}", "NOREG").strip() == "OUTREG":
+        return 1.0
+    return CLK_TO_OUT[cell.type]
+
+
 def _arcs(cell: Cell, pin: str) -> list[tuple[str, float]]:
     """(output pin prefix, delay) from an input pin through a combinational cell."""
     t = cell.type
@@ -148,7 +156,7 @@ def estimate(cells: list[Cell]) -> list[tuple[float, str, list[str]]]:
                 visiting.add(n)
                 stack.extend(pending)
                 continue
-            best = (CLK_TO_OUT[c.type], None) if _launches(c) else (0.0, None)
+            best = (_clk_to_out(c, p), None) if _launches(c) else (0.0, None)
             for src, d in arcs:
                 t = arrival.get(src, (0.0, None))[0] + d
                 if t > best[0]:

@@ -65,6 +65,15 @@ def test_a_carry_chain_costs_no_routing_along_it():
     assert t == pytest.approx(0.5 + NET1 + 0.5 + 0.0 + 0.3 + NET1 + timing.SETUP)
 
 
+@pytest.mark.parametrize("regmode,clk_to_out", [("NOREG", 4.0), ("OUTREG", 1.0)])
+def test_a_block_ram_launches_from_its_output_register_when_in_use(regmode, clk_to_out):
+    ram = {"type": "DP16KD", "parameters": {"REGMODE_A": "NOREG", "REGMODE_B": regmode},
+           "port_directions": {"CLKB": "input", "DOB0": "output"}, "connections": {"CLKB": [2], "DOB0": [10]}}
+    t, end, _ = worst(netlist({"r": ram, "l": lut(10, 11), "b": ff(11, 12)}))
+    assert end == "b.DI"
+    assert t == pytest.approx(clk_to_out + NET1 + 0.45 + NET1 + timing.SETUP)
+
+
 def test_fan_out_lengthens_the_net_and_the_report_counts_endpoints():
     cells = {"a": ff(9, 10), **{f"b{i}": ff(10, 20 + i) for i in range(3)}}
     ends = timing.estimate(timing.flatten(netlist(cells)))

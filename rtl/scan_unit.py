@@ -49,8 +49,9 @@ the rounding half of each loaded shift joins the sum of the product's partial
 products (decoded as the constant is written, or from the channel's s_y two
 stages early), and the shift itself is a barrel shifter. frac: t = (dt*a) >> (frac-9), registered,
 then er = (t + 1) >> 1 == rshift_round(dt*a, frac-8) (nested floors); the
-exp table is indexed by t's low 9 bits (entry i: table[((i + 1) >> 1) mod 256]), so its address path holds
-neither a shifter nor an adder; s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
+exp table is indexed by t's low 9 bits (entry i: table[((i + 1) >> 1) mod 256]), so no adder precedes its
+address, and read at the value t is registered from, its word registered (rtl.ebr.RegisteredRom): the block
+RAM's clock-to-out is not followed by the rounding add; s_h: (dt*x*B*m_h + 2**(s_h-1)) >> s_h; s_y:
 per channel, (acc*sz*m_y[d] + 2**(s_y[d]-1)) >> s_y[d], saturated to int16 by
 a masked sign test beside the shifter. (A build with baked constants stored
 m_y[d] << (S - s_y[d]) with S = max s_y so one constant shift served every
@@ -83,6 +84,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from rtl.banked import READ_STAGES, BankedMemory
+from rtl.ebr import RegisteredRom
 from rtl.loadable import (
     MULT_BITS,
     SHIFT_BITS,
@@ -148,6 +150,7 @@ class ScanUnit(wiring.Component):
         self.fifo_depth = fifo_depth
         self.state = BankedMemory(width=state_bits * lanes, depth=self.words * n_layer, bank_bits=bank_bits,
                                   name="state", primitive=primitive)
+        self.primitive = primitive  # block RAMs as DP16KD instances (synthesis; rtl.ebr)
         self.lane_bits = (lanes - 1).bit_length()
         self.index_bits = max(((self.words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
                               2)
@@ -258,10 +261,12 @@ class ScanUnit(wiring.Component):
         # mod 256] (er's low 8 bits depend on t's low 9 only), so no adder sits before the address. In block RAM,
         # a pair of lanes to a memory (its two ports): a 4-port ROM would be a LUT tree behind the address
         exp_words = [int(self.exp_tab[((i + 1) >> 1) & 255]) for i in range(512)]
-        exps = [Memory(shape=unsigned(16), depth=512, init=exp_words, attrs={"ram_style": "block"})
-                for _ in range(-(-L // 2))]
-        for i, mem in enumerate(exps):
-            m.submodules[f"exp{i}"] = mem
+        # read at the address t is registered from, so that its word comes registered (for synthesis, by the
+        # DP16KD's own output register) in the cycle a read of t would give it
+        exps = [RegisteredRom(width=16, init=exp_words, name=f"exp{i}", ports=min(2, L - 2 * i),
+                              primitive=self.primitive) for i in range(-(-L // 2))]
+        for rom in exps:
+            rom.build(m)
         aq_r, dq_r = aq.read_port(), dq.read_port()
 
         # ---- run-time constants: cfg beats, one a cycle, accepted between tokens once the pipeline is empty
@@ -364,13 +369,11 @@ class ScanUnit(wiring.Component):
             # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1: the table is read at t's low
             # 9 bits (exps), the add stays on the integer part's path
             e = p.reg(p.reg(p.at(dt, MEM), MEM + 1, f"e{j}_in0") * p.reg(a, MEM + 1, f"e{j}_in1"), MEM + 2, f"e{j}")
-            t = p.reg(e >> e_sh, EXP, f"et{j}")
+            t_in = e >> e_sh
+            t = p.reg(t_in, EXP, f"et{j}")
             # exponent in 1/256 units: its fraction indexes the 2**-f table, its integer part shifts
             er = (t + 1) >> 1
-            rp = exps[j // 2].read_port()
-            m.d.comb += rp.addr.eq(t[:9])
-            tab = p.put(Signal(unsigned(16), name=f"tab{j}"), EXP + 1)
-            m.d.comb += tab.eq(rp.data)
+            tab = p.put(exps[j // 2].read(m, j % 2, t_in[:9]), EXP + 1)
             ish = p.reg(Mux(er[8:] > 17, 17, er[8:]), EXP + 1, f"ish{j}", unsigned(5))  # >= 17 zeroes any entry
             half = Array(Const(0 if s == 0 else 1 << (s - 1), 17) for s in range(18))[ish]
             rounded = p.reg(tab + half, EXP + 2, f"rnd{j}", unsigned(17))  # add, then shift: a cycle each

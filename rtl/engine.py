@@ -20,9 +20,12 @@ For the clock (reports/rtl/synth.md), the FSM state drives nothing but its succe
 load's address, count, element size, target unit and cfg kind; an op's unit, its reader and writer counts; a
 GEMV's matrix and requantization mode) are a descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded
 as the step ends (step_done) from registers its predecessor filled; the loader, the reader, the writers, the GEMV
-command, the GEMV -> requantizer path and the scan's B/C beat read those registers. A reader's buffer data pass
-through a register before they reach a unit (block RAM's clock-to-out leaves no room for logic behind it), and a
-load step ends on a register (the last element handed on), not on the unit's handshake.
+command, the GEMV -> requantizer path and the scan's B/C beat read those registers. The reader's buffers are read
+two clocks ahead into a skid buffer (rtl.ebr: for synthesis the second clock is the block RAM's own output
+register, as block RAM's clock-to-out leaves no room for logic behind it); the reads and the block RAMs' enables
+depend on registers only, and a unit's ready reaches only the skid's read pointer (it used to enable every buffer's
+read across the chip: the critical path). A load step ends on a register (the last element handed on), not on the
+unit's handshake.
 
 Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
 in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |
@@ -49,9 +52,9 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 487 cycles a token, per layer in_proj 16 666,
-out_proj 8 730, x_proj 2 074, dt_proj 557, scan 2 082, hadamard 1 254, norm 541, conv 529, tables 518, residual
-263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 367.
+other units one element a cycle and a DRAM latency of 8: 255 508 cycles a token, per layer in_proj 16 667,
+out_proj 8 731, x_proj 2 075, dt_proj 558, scan 2 082, hadamard 1 254, norm 541, conv 529, tables 518, residual
+263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 368.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
 ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a
@@ -75,6 +78,7 @@ from rtl import image
 from rtl import scan_unit as su
 from rtl.conv_unit import ConvUnit
 from rtl.dram import read_port
+from rtl.ebr import RegisteredMemory
 from rtl.gemv_unit import GemvUnit
 from rtl.hadamard_unit import HadamardUnit
 from rtl.requant_unit import RequantUnit
@@ -84,6 +88,7 @@ from rtl.table_unit import NO_RW_CHECK, Kind, ResidualUnit, TableUnit
 
 ADDR_BITS = 32
 LEN_BITS = 16
+SKID = 4  # the reader's skid buffer: slots (a power of two, so its pointers wrap)
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
 OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
@@ -234,33 +239,32 @@ class Engine(wiring.Component):
                                                         state_bits=self.h["state_bits"], n_layer=NL,
                                                         primitive=self.primitives)
 
-        # ---- on-chip vectors
-        def mem(name, width, depth):
-            # NO_RW_CHECK: a buffer one op both reads and writes (the residual) writes only elements its reader has
-            # passed; the others are written and read by different steps
+        # ---- on-chip vectors. The reader's buffers are rtl.ebr memories: a word registered into the reader's q
+        # two clocks after its address (for synthesis, the DP16KD's own output register). A buffer one op both
+        # reads and writes (the residual) writes only elements its reader has passed; the others are written and
+        # read by different steps, so no buffer reads a word in the cycle it is written
+        def buf(name, width, depth, granularity=None):
+            b = RegisteredMemory(width=width, depth=depth, name=name, primitive=self.primitives,
+                                 granularity=granularity)
+            b.build(m)
+            return b
+
+        def mem(name, width, depth):  # NO_RW_CHECK: as above
             m.submodules[name] = mm = Memory(shape=unsigned(width), depth=depth, init=[], attrs=NO_RW_CHECK)
             return mm
 
         RB = spec.RESIDUAL_BITS
-        self.rbuf = rbuf = mem("rbuf", RB, dm)  # the residual stream
-        obuf = mem("obuf", RB, dm)  # out_proj, requantized
-        ubuf = mem("ubuf", 8, dm)  # normed
-        xzbuf = mem("xzbuf", 8, 2 * D)
-        xsbuf = mem("xsbuf", 8, D)
-        xpbuf = mem("xpbuf", 8, R + 2 * N)
-        dtbuf = mem("dtbuf", 16, D)
-        szbuf = mem("szbuf", 16, D)
-        ybuf = mem("ybuf", 16 * HL, D // HL)
-        yobuf = mem("yobuf", 8 * HL, D // HL)
+        bufs = {"r": buf("rbuf", RB, dm),  # the residual stream
+                "o": buf("obuf", RB, dm),  # out_proj, requantized
+                "u": buf("ubuf", 8, dm),  # normed
+                "xz": buf("xzbuf", 8, 2 * D), "xs": buf("xsbuf", 8, D), "xp": buf("xpbuf", 8, R + 2 * N),
+                "dt": buf("dtbuf", 16, D), "sz": buf("szbuf", 16, D),
+                "y": buf("ybuf", 16 * HL, D // HL, granularity=16), "yo": buf("yobuf", 8 * HL, D // HL)}
+        self.rbuf = bufs["r"].memory
         self.lbuf = lbuf = mem("lbuf", 32, V)  # logits
         pmem = mem("pmem", 32, D)  # scratch: the scan's m_y until s_y arrives
-        rd_ = {n: mm.read_port() for n, mm in (("r", rbuf), ("o", obuf), ("u", ubuf), ("xz", xzbuf),
-                                                ("xs", xsbuf), ("xp", xpbuf), ("dt", dtbuf), ("sz", szbuf),
-                                                ("y", ybuf), ("yo", yobuf), ("p", pmem))}
-        wr_ = {n: mm.write_port() for n, mm in (("r", rbuf), ("o", obuf), ("u", ubuf), ("xz", xzbuf),
-                                                 ("xs", xsbuf), ("xp", xpbuf), ("dt", dtbuf), ("sz", szbuf),
-                                                 ("yo", yobuf), ("l", lbuf), ("p", pmem))}
-        wr_["y"] = ybuf.write_port(granularity=16)
+        rd_ = {"p": pmem.read_port()}
+        wr_ = {n: b.w for n, b in bufs.items()} | {"l": lbuf.write_port(), "p": pmem.write_port()}
 
         # ---- controller registers
         layer = Signal(range(max(NL, 2)))
@@ -272,15 +276,13 @@ class Engine(wiring.Component):
         # an op's end, wr == d.wn, as a register (set by the write that reaches the count): step_done, which loads
         # every descriptor register, starts from flip-flops
         done = Signal(name="wdone")
-        # a reader's pipeline: the buffers' read data (valid b_v) registered into q (valid q_v, lane q_l), both held
-        # while the unit stalls (the read ports' enable): a unit's input comes from flip-flops, not block RAM
-        b_v, q_v, adv = Signal(name="b_v"), Signal(name="q_v"), Signal(name="adv")
-        b_l, q_l = Signal(max(hl_bits, 1), name="b_l"), Signal(max(hl_bits, 1), name="q_l")
-        q_ = {n: Signal(len(p.data), name=f"q_{n}") for n, p in rd_.items() if n != "p"}
-        for n, q in q_.items():
-            m.d.comb += rd_[n].en.eq(adv)
-            with m.If(adv):
-                m.d.sync += q.eq(rd_[n].data)
+        # the reader: the buffers read at rd two clocks ahead (v1, v2: the words on their way; l1, l2 their yo lane),
+        # every word into a skid buffer of SKID slots (written at wp, taken at rp), the unit offered the oldest one
+        # not taken (or the arriving word when none waits). Reads issue while the words not taken would still fit
+        # if the unit took none: the issue and the block RAMs' enables never wait on a unit's ready
+        v1, v2 = Signal(name="rd_v1"), Signal(name="rd_v2")
+        l1, l2 = Signal(max(hl_bits, 1), name="rd_l1"), Signal(max(hl_bits, 1), name="rd_l2")
+        wp, rp = Signal(range(SKID), name="skid_wp"), Signal(range(SKID), name="skid_rp")
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         e_last = Signal(name="e_last", init=1)  # == (e == d.last), a register: set as e counts and as d changes
@@ -326,7 +328,7 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), b_v.eq(0), q_v.eq(0), mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
+            m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
                          cur_v.eq(0), ld_last.eq(0)]
 
         def written_one():  # done (wr == d.wn) set with the write that reaches the count
@@ -340,22 +342,30 @@ class Engine(wiring.Component):
                 written_one()
 
         # ---- the ops, wired by the descriptor's op flags (o_<op>), not by the state: a unit's valid, a buffer's
-        # write enable and the reader's ready are a flip-flop ANDed in. The reader: element rd is addressed while
-        # its predecessor is in the read data and the one before in q; all advance when q is empty or taken
+        # write enable and the reader's ready are a flip-flop ANDed in
         op = {o: d[f"o_{o}"] for o in OPS}
         ready = Signal()
         m.d.comb += ready.eq(op["norm"] & norm.i.ready | d["gemv"] & gemv.x.ready | op["conv"] & conv.i.ready
                              | op["silu_z"] & table.i.ready | op["scan"] & scan.i.ready
                              | op["hadamard"] & had.i.ready | op["residual"] & res.i.ready)
-        m.d.comb += adv.eq(~q_v | ready)
-        for n, p in rd_.items():
-            if n != "p":
-                m.d.comb += p.addr.eq(rd)
-        m.d.comb += [rd_["xz"].addr.eq(Mux(op["silu_z"], rd + D, rd)), rd_["yo"].addr.eq(rd >> hl_bits)]
-        with m.If(adv):
-            m.d.sync += [b_v.eq(rd < d["rn"]), q_v.eq(b_v), b_l.eq(rd), q_l.eq(b_l)]
-            with m.If(rd < d["rn"]):
-                m.d.sync += rd.eq(rd + 1)
+        # the reader (above): up to SKID - 1 words not taken, so SKID slots never overrun; SKID - 1 = 3 keeps a word
+        # a cycle flowing (two on their way, one waiting) and a stalled unit resumes with words waiting
+        raddr = {"xz": Mux(op["silu_z"], rd + D, rd), "yo": rd >> hl_bits}
+        words = {n: b.read(m, raddr.get(n, rd)) for n, b in bufs.items()}
+        waiting = Signal(range(SKID), name="skid_n")
+        issue, q_v, take = Signal(name="rd_issue"), Signal(name="q_v"), Signal(name="rd_take")
+        m.d.comb += [waiting.eq(wp - rp), issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID - 1)),
+                     q_v.eq((waiting != 0) | v2), take.eq(q_v & ready)]
+        m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(rp + take)]
+        with m.If(issue):
+            m.d.sync += rd.eq(rd + 1)
+        slots = {n: [Signal(len(w), name=f"skid_{n}{i}") for i in range(SKID)] for n, w in {**words, "l": l2}.items()}
+        with m.If(v2):
+            m.d.sync += wp.eq(wp + 1)
+            for n, w in {**words, "l": l2}.items():
+                m.d.sync += Array(slots[n])[wp].eq(w)
+        q_ = {n: Mux(waiting != 0, Array(slots[n])[rp], w) for n, w in {**words, "l": l2}.items()}
+        q_l = q_.pop("l")
         x_of = {"in_proj": q_["u"], "x_proj": q_["xs"], "dt_proj": q_["xp"], "lm_head": q_["u"],
                 "out_proj": Array(q_["yo"][8 * j:8 * j + 8] for j in range(HL))[q_l] if HL > 1 else q_["yo"]}
         m.d.comb += [norm.i.valid.eq(q_v & op["norm"]), gemv.x.valid.eq(q_v & d["gemv"]),

@@ -144,10 +144,14 @@ class GemvUnit(wiring.Component):
         xa = Signal(range(words))
         xl = Signal(range(L))
         word = Signal(8 * L)
-        x_take = Signal()
-        m.d.comb += [self.x.ready.eq(loading), x_take.eq(self.x.valid & loading)]
-        new_word = Cat(*[Mux(xl == j, self.x.payload.as_unsigned(), word[8 * j:8 * j + 8]) for j in range(L)])
+        # each value registered as it arrives (x_take, xin) and stored a cycle later: the sender's valid reaches one
+        # flip-flop here, not the enables of `word` and the counters across the unit. ready drops in the cycle the
+        # last value is stored (x_take & x_last), so a value offered then is not taken
+        x_take, xin = Signal(), Signal(8)
         x_last = xi == k1
+        m.d.comb += self.x.ready.eq(loading & ~(x_take & x_last))
+        m.d.sync += [x_take.eq(self.x.valid & self.x.ready), xin.eq(self.x.payload)]
+        new_word = Cat(*[Mux(xl == j, xin, word[8 * j:8 * j + 8]) for j in range(L)])
         m.d.comb += [xw.addr.eq(xa), xw.data.eq(new_word), xw.en.eq(x_take & ((xl == L - 1) | x_last))]
         with m.If(accept):
             m.d.sync += [loading.eq(1), x_done.eq(0), xi.eq(0), xa.eq(0), xl.eq(0), word.eq(0)]

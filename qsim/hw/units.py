@@ -42,7 +42,8 @@ GEMV unit (weights streamed from memory, rtl/gemv_unit.py; tests/rtl/test_rtl_ge
         C = ceil(k / bus_bytes)  chunks per row      G = ceil(n / rows)  row groups
         r = n - (G - 1) * rows   rows of the last group
         T(q) = max(q, P)         cycles per chunk of a group of q rows
-        first = 1 + max(latency, k + x_delay)   first beat taken (after x is loaded)
+        first = 1 + max(latency, k + x_delay + 1)   first beat taken (after x is loaded: each value is
+                                                   registered as it arrives, stored a cycle later)
         E = GEMV_PIPELINE_LATENCY + ceil(log4(lanes))   (gemv_pipeline_latency)
         G == 1: out = first + r - 1 + (C - 1) * T(r) + P + E
         G > 1:  out = first + rows - 1 + ((G - 1) * C - 1) * T(rows) + P + E + max(C * T(r), rows)
@@ -181,7 +182,7 @@ def gemv_unit_cycles(rows: int, lanes: int, bus_bytes: int, latency: int, n: int
     P = bus_bytes // lanes
     C, G = math.ceil(k / bus_bytes), math.ceil(n / rows)
     r = n - (G - 1) * rows
-    first = 1 + max(latency, k + x_delay)
+    first = 1 + max(latency, k + x_delay + 1)
     tail = P + gemv_pipeline_latency(lanes)
     if G == 1:
         out = first + r - 1 + (C - 1) * max(r, P) + tail

@@ -131,7 +131,7 @@ def test_gemv_unit_memory_bound():
     assert np.array_equal(y, w.astype(np.int64) @ x)
     cycles = [c for c, _ in dram.served]
     assert cycles == list(range(cycles[0], cycles[0] + n * k // bus))
-    assert cycles[0] == t0 + 1 + max(latency, k)
+    assert cycles[0] == t0 + 1 + max(latency, k + 1)  # x registered as it arrives: loaded a cycle after its last
     assert t1 - t0 + 1 == units.gemv_unit_cycles(rows, lanes, bus, latency, n, k) < n * k // bus + k + 20
 
 

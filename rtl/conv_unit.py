@@ -22,7 +22,9 @@ the same cycles; `first` zeroes only that layer's window (it is read as zeros). 
 before its tokens.
 
 Run-time constants (rtl.table_unit's cfg convention): Kind.W w[d, j] at addr (j << index_bits) | d;
-Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. Elaboration: d_inner, d_conv, lanes, n_layer.
+Kind.VEC b[d]; Kind.M m; Kind.S s; Kind.TABLE silu_conv[q + 128]. cfg is always ready; a beat is registered as it
+arrives and written a cycle later (rtl.table_unit.registered_cfg: the sender's valid reaches no write enable),
+holding tokens off in that cycle. Elaboration: d_inner, d_conv, lanes, n_layer.
 
 Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window banks, w, b, x); 2 data registered;
 3 the window's bank selected, window written; 4 taps and weights registered; 5 x*w per tap; 6 b + sum; 9 * m
@@ -48,6 +50,7 @@ from rtl.table_unit import (
     cfg_signature,
     fifo_depth,
     halves,
+    registered_cfg,
     round_saturate_halves,
     scalar_reg,
     table_beats,
@@ -109,9 +112,10 @@ class ConvUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         pl = Pipeline(m)
-        L, K, R, NL, cfg = self.lanes, self.d_conv, self.rows, self.n_layer, self.cfg
+        L, K, R, NL = self.lanes, self.d_conv, self.rows, self.n_layer
         lane_bits = (L - 1).bit_length()
-        m.d.comb += cfg.ready.eq(1)
+        m.d.comb += self.cfg.ready.eq(1)
+        cfg = registered_cfg(m, self.cfg)  # written a cycle after it arrives; no token issues while one is written
 
         # ---- constants: w (rows x lanes x K int8, one byte enable each), b, m, s, the SiLU table
         m.submodules.w = wmem = Memory(shape=unsigned(8 * K * L), depth=R, init=[], attrs=NO_RW_CHECK)
@@ -135,7 +139,7 @@ class ConvUnit(wiring.Component):
         # ---- issue: one row of lanes channels per cycle, rows in order
         out = OutFifo(m, self.o, 16 * L, fifo_depth(CONV_STAGE))
         issue, row = Signal(), Signal(range(R))
-        m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
+        m.d.comb += [self.i.ready.eq(out.room & ~cfg.valid), issue.eq(self.i.valid & self.i.ready)]  # (not on valid)
         with m.If(issue):
             m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
         # the windows, layer-major; a beat's address: its layer's base (a table of constants, no multiplier) plus

@@ -52,8 +52,8 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 508 cycles a token, per layer in_proj 16 667,
-out_proj 8 731, x_proj 2 075, dt_proj 558, scan 2 082, hadamard 1 254, norm 541, conv 529, tables 518, residual
+other units one element a cycle and a DRAM latency of 8: 255 513 cycles a token, per layer in_proj 16 667,
+out_proj 8 731, x_proj 2 075, dt_proj 558, scan 2 083, hadamard 1 254, norm 541, conv 529, tables 518, residual
 263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 368.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op

@@ -56,16 +56,21 @@ def shift_saturate(p, v, s, mask, shape, stage: int, name: str):
     return p.reg(clamp, stage + 1, name, shape)
 
 
-def mul_add(p, a, b, c, stage: int, name: str, retime: bool = False):
-    """a * b + c, as Pipeline.mul (operands taken at `stage`, valid at stage + MUL_LATENCY + retime, the same
-    registered DSP-sized pieces), with c (a signal, taken at stage + 2 + retime) one more term of the sum of
-    partial products: a rounding half rides in with the product, no adder after it."""
+def mul_add(p, a, b, c, stage: int, name: str, retime: bool = False, split: bool = False):
+    """a * b + c, as Pipeline.mul (operands taken at `stage`, valid at stage + MUL_LATENCY + retime + split, the
+    same registered DSP-sized pieces), with c (a signal, taken at stage + 2 + retime) one more term of the sum of
+    partial products: a rounding half rides in with the product, no adder after it. split: the terms summed in
+    two registered halves, then added (one cycle more; for products of many pieces, whose sum is a deep tree)."""
     a, b = (Const(x) if isinstance(x, int) else p.reg(p.at(x, stage), stage + 1, f"{name}_in{i}")
             for i, x in enumerate((a, b)))
     parts = [(oa + ob, p.at(p.reg(pa * pb, stage + 2, f"{name}_pp{oa}_{ob}"), stage + 2 + retime))
              for oa, pa in pieces(a) for ob, pb in pieces(b)]
-    total = sum((pp << off) if off else pp for off, pp in parts) + p.at(c, stage + 2 + retime)
+    terms = [(pp << off) if off else pp for off, pp in parts] + [p.at(c, stage + 2 + retime)]
     sa, sb = a.shape(), b.shape()
     width = max(sa.width + sb.width + (sa.signed != sb.signed), len(c)) + 1
     shape = signed(width) if (sa.signed or sb.signed) else unsigned(width)
-    return p.reg(total, stage + MUL_LATENCY + retime, name, shape)
+    if split:
+        h = len(terms) // 2
+        terms = [p.reg(sum(terms[:h]), stage + 3 + retime, f"{name}_sa", shape),
+                 p.reg(sum(terms[h:]), stage + 3 + retime, f"{name}_sb", shape)]
+    return p.reg(sum(terms), stage + MUL_LATENCY + retime + split, name, shape)

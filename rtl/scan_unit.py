@@ -67,8 +67,8 @@ Pipeline (stage = cycles after issue; every multiply is `Pipeline.mul` or `mul_a
    7 dBx*m_h + half (retimed: 4 cycles)   8 decay*h              12 both rounded (dBx: >> whole bytes of s_h)
   13 dBx >> the rest of s_h               14 decay*h + dBx        15 h = sat(sum): written back; C*h
   19-20 sum over lanes                   20 accumulate chunks (+ D*x + rounding half)
-  21 (acc >> scan_acc_shift) *SiLU(z)   22 m_y, s_y RAM read   24 *m_y[d] + 2**(s_y[d]-1)
-  28 >> whole bytes of s_y[d]           29 >> the rest, saturated to int16, into the output FIFO
+  21 (acc >> scan_acc_shift) *SiLU(z)   22 m_y, s_y RAM read   24 *m_y[d] + 2**(s_y[d]-1) (summed in two halves)
+  29 >> whole bytes of s_y[d]           30 >> the rest, saturated to int16, into the output FIFO
 No stall inside: the issue stage holds off when the output FIFO could fill
 (credits), so back-pressure never reaches the pipeline registers.
 """
@@ -109,7 +109,7 @@ FINE = ROUND + 1  # dBx: the rest of its shift
 SUM = FINE + 1  # decay*h + dBx (a wide add: its saturation compare gets a cycle of its own)
 WRITE_STAGE = SUM + 1  # h = sat(sum) written back; C*h
 ACC = WRITE_STAGE + MUL_LATENCY + 2  # two adder-tree stages (4 lanes each: up to 16 lanes), then accumulate
-FIFO_STAGE = ACC + 1 + 2 * MUL_LATENCY + 2  # gated, multiplied, shifted (two stages): into the output FIFO
+FIFO_STAGE = ACC + 1 + 2 * MUL_LATENCY + 3  # gated, multiplied (its sum split), shifted (two stages): output FIFO
 FIFO_LATENCY = 2  # SyncFIFOBuffered: write to readable
 DEC_BITS = spec.DECAY_BITS
 # m_y: spec 5.1 with |acc * sz| <= 2**24 * 2**15 leaves 1 <= m_y < 2**23
@@ -413,9 +413,10 @@ class ScanUnit(wiring.Component):
         m.d.comb += my_r.addr.eq(p.at(d, gm - MEM))
         my_v, sy = p.reg(my_r.data[:MY_BITS], gm, "my"), p.reg(my_r.data[MY_BITS:], gm, "sy")
         half_y = p.reg(half_of(sy, SHIFT_MAX), gm + 1, "half_y")
-        g = mul_add(p, p.mul(narrow, sz, ACC + 1, "gate"), my_v, half_y, gm, "gm")
-        mask_y = p.reg(sat_mask(p.at(sy, gm + 2), spec.GATED_BITS, len(g)), gm + 3, "mask_y")
-        y = shift_saturate(p, g, p.at(sy, gm + 3), mask_y, signed(spec.GATED_BITS), FIFO_STAGE - 1, "y")
+        # (the gate times m_y is six partial products and the half: their sum in two registered halves)
+        g = mul_add(p, p.mul(narrow, sz, ACC + 1, "gate"), my_v, half_y, gm, "gm", split=True)
+        mask_y = p.reg(sat_mask(p.at(sy, gm + 3), spec.GATED_BITS, len(g)), gm + 4, "mask_y")
+        y = shift_saturate(p, g, p.at(sy, gm + 4), mask_y, signed(spec.GATED_BITS), FIFO_STAGE - 1, "y")
         m.d.comb += [fifo.w_en.eq(p.at(done, FIFO_STAGE)), fifo.w_data.eq(y),
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         return m

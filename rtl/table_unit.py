@@ -26,6 +26,7 @@ holds off when the FIFO could fill, so back-pressure never reaches the pipeline 
 from __future__ import annotations
 
 from enum import IntEnum
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -77,6 +78,15 @@ def vector_write(m: Module, cfg, kind: Kind, mem: Memory, lanes: int, shape, n: 
     for j in range(lanes):
         m.d.comb += w.en[j].eq(hit & ((addr & (lanes - 1)) == j if lanes > 1 else 1))
     return w
+
+
+def registered_cfg(m: Module, cfg) -> SimpleNamespace:
+    """A cfg stream whose ready is always 1, registered on arrival: each beat acted on (written) a cycle after it
+    transfers, so the sender's valid reaches one flip-flop here instead of the unit's write enables. (valid,
+    payload) of the registered beat, for vector_write and scalar_reg; a unit keeps its tokens off while `valid`."""
+    reg = SimpleNamespace(valid=Signal(name="cfg_v"), payload=Signal(cfg.payload.shape(), name="cfg_p"))
+    m.d.sync += [reg.valid.eq(cfg.valid), reg.payload.eq(cfg.payload)]
+    return reg
 
 
 def scalar_reg(m: Module, cfg, kind: Kind, shape, name: str) -> Signal:

@@ -106,7 +106,7 @@ import math
 from qsim.errors import QsimError
 from qsim.hadamard import factor
 
-SCAN_PIPELINE_LATENCY = 31
+SCAN_PIPELINE_LATENCY = 32
 SCAN_RECURRENCE_LATENCY = 16
 HADAMARD_PASS_LATENCY = 11
 GEMV_PIPELINE_LATENCY = 9  # without the adder tree: plus gemv_tree_levels(lanes)

@@ -283,6 +283,7 @@ class Engine(wiring.Component):
         v1, v2 = Signal(name="rd_v1"), Signal(name="rd_v2")
         l1, l2 = Signal(max(hl_bits, 1), name="rd_l1"), Signal(max(hl_bits, 1), name="rd_l2")
         wp, rp = Signal(range(SKID), name="skid_wp"), Signal(range(SKID), name="skid_rp")
+        waiting, held, q_v = Signal(range(SKID), name="skid_n"), Signal(name="skid_held"), Signal(name="q_v")
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         e_last = Signal(name="e_last", init=1)  # == (e == d.last), a register: set as e counts and as d changes
@@ -328,7 +329,8 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
+            m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), held.eq(0), q_v.eq(0),
+                         mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
                          cur_v.eq(0), ld_last.eq(0)]
 
         def written_one():  # done (wr == d.wn) set with the write that reaches the count
@@ -352,11 +354,13 @@ class Engine(wiring.Component):
         # a cycle flowing (two on their way, one waiting) and a stalled unit resumes with words waiting
         raddr = {"xz": Mux(op["silu_z"], rd + D, rd), "yo": rd >> hl_bits}
         words = {n: b.read(m, raddr.get(n, rd)) for n, b in bufs.items()}
-        waiting = Signal(range(SKID), name="skid_n")
-        issue, q_v, take = Signal(name="rd_issue"), Signal(name="q_v"), Signal(name="rd_take")
-        m.d.comb += [waiting.eq(wp - rp), issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID - 1)),
-                     q_v.eq((waiting != 0) | v2), take.eq(q_v & ready)]
-        m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(rp + take)]
+        # (waiting, its count; held, waiting != 0, the payload's select; q_v, held | v2, the units' valid: each a
+        # register, the select's fan-out apart from the valid's)
+        issue, take = Signal(name="rd_issue"), Signal(name="rd_take")
+        m.d.comb += [issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID - 1)), take.eq(q_v & ready)]
+        after = waiting + v2 - take
+        m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(rp + take), waiting.eq(after),
+                     held.eq(after != 0), q_v.eq((after != 0) | v1)]
         with m.If(issue):
             m.d.sync += rd.eq(rd + 1)
         slots = {n: [Signal(len(w), name=f"skid_{n}{i}") for i in range(SKID)] for n, w in {**words, "l": l2}.items()}
@@ -364,7 +368,7 @@ class Engine(wiring.Component):
             m.d.sync += wp.eq(wp + 1)
             for n, w in {**words, "l": l2}.items():
                 m.d.sync += Array(slots[n])[wp].eq(w)
-        q_ = {n: Mux(waiting != 0, Array(slots[n])[rp], w) for n, w in {**words, "l": l2}.items()}
+        q_ = {n: Mux(held, Array(slots[n])[rp], w) for n, w in {**words, "l": l2}.items()}
         q_l = q_.pop("l")
         x_of = {"in_proj": q_["u"], "x_proj": q_["xs"], "dt_proj": q_["xp"], "lm_head": q_["u"],
                 "out_proj": Array(q_["yo"][8 * j:8 * j + 8] for j in range(HL))[q_l] if HL > 1 else q_["yo"]}

@@ -6,10 +6,11 @@ once more before any logic (the reader's buffers into `q`, rtl.banked's banks) i
 synthesis that register is the block's own. Two builds of one behaviour:
 - default (what the simulators run): an Amaranth memory with yosys's no_rw_check, its read port and a fabric
   register, both enabled by `en`;
-- `primitive=True` (`python -m rtl synth --engine`): DP16KD instances, 1024 x 18 each (COLUMN), port A writing,
+- `primitive=True` (`python -m rtl synth --engine`): DP16KD instances, 1024 x 18 each (2048 x 9 for a memory
+  deeper than 1024 words: COLUMNS), port A writing,
   port B reading with CEB = OCEB = `en` and its output register in use (REGMODE_B OUTREG, reset synchronously to 0
   like the fabric register). yosys's ECP5 memory mapping never enables that register. A memory deeper than one
-  block (1024 words) keeps the default build.
+  block (2048 words) keeps the default build.
 A read in the cycle that writes the same word is undefined in both builds (a DP16KD's ports collide); no user of
 this module reads a word in the cycle it is written (each says why). tests/rtl/test_rtl_ebr.py runs the primitive
 build against a pin-level model of the DP16KD modes it sets.
@@ -25,6 +26,12 @@ from amaranth.lib.memory import Memory
 from rtl.table_unit import NO_RW_CHECK
 
 COLUMN = (10, 18)  # a primitive's block RAMs: 1024 words of 18 bits each (DP16KD DATA_WIDTH 18)
+COLUMNS = (COLUMN, (11, 9))  # ... or 2048 words of 9 bits (DATA_WIDTH 9), for deeper memories
+
+
+def column_for(depth: int) -> tuple[int, int] | None:
+    """(address bits, data bits) of the shallowest DP16KD mode holding `depth` words, None beyond 2048."""
+    return next((c for c in COLUMNS if depth <= 1 << c[0]), None)
 
 
 def init_params(words) -> dict:
@@ -38,24 +45,27 @@ def init_params(words) -> dict:
     return out
 
 
-def dp16kd(a: tuple, b: tuple, init=()) -> Instance:
-    """One DP16KD, 1024 x 18 (COLUMN). Each port is ("write", addr, data, en): `data` written at `addr` where
+def dp16kd(a: tuple, b: tuple, init=(), column=COLUMN) -> Instance:
+    """One DP16KD, 1024 x 18 (COLUMN) or 2048 x 9. Each port is ("write", addr, data, en): `data` written at `addr` where
     `en` (both byte enables set); or ("read", addr, data, en): the word at `addr` latched where `en` and taken by
     the port's output register where `en` too (REGMODE OUTREG, reset synchronously to 0), `data` two enabled clocks
-    after its address. In x18 mode a port's address is AD[13:4]; a writing port's AD[1:0] are its byte enables."""
-    abits, dbits = COLUMN
+    after its address. A port's address is AD[13:4] in x18 mode, AD[13:3] in x9; in x18 a writing port's AD[1:0]
+    are its byte enables. `init` (x18 only): the words the array starts with."""
+    abits, dbits = column
+    low = 14 - abits  # the address's lowest pin
     pins, params = {}, {}
     for port, (kind, addr, data, en) in zip("AB", (a, b), strict=True):
         write = kind == "write"
         pins |= {f"i_CLK{port}": ClockSignal(), f"i_CE{port}": 1 if write else en, f"i_OCE{port}": 1 if write else en,
                  f"i_WE{port}": en if write else 0, f"i_RST{port}": 0 if write else ResetSignal()}
         pins |= {f"i_CS{port}{i}": 0 for i in range(3)}
-        pins |= {f"i_AD{port}{i}": int(write and i < 2) for i in range(4)}
-        pins |= {f"i_AD{port}{4 + i}": addr[i] for i in range(abits)}
-        pins |= {f"i_DI{port}{i}": data[i] if write else 0 for i in range(dbits)}
+        pins |= {f"i_AD{port}{i}": int(write and i < 2 and dbits == 18) for i in range(low)}
+        pins |= {f"i_AD{port}{low + i}": addr[i] for i in range(abits)}
+        pins |= {f"i_DI{port}{i}": data[i] if write and i < dbits else 0 for i in range(18)}
         pins |= {} if write else {f"o_DO{port}{i}": data[i] for i in range(dbits)}
         params |= {f"p_REGMODE_{port}": "NOREG" if write else "OUTREG", f"p_WRITEMODE_{port}": "NORMAL",
                    f"p_DATA_WIDTH_{port}": dbits, f"p_CSDECODE_{port}": "0b000"}
+    assert not init or column == COLUMN
     return Instance("DP16KD", p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_GSR="DISABLED", **params,
                     **init_params(init), **pins)
 
@@ -70,12 +80,13 @@ class RegisteredMemory:
         if width < 1 or depth < 1 or width % g:
             raise ValueError(f"memory {name}: width {width}, depth {depth} >= 1, granularity {g} dividing the width")
         self.width, self.depth, self.name, self.granularity = width, depth, name, g
-        self.primitive = primitive and depth <= 1 << COLUMN[0]
+        self.column = column_for(depth)
+        self.primitive = primitive and self.column is not None
         self.memory = None if self.primitive else Memory(shape=unsigned(width), depth=depth, init=[],
                                                          attrs=NO_RW_CHECK)
 
     def build(self, m: Module) -> None:
-        abits = COLUMN[0] if self.primitive else max((self.depth - 1).bit_length(), 1)
+        abits = self.column[0] if self.primitive else max((self.depth - 1).bit_length(), 1)
         self.raddr, self.waddr = Signal(abits, name=f"{self.name}_ra"), Signal(abits, name=f"{self.name}_wa")
         self.ren, self.wdata = Signal(name=f"{self.name}_re"), Signal(self.width, name=f"{self.name}_wd")
         self.wen = Signal(self.width // self.granularity, name=f"{self.name}_we")
@@ -91,7 +102,7 @@ class RegisteredMemory:
             with m.If(self.ren):
                 m.d.sync += self.q.eq(r.data)
             return
-        g, dbits = self.granularity, COLUMN[1]
+        g, dbits = self.granularity, self.column[1]
         cols = -(-g // dbits)
         for j in range(self.width // g):
             wdata, rdata = Signal(cols * dbits), Signal(cols * dbits, name=f"{self.name}_{j}_do")
@@ -99,7 +110,7 @@ class RegisteredMemory:
             for c in range(cols):
                 m.submodules[f"{self.name}_{j}_{c}"] = dp16kd(
                     ("write", self.waddr, wdata[c * dbits:(c + 1) * dbits], self.wen[j]),
-                    ("read", self.raddr, rdata[c * dbits:(c + 1) * dbits], self.ren))
+                    ("read", self.raddr, rdata[c * dbits:(c + 1) * dbits], self.ren), column=self.column)
 
     def read(self, m: Module, addr, en=1) -> Signal:
         """The word at `addr` two clocks later (`q`), both steps taken where `en` and held otherwise (set `addr`

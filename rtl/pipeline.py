@@ -34,10 +34,15 @@ def shape_range(shape: Shape) -> tuple[int, int]:
 
 
 def saturate(v, shape: Shape):
-    """Clamp to the range of `shape` (qsim.spec.saturate)."""
+    """Clamp to the range of `shape` (qsim.spec.saturate). A signed value into a signed shape fits iff its bits from
+    the shape's sign bit up are all equal: AND/OR trees, not the two wide compares (carry chains) of the general
+    case (the scan's 66-bit state sum through them was a routed critical path)."""
     w = shape.width
     lo, hi = shape_range(shape)
     low = v[:w].as_signed() if shape.signed else v[:w]
+    if shape.signed and v.shape().signed and len(v) > w:
+        top = v[w - 1:]
+        return Mux(top.all() | ~top.any(), low, Mux(v[-1], Const(lo, shape), Const(hi, shape)))
     return Mux(v > hi, Const(hi, shape), Mux(v < lo, Const(lo, shape), low))
 
 

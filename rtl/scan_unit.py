@@ -79,12 +79,11 @@ import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from rtl.banked import READ_STAGES, BankedMemory
-from rtl.ebr import RegisteredRom
+from rtl.ebr import RegisteredMemory, RegisteredRom
 from rtl.loadable import (
     MULT_BITS,
     SHIFT_BITS,
@@ -253,10 +252,15 @@ class ScanUnit(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=spec.GATED_BITS, depth=self.fifo_depth)
         # the state: lanes elements per word at layer*work + channel*chunks + chunk (an attribute for tests to peek at)
         self.state.build(m)
-        m.submodules.aq = aq = Memory(shape=unsigned(16 * L), depth=work, init=[])
+        # the per-channel constants, each read word registered (rtl.ebr: for synthesis, the block RAM's own
+        # output register; the read a_q word had gone 5.8 ns from its block RAM straight to a register across
+        # the chip); written only between tokens
+        aq = RegisteredMemory(width=16 * L, depth=work, name="aq", primitive=self.primitive, granularity=16)
         dq_shape = self.dq_shape
-        m.submodules.dq = dq = Memory(shape=dq_shape, depth=D, init=[])
-        m.submodules.my = my = Memory(shape=unsigned(MY_BITS + SHIFT_BITS), depth=D, init=[])
+        dq = RegisteredMemory(width=dq_shape.width, depth=D, name="dq", primitive=self.primitive)
+        my = RegisteredMemory(width=MY_BITS + SHIFT_BITS, depth=D, name="my", primitive=self.primitive)
+        for mem in (aq, dq, my):
+            mem.build(m)
         # the 2**-f table indexed by t's low 9 bits, not by er = (t + 1) >> 1: entry i holds table[((i + 1) >> 1)
         # mod 256] (er's low 8 bits depend on t's low 9 only), so no adder sits before the address. In block RAM,
         # a pair of lanes to a memory (its two ports): a 4-port ROM would be a LUT tree behind the address
@@ -267,7 +271,6 @@ class ScanUnit(wiring.Component):
                               primitive=self.primitive) for i in range(-(-L // 2))]
         for rom in exps:
             rom.build(m)
-        aq_r, dq_r = aq.read_port(), dq.read_port()
 
         # ---- run-time constants: cfg beats, one a cycle, accepted between tokens once the pipeline is empty
         # (no token reads a constant while it changes); a waiting beat holds the next token off
@@ -275,7 +278,7 @@ class ScanUnit(wiring.Component):
         cfg_ready = Signal(init=1)  # == first_slot & (quiet == 0), registered: the loader's handshake reads a flip-flop
         kind, index = cfg.addr[self.index_bits:], cfg.addr[:self.index_bits]
         write = Signal()
-        aq_w, dq_w, my_w = aq.write_port(granularity=16), dq.write_port(), my.write_port()
+        aq_w, dq_w, my_w = aq.w, dq.w, my.w
         lane = index[:self.lane_bits] if self.lane_bits else Const(0, 1)
         m.d.comb += [write.eq(self.cfg.valid & self.cfg.ready),
                      aq_w.addr.eq(index[self.lane_bits:]), aq_w.data.eq(Cat(*[cfg.data[:16]] * L)),
@@ -342,7 +345,8 @@ class ScanUnit(wiring.Component):
         # the state address: the token's layer base (a table of constants, no multiplier) plus the word counter
         saddr = Signal(range(work * NL))
         base = Array(Const(i * work, len(saddr)) for i in range(NL))[Mux(first_slot, self.layer, token_layer)]
-        m.d.comb += [saddr.eq(base + addr), aq_r.addr.eq(addr), dq_r.addr.eq(d)]
+        m.d.comb += saddr.eq(base + addr)
+        aq_word, dq_word = p.put(aq.read(m, addr), MEM), dq.read(m, d)
         p.put(saddr, 0)
         p.put(d, 0)
 
@@ -356,7 +360,8 @@ class ScanUnit(wiring.Component):
         C = [p.reg(chunk(bc.c, j), 1, f"c{j}") for j in range(L)]
 
         # ---- memory data, registered (an ECP5 block RAM's clock-to-out leaves no time for logic after it)
-        dqv = p.reg(dq_r.data, MEM, "dq", dq_shape)
+        dqv = p.put(Signal(dq_shape, name="dqv"), MEM)
+        m.d.comb += dqv.eq(dq_word.as_signed())
         dtx, dqx = p.mul(dt, x, 1, "dtx"), p.mul(dqv, x, MEM, "dqx")  # dt*x from stage 1: not memory data
         # each bank's word registered (MEM), then the token's bank selected (READ_STAGES): h is needed at DECAY only
         h_word = self.state.read(p, saddr, 0, "hm")
@@ -364,7 +369,8 @@ class ScanUnit(wiring.Component):
         for j in range(L):
             h_mem = h_word[j * W:(j + 1) * W].as_signed()
             h = p.reg(Mux(p.at(start, READ_STAGES), 0, h_mem), READ_STAGES + 1, f"h{j}")  # a new sequence: h = 0
-            a = p.reg(aq_r.data[16 * j:16 * (j + 1)], MEM, f"a{j}")
+            a = p.put(Signal(16, name=f"a{j}"), MEM)
+            m.d.comb += a.eq(aq_word[16 * j:16 * (j + 1)])
             # e = dt*a (one DSP: both operands are single pieces), shifted by frac-9 as the product's sum
             # stage would register it; then rshift_round(e, frac-8) = (t + 1) >> 1: the table is read at t's low
             # 9 bits (exps), the add stays on the integer part's path
@@ -409,9 +415,10 @@ class ScanUnit(wiring.Component):
 
         # ---- gate, times the channel's m_y (read late: the channel index rides down the pipeline instead of
         # the multiplier), plus the rounding half of its shift s_y; shifted by s_y and saturated
-        my_r, gm = my.read_port(), ACC + 1 + MUL_LATENCY
-        m.d.comb += my_r.addr.eq(p.at(d, gm - MEM))
-        my_v, sy = p.reg(my_r.data[:MY_BITS], gm, "my"), p.reg(my_r.data[MY_BITS:], gm, "sy")
+        gm = ACC + 1 + MUL_LATENCY
+        my_word = my.read(m, p.at(d, gm - MEM))
+        my_v, sy = p.put(Signal(MY_BITS, name="my"), gm), p.put(Signal(SHIFT_BITS, name="sy"), gm)
+        m.d.comb += [my_v.eq(my_word[:MY_BITS]), sy.eq(my_word[MY_BITS:])]
         half_y = p.reg(half_of(sy, SHIFT_MAX), gm + 1, "half_y")
         # (the gate times m_y is six partial products and the half: their sum in two registered halves)
         g = mul_add(p, p.mul(narrow, sz, ACC + 1, "gate"), my_v, half_y, gm, "gm", split=True)

@@ -19,13 +19,14 @@ from rtl.ebr import RegisteredMemory, RegisteredRom
 
 
 @pytest.mark.parametrize("primitive", [False, True], ids=["memory", "dp16kd"])
-@pytest.mark.parametrize("width,granularity", [(20, None), (64, 16), (8, None)], ids=["two-columns", "granules",
-                                                                                     "narrow"])
-def test_reads_two_clocks_later_and_hold_while_not_enabled(primitive, width, granularity, monkeypatch):
+@pytest.mark.parametrize("width,granularity,depth", [(20, None, 40), (64, 16, 40), (8, None, 40), (64, 16, 1500)],
+                         ids=["two-columns", "granules", "narrow", "x9-granules"])
+def test_reads_two_clocks_later_and_hold_while_not_enabled(primitive, width, granularity, depth, monkeypatch):
     """Each cycle a random read (enabled 60 % of the time) and a random write (per granule) of another word: the
-    output is the word the last enabled read addressed, as the writes before that read left it, two clocks on."""
+    output is the word the last enabled read addressed, as the writes before that read left it, two clocks on.
+    A memory deeper than 1024 words is built of 2048 x 9 blocks (a 16-bit granule two of them)."""
     monkeypatch.setattr(rtl.ebr, "Instance", DP16KDModel)
-    depth, g = 40, granularity or width
+    g = granularity or width
     lanes = width // g
     m = Module()
     mem = RegisteredMemory(width=width, depth=depth, name="t", primitive=primitive, granularity=granularity)
@@ -35,14 +36,15 @@ def test_reads_two_clocks_later_and_hold_while_not_enabled(primitive, width, gra
     q = mem.read(m, raddr, ren)
     mem.write(m, waddr, wdata, wen)
     rng = random.Random(width)
+    pool = rng.sample(range(depth), min(depth, 40))  # words spread over the whole depth, each used often
     model, want, got = [0] * depth, [], []
     latch = out = 0  # the enabled read's word, then the registered one (the hardware's two steps)
 
     async def bench(ctx):
         nonlocal latch, out
         for _ in range(500):
-            r, en = rng.randrange(depth), rng.random() < 0.6
-            w = (r + 1 + rng.randrange(depth - 1)) % depth  # never the word read this cycle
+            r, en = rng.choice(pool), rng.random() < 0.6
+            w = rng.choice([a for a in pool if a != r])  # never the word read this cycle
             d, we = rng.randrange(1 << width), rng.randrange(1 << lanes)
             if en:  # both steps move together: the output takes the previous enabled read's word
                 latch, out = model[r], latch
@@ -65,8 +67,9 @@ def test_reads_two_clocks_later_and_hold_while_not_enabled(primitive, width, gra
 
 
 def test_deeper_than_one_block_keeps_the_memory_build():
-    mem = RegisteredMemory(width=8, depth=2048, name="t", primitive=True)
-    assert not mem.primitive and mem.memory.depth == 2048
+    assert RegisteredMemory(width=8, depth=2048, name="t", primitive=True).column == (11, 9)
+    mem = RegisteredMemory(width=8, depth=2049, name="t", primitive=True)
+    assert not mem.primitive and mem.memory.depth == 2049
     mem.memory._MustUse__silence = True
 
 

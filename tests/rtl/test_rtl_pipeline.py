@@ -1,4 +1,5 @@
-"""Amaranth-simulator tests of rtl.pipeline's fabric multiplier (the GEMV's int8 products, no DSP)."""
+"""Amaranth-simulator tests of rtl.pipeline's fabric multiplier (the GEMV's int8 products, no DSP) and its
+saturation against qsim.spec."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ pytest.importorskip("amaranth")
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
-from rtl.pipeline import Pipeline
+from qsim import spec
+from rtl.pipeline import Pipeline, saturate
 
 
 def products(b_signed: bool, pairs: list[tuple[int, int]]) -> list[int]:
@@ -43,3 +45,24 @@ def test_fabric_product_equals_a_times_b(b_signed):
     rng = random.Random(7)
     pairs = corners + [(rng.randint(-128, 127), rng.randint(lo, hi)) for _ in range(3000)]
     assert products(b_signed, pairs) == [x * y for x, y in pairs]
+
+
+@pytest.mark.parametrize("vbits,wbits", [(12, 5), (9, 8), (6, 6), (4, 7)])
+def test_saturate_equals_the_integer_clamp(vbits, wbits):
+    """Every value of a signed vbits-bit signal into signed(wbits): the carry-free fit test (vbits > wbits) and
+    the plain cases give qsim.spec.saturate's clamp."""
+    m = Module()
+    v, out = Signal(signed(vbits)), Signal(signed(wbits))
+    m.d.comb += out.eq(saturate(v, signed(wbits)))
+    got = {}
+
+    async def bench(ctx):
+        for x in range(-(1 << (vbits - 1)), 1 << (vbits - 1)):
+            ctx.set(v, x)
+            got[x] = ctx.get(out)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    want = dict(zip(got, spec.saturate(list(got), wbits)[0].tolist(), strict=True))
+    assert got == want and len(got) == 1 << vbits

@@ -121,7 +121,7 @@ class Engine(wiring.Component):
             raise ValueError(f"engine: n_layer {n_layer} outside [1, {h['n_layer']}]")
         self.layout, self.offsets = image.layout_of(h)
         self.scan_lanes, self.had_lanes = scan_lanes, had_lanes
-        self.primitives = primitives  # the scan's and conv's DP16KDs instantiated (synthesis; rtl.banked)
+        self.primitives = primitives  # block RAMs as DP16KD instances with output registers (synthesis; rtl.ebr)
         self.gemv_lanes = gemv_lanes or B
         self.max_n = max(2 * self.D, self.R + 2 * self.N, self.dm, self.V)
         self.max_k = max(self.dm, self.D, self.R)
@@ -239,8 +239,8 @@ class Engine(wiring.Component):
                                                         state_bits=self.h["state_bits"], n_layer=NL,
                                                         primitive=self.primitives)
 
-        # ---- on-chip vectors. The reader's buffers are rtl.ebr memories: a word registered into the reader's q
-        # two clocks after its address (for synthesis, the DP16KD's own output register). A buffer one op both
+        # ---- on-chip vectors. The reader's buffers are rtl.ebr memories: a word registered two clocks after its
+        # address, into the reader's skid buffer (for synthesis, the DP16KD's own output register). A buffer one op both
         # reads and writes (the residual) writes only elements its reader has passed; the others are written and
         # read by different steps, so no buffer reads a word in the cycle it is written
         def buf(name, width, depth, granularity=None):

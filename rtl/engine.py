@@ -501,10 +501,10 @@ class Engine(wiring.Component):
 
     def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w, written):
         """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
-        a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq`, which presents it
-        as a cfg beat to the target unit (its own copy of the target: the last beat may reach the unit in the next
-        step's first cycle); ld_done when the last element is in cq (for the embedding row: its last requantized
-        value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
+        a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq` (a skid register
+        behind it), which presents it as a cfg beat to the target unit (its own copy of the target: the last beat may
+        reach the unit in the next step's first cycle); ld_done when the last element is in cq, the skid empty (for
+        the embedding row: its last requantized value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
         next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
         lst, e, last, last_m1, cur, cur_v, jb, emit, ld_last = regs
         p_rd, p_wr = ports
@@ -520,37 +520,45 @@ class Engine(wiring.Component):
         kb = (K - 1).bit_length()
         uaddr = Mux(d["addr0"], 0, Mux(d["convw"], ((e & (K - 1)) << conv.index_bits) | (e >> kb), e))
 
-        # ---- cq: the element on its way to its unit
+        # ---- cq: the element on its way to its unit, a valid flag per target (each unit's cfg valid a flip-flop),
+        # with a skid register `sk` behind it: an element goes (emit) while the skid is empty, so the units' ready
+        # reaches only cq's and the skid's enables, never the burst's counters and beat registers behind emit
         cq_targets = ("norm", "rq", "table", "conv", "scan", "had", "embed")
-        cq = {"v": Signal(name="cq_v"), "val": Signal(signed(64), name="cq_val"), "my": Signal(name="cq_my"),
-              "pm": Signal(len(p_rd.data), name="cq_pm"),
-              "uaddr": Signal(len(units["norm"].cfg.payload.addr), name="cq_uaddr"), "kind": Signal(3, name="cq_kind"),
-              "saddr": Signal(len(scan.cfg.payload.addr), name="cq_saddr"), "index": Signal(2, name="cq_index"),
-              **{f"t_{t}": Signal(name=f"cq_t_{t}") for t in cq_targets}}
-        ready = ~(cq["t_scan"] & ~scan.cfg.ready) & ~(cq["t_had"] & ~had.cfg.ready) & ~(cq["t_embed"] & ~rq.i.ready)
-        m.d.comb += emit.eq(cur_v & (~cq["v"] | ready))
-        with m.If(emit):
-            m.d.sync += [cq["v"].eq(1), cq["val"].eq(val), cq["uaddr"].eq(uaddr), cq["kind"].eq(d["kind"]),
-                         cq["saddr"].eq((d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)),
-                         cq["index"].eq(d["index"]), cq["my"].eq(d["my"]), cq["pm"].eq(p_rd.data)]
-            m.d.sync += [cq[f"t_{t}"].eq(d[f"t_{t}"]) for t in cq_targets]
-        with m.Elif(ready):
-            m.d.sync += cq["v"].eq(0)
+        fields = {"val": signed(64), "my": 1, "pm": len(p_rd.data), "uaddr": len(units["norm"].cfg.payload.addr),
+                  "kind": 3, "saddr": len(scan.cfg.payload.addr), "index": 2}
+        cq = {f: Signal(w, name=f"cq_{f}") for f, w in fields.items()}
+        sk = {f: Signal(w, name=f"sk_{f}") for f, w in fields.items()}
+        cq_v = {t: Signal(name=f"cq_v_{t}") for t in cq_targets}
+        sk_v = {t: Signal(name=f"sk_v_{t}") for t in cq_targets}
+        sk_full = Signal(name="sk_full")  # any sk_v: a load's element has one target
+        new = {"val": val, "uaddr": uaddr, "kind": d["kind"], "index": d["index"], "my": d["my"], "pm": p_rd.data,
+               "saddr": (d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)}
+        free = Signal(name="cq_free")  # cq empty or its element taken this cycle
+        m.d.comb += [free.eq(~(cq_v["scan"] & ~scan.cfg.ready) & ~(cq_v["had"] & ~had.cfg.ready)
+                             & ~(cq_v["embed"] & ~rq.i.ready)),
+                     emit.eq(cur_v & ~sk_full)]
+        with m.If(free):
+            m.d.sync += [cq[f].eq(Mux(sk_full, sk[f], new[f])) for f in fields]
+            m.d.sync += [cq_v[t].eq(Mux(sk_full, sk_v[t], emit & d[f"t_{t}"])) for t in cq_targets]
+            m.d.sync += sk_full.eq(0)
+        with m.Elif(emit):
+            m.d.sync += [sk[f].eq(new[f]) for f in fields] + [sk_v[t].eq(d[f"t_{t}"]) for t in cq_targets]
+            m.d.sync += sk_full.eq(1)
         for t in ("norm", "rq", "table", "conv"):
             u = units[t]
-            m.d.comb += [u.cfg.valid.eq(cq["v"] & cq[f"t_{t}"]), u.cfg.payload.kind.eq(cq["kind"]),
+            m.d.comb += [u.cfg.valid.eq(cq_v[t]), u.cfg.payload.kind.eq(cq["kind"]),
                          u.cfg.payload.addr.eq(cq["uaddr"]), u.cfg.payload.value.eq(cq["val"])]
         # the scan's m_y of element e, read a cycle before e enters cq (the next element's address while one goes;
         # a step's first element goes at least the DRAM's latency after e is reset) and registered into cq with it:
         # no block RAM read ahead of the scan's cfg logic, and a stalled cq holds its m_y
         m.d.comb += [p_rd.addr.eq(Mux(emit, e + 1, e)),
-                     scan.cfg.valid.eq(cq["v"] & cq["t_scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
+                     scan.cfg.valid.eq(cq_v["scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
                      scan.cfg.payload.data.eq(Mux(cq["my"], cq["pm"] | (cq["val"] << su.MY_BITS), cq["val"])),
-                     had.cfg.valid.eq(cq["v"] & cq["t_had"]), had.cfg.payload.addr.eq(cq["index"]),
+                     had.cfg.valid.eq(cq_v["had"]), had.cfg.payload.addr.eq(cq["index"]),
                      had.cfg.payload.data.eq(cq["val"]),
                      p_wr.addr.eq(e), p_wr.data.eq(val), p_wr.en.eq(emit & d["t_pair"])]
-        with m.If(cq["t_embed"]):
-            m.d.comb += [rq.i.valid.eq(cq["v"]), rq.i.payload.v.eq(cq["val"]), rq.i.payload.idx.eq(0),
+        with m.If(cq_v["embed"]):
+            m.d.comb += [rq.i.valid.eq(1), rq.i.payload.v.eq(cq["val"]), rq.i.payload.idx.eq(0),
                          rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]
 
         # ---- the burst: requested once, a beat taken when its last element is going. The beat registers change
@@ -574,10 +582,10 @@ class Engine(wiring.Component):
             with m.If(d["t_embed"]):
                 writer(rq.o, rbuf_w, rq.o.payload)
                 m.d.comb += ld_done.eq(written)
-            with m.Else():  # the last element is in cq (a register: emit's logic ends at the loader's counters)
+            with m.Else():  # the last element is in cq (registers: emit's logic ends at the loader's counters)
                 with m.If(emit & last):
                     m.d.sync += ld_last.eq(1)
-                m.d.comb += ld_done.eq(ld_last)
+                m.d.comb += ld_done.eq(ld_last & ~sk_full)
 
     def descriptor(self, step) -> dict:
         """A step's constants for the controller's descriptor registers (see elaborate)."""

@@ -331,7 +331,7 @@ class Engine(wiring.Component):
         def reset_step():
             m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), held.eq(0), q_v.eq(0),
                          mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
-                         cur_v.eq(0), ld_last.eq(0)]
+                         cur_v.eq(0), ld_em.eq(0), ld_last.eq(0)]
 
         def written_one():  # done (wr == d.wn) set with the write that reaches the count
             m.d.sync += [wr.eq(wr + 1), done.eq(wr + 1 == d["wn"])]
@@ -446,7 +446,7 @@ class Engine(wiring.Component):
         with m.If(scan.bc.ready):
             m.d.sync += bc_go.eq(0)
 
-        ld_done, ld_last, step_done = Signal(), Signal(name="ld_last"), Signal()
+        ld_done, ld_em, ld_last, step_done = Signal(), Signal(name="ld_em"), Signal(name="ld_last"), Signal()
         m.d.comb += step_done.eq(d["step"] & Mux(d["load"], ld_done, done))
         # ---- the GEMV's memory traffic, unless a load owns the port. Before the FSM: a step's end (reset_step)
         # overrides the loader's counters in its last cycle
@@ -456,7 +456,7 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
+                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
         # a step's end: its successor's descriptor, the shared counters cleared (after the loader's, the reader's
         # and the writers' updates, which it overrides); the FSM only follows
         with m.If(step_done):
@@ -506,7 +506,7 @@ class Engine(wiring.Component):
         reach the unit in the next step's first cycle); ld_done when the last element is in cq, the skid empty (for
         the embedding row: its last requantized value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
         next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
-        lst, e, last, last_m1, cur, cur_v, jb, emit, ld_last = regs
+        lst, e, last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last = regs
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
@@ -582,10 +582,12 @@ class Engine(wiring.Component):
             with m.If(d["t_embed"]):
                 writer(rq.o, rbuf_w, rq.o.payload)
                 m.d.comb += ld_done.eq(written)
-            with m.Else():  # the last element is in cq (registers: emit's logic ends at the loader's counters)
+            with m.Else():  # the last element emitted (ld_em) and in cq, not the skid: a register (ld_last) set
+                # from the skid's next state, so the step's end reads flip-flops
                 with m.If(emit & last):
-                    m.d.sync += ld_last.eq(1)
-                m.d.comb += ld_done.eq(ld_last & ~sk_full)
+                    m.d.sync += ld_em.eq(1)
+                m.d.sync += ld_last.eq((ld_em | (emit & last)) & (free | ~(sk_full | emit)))
+                m.d.comb += ld_done.eq(ld_last)
 
     def descriptor(self, step) -> dict:
         """A step's constants for the controller's descriptor registers (see elaborate)."""

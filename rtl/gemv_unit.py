@@ -122,7 +122,7 @@ class GemvUnit(wiring.Component):
         # ---- command: latched at accept; the unit is busy until its last output has transferred
         active = Signal()
         n = Signal(range(self.max_n + 1))
-        k1 = Signal(range(self.max_k + 1))  # k - 1, registered: the x loader's last-value test is one compare
+        k2 = Signal(range(self.max_k + 1))  # k - 2 (wraps for k = 1, which xi < max_k never meets): x_last's next value
         chunks = Signal(range(CM + 1))  # ceil(k / B)
         chunks1 = Signal(range(CM))  # chunks - 1: "the last chunk" is an equality of two registers, no subtractor
         kw = Signal(range(words + 1))  # x words holding data: ceil(k / L)
@@ -133,7 +133,7 @@ class GemvUnit(wiring.Component):
         c_chunks = (cmd.k + B - 1) >> lb
         m.d.comb += [self.cmd.ready.eq(~active), accept.eq(self.cmd.valid & ~active)]
         with m.If(accept):
-            m.d.sync += [active.eq(1), n.eq(cmd.n), k1.eq(cmd.k - 1), chunks.eq(c_chunks), chunks1.eq(c_chunks - 1),
+            m.d.sync += [active.eq(1), n.eq(cmd.n), k2.eq(cmd.k - 2), chunks.eq(c_chunks), chunks1.eq(c_chunks - 1),
                          kw.eq((cmd.k + L - 1) >> ll), stride.eq(c_chunks << lb), base.eq(cmd.base)]
 
         # ---- x: k values into L-wide words; the last word's unused lanes stay 0
@@ -148,15 +148,16 @@ class GemvUnit(wiring.Component):
         # flip-flop here, not the enables of `word` and the counters across the unit. ready drops in the cycle the
         # last value is stored (x_take & x_last), so a value offered then is not taken
         x_take, xin = Signal(), Signal(8)
-        x_last = xi == k1
+        x_last = Signal()  # == (xi == k - 1), a register: ready is then three flip-flops
         m.d.comb += self.x.ready.eq(loading & ~(x_take & x_last))
         m.d.sync += [x_take.eq(self.x.valid & self.x.ready), xin.eq(self.x.payload)]
         new_word = Cat(*[Mux(xl == j, xin, word[8 * j:8 * j + 8]) for j in range(L)])
         m.d.comb += [xw.addr.eq(xa), xw.data.eq(new_word), xw.en.eq(x_take & ((xl == L - 1) | x_last))]
         with m.If(accept):
-            m.d.sync += [loading.eq(1), x_done.eq(0), xi.eq(0), xa.eq(0), xl.eq(0), word.eq(0)]
+            m.d.sync += [loading.eq(1), x_done.eq(0), xi.eq(0), xa.eq(0), xl.eq(0), word.eq(0),
+                         x_last.eq(cmd.k == 1)]
         with m.Elif(x_take):
-            m.d.sync += [xi.eq(xi + 1), xl.eq(xl + 1), word.eq(new_word)]
+            m.d.sync += [xi.eq(xi + 1), xl.eq(xl + 1), word.eq(new_word), x_last.eq(xi == k2)]
             with m.If((xl == L - 1) | x_last):
                 m.d.sync += [xa.eq(xa + 1), xl.eq(0), word.eq(0)]
             with m.If(x_last):

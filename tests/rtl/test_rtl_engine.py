@@ -21,7 +21,8 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 from rtl_vectors import engine_reference, unpack_state
 
@@ -144,7 +145,7 @@ def check(name, got, ref):
         pytest.fail(f"{name}: element {k}: {got.ravel()[k]} != {ref.ravel()[k]} ({len(bad)} of {got.size} differ)")
 
 
-def decode_and_compare(model, tokens, n_layer):
+def decode_and_compare(model, tokens, n_layer, exact_cycles=True):
     ex, data = model
     t0 = time.time()
     got, expected = run_engine(data, tokens, n_layer)
@@ -155,15 +156,47 @@ def decode_and_compare(model, tokens, n_layer):
             check(f"token {t} layer {i} residual", res[i], ref["residual"][t, i])
             check(f"token {t} layer {i} SSM state", h[i], ref["h"][t, i])
         check(f"token {t} logits", logits, ref["logits"][t])
-        assert cyc == expected, (t, cyc, expected)  # every op's cycles as Engine.token_cycles predicts
+        if exact_cycles:
+            assert cyc == expected, (t, cyc, expected)  # every op's cycles as Engine.token_cycles predicts
         print(f"\ntoken {t}: {total} cycles; " + ", ".join(f"{lab} {c}" for lab, c in cyc.items()))
     print(f"{len(tokens)} tokens x {n_layer} layers: {wall:.0f} s of simulation")
-    return got
+    return got, expected
 
 
 def test_engine_one_layer(model):
     """Layer 0 then the final norm and lm_head, two tokens (the second one reads the conv window and SSM state)."""
     decode_and_compare(model, TOKENS[:2], 1)
+
+
+class StallingRequant(wiring.Component):
+    """A RequantUnit whose input is refused on a fixed pseudo-random quarter of the cycles (a 16-bit LFSR): the
+    engine's own requantizer is always ready in a load step, so only this exercises the loader's skid register
+    (the embedding row's elements held while the unit refuses them) and the GEMV waiting on the requantizer."""
+
+    def __init__(self, **kw):
+        self.inner = RequantUnit(**kw)
+        super().__init__(self.inner.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = self.inner
+        lfsr = Signal(16, init=0xACE1)
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
+        go = lfsr[0] | lfsr[1]
+        wiring.connect(m, wiring.flipped(self.cfg), inner.cfg)
+        wiring.connect(m, inner.o, wiring.flipped(self.o))
+        m.d.comb += [inner.i.valid.eq(self.i.valid & go), inner.i.payload.eq(self.i.payload),
+                     self.i.ready.eq(inner.i.ready & go)]
+        return m
+
+
+def test_engine_requantizer_stalls(model, monkeypatch):
+    """One token of layer 0 through a requantizer that refuses beats: every tensor still equal; the embedding row and
+    dt_proj (whose outputs outpace its weights) take longer than token_cycles says (the stalls happened), no op shorter."""
+    monkeypatch.setattr("rtl.engine.RequantUnit", StallingRequant)
+    ((_res, _logits, cyc, _total, _h),), expected = decode_and_compare(model, TOKENS[:1], 1, exact_cycles=False)
+    assert all(cyc[lab] >= expected[lab] for lab in LABELS), (cyc, expected)
+    assert all(cyc[lab] > expected[lab] for lab in ("embed", "dt_proj")), (cyc, expected)
 
 
 @pytest.mark.skipif(not os.environ.get("QSIM_ENGINE_WHOLE"), reason="the whole model takes 10-30 min a token in the "

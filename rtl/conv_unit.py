@@ -41,9 +41,9 @@ from amaranth.lib.wiring import In, Out
 
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
 from rtl.banked import READ_STAGES, BankedMemory, bank_bits_for
+from rtl.ebr import NO_RW_CHECK
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
-    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,

@@ -23,7 +23,10 @@ from types import SimpleNamespace
 from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, unsigned
 from amaranth.lib.memory import Memory
 
-from rtl.table_unit import NO_RW_CHECK
+# attrs of a memory no port reads in the cycle another port writes the same address with the data then used: the
+# units' constants (written by cfg beats only between vectors) and the engine's buffers. yosys then maps the block
+# RAM without emulating read-before-write (an address comparator, and a mux behind the RAM's 5.6 ns clock-to-out).
+NO_RW_CHECK = {"no_rw_check": 1}
 
 COLUMN = (10, 18)  # a primitive's block RAMs: 1024 words of 18 bits each (DP16KD DATA_WIDTH 18)
 COLUMNS = (COLUMN, (11, 9))  # ... or 2048 words of 9 bits (DATA_WIDTH 9), for deeper memories

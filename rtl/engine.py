@@ -52,9 +52,9 @@ Cycles: Engine.token_cycles(latency) gives every label's cycles per decode step:
 qsim.hw.engine.decode_step_cycles (the units' contracts in qsim.hw.units, plus the controller's fixed overheads);
 the simulations meet it exactly. For
 mamba-tiny-w8a8 at bus_bytes 16, GEMV lanes 16 (one weight beat a cycle), scan lanes 4, Hadamard lanes 4, the
-other units one element a cycle and a DRAM latency of 8: 255 513 cycles a token, per layer in_proj 16 667,
-out_proj 8 731, x_proj 2 075, dt_proj 558, scan 2 083, hadamard 1 254, norm 541, conv 529, tables 518, residual
-263 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 541, lm_head 4 368.
+other units one element a cycle and a DRAM latency of 8: 255 575 cycles a token, per layer in_proj 16 668,
+out_proj 8 732, x_proj 2 076, dt_proj 560, scan 2 084, hadamard 1 255, norm 542, conv 530, tables 520, residual
+264 and constant loads 16 782 (A.q alone 8 202: one cfg beat a cycle); then final norm 542, lm_head 4 369.
 
 Observation ports for testbenches: `layer_done` (a register, high for the cycle after a layer's residual op
 ends: the residual buffer `rbuf` holds that layer's output), `done` (the logits buffer `lbuf` is complete), and a
@@ -78,17 +78,17 @@ from rtl import image
 from rtl import scan_unit as su
 from rtl.conv_unit import ConvUnit
 from rtl.dram import read_port
-from rtl.ebr import RegisteredMemory
+from rtl.ebr import NO_RW_CHECK, RegisteredMemory
 from rtl.gemv_unit import GemvUnit
 from rtl.hadamard_unit import HadamardUnit
 from rtl.requant_unit import RequantUnit
 from rtl.rmsnorm_unit import RMSNormUnit
 from rtl.scan_unit import ScanUnit
-from rtl.table_unit import NO_RW_CHECK, Kind, ResidualUnit, TableUnit
+from rtl.table_unit import Kind, ResidualUnit, TableUnit
 
 ADDR_BITS = 32
 LEN_BITS = 16
-SKID = 4  # the reader's skid buffer: slots (a power of two, so its pointers wrap)
+SKID = 4  # the reader's skid buffer: slots (a power of two, so its pointers wrap); also the words in flight at most
 TOKEN = data.StructLayout({"token": unsigned(16), "start": 1})
 TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # where a load's elements go
 OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
@@ -230,7 +230,7 @@ class Engine(wiring.Component):
         m.submodules.gemv = gemv = GemvUnit(rows=1, lanes=self.gemv_lanes, bus_bytes=B, max_k=self.max_k,
                                             max_n=self.max_n, addr_width=ADDR_BITS)
         m.submodules.rq = rq = RequantUnit(max_rows=self.max_n)
-        m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16))
+        m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16), primitive=self.primitives)
         m.submodules.had = had = HadamardUnit(n=D, lanes=HL)
         m.submodules.res = res = ResidualUnit(lanes=1)
         m.submodules.conv = conv = self.conv = ConvUnit(d_inner=D, d_conv=K, lanes=1, n_layer=NL,
@@ -278,12 +278,13 @@ class Engine(wiring.Component):
         done = Signal(name="wdone")
         # the reader: the buffers read at rd two clocks ahead (v1, v2: the words on their way; l1, l2 their yo lane),
         # every word into a skid buffer of SKID slots (written at wp, taken at rp), the unit offered the oldest one
-        # not taken (or the arriving word when none waits). Reads issue while the words not taken would still fit
-        # if the unit took none: the issue and the block RAMs' enables never wait on a unit's ready
+        # (always from a slot: a block RAM's word goes to a register, never through the payload selects to a unit).
+        # Reads issue while the words not taken would still fit if the unit took none: the issue and the block
+        # RAMs' enables never wait on a unit's ready
         v1, v2 = Signal(name="rd_v1"), Signal(name="rd_v2")
         l1, l2 = Signal(max(hl_bits, 1), name="rd_l1"), Signal(max(hl_bits, 1), name="rd_l2")
         wp, rp = Signal(range(SKID), name="skid_wp"), Signal(range(SKID), name="skid_rp")
-        waiting, held, q_v = Signal(range(SKID), name="skid_n"), Signal(name="skid_held"), Signal(name="q_v")
+        waiting, q_v = Signal(range(SKID + 1), name="skid_n"), Signal(name="q_v")
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         e_last = Signal(name="e_last", init=1)  # == (e == d.last), a register: set as e counts and as d changes
@@ -329,7 +330,7 @@ class Engine(wiring.Component):
         mem_port = self.mem
 
         def reset_step():
-            m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), held.eq(0), q_v.eq(0),
+            m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), q_v.eq(0),
                          mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
                          cur_v.eq(0), ld_em.eq(0), ld_last.eq(0)]
 
@@ -350,17 +351,16 @@ class Engine(wiring.Component):
         m.d.comb += ready.eq(op["norm"] & norm.i.ready | d["gemv"] & gemv.x.ready | op["conv"] & conv.i.ready
                              | op["silu_z"] & table.i.ready | op["scan"] & scan.i.ready
                              | op["hadamard"] & had.i.ready | op["residual"] & res.i.ready)
-        # the reader (above): up to SKID - 1 words not taken, so SKID slots never overrun; SKID - 1 = 3 keeps a word
-        # a cycle flowing (two on their way, one waiting) and a stalled unit resumes with words waiting
+        # the reader (above): up to SKID words not taken, so SKID slots never overrun; SKID = 4 keeps a word a cycle
+        # flowing (two on their way, one in a slot, one being taken) and a stalled unit resumes with words waiting
         raddr = {"xz": Mux(op["silu_z"], rd + D, rd), "yo": rd >> hl_bits}
         words = {n: b.read(m, raddr.get(n, rd)) for n, b in bufs.items()}
-        # (waiting, its count; held, waiting != 0, the payload's select; q_v, held | v2, the units' valid: each a
-        # register, the select's fan-out apart from the valid's)
+        # (waiting, its count; q_v, waiting != 0, the units' valid: each a register)
         issue, take = Signal(name="rd_issue"), Signal(name="rd_take")
-        m.d.comb += [issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID - 1)), take.eq(q_v & ready)]
+        m.d.comb += [issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID)), take.eq(q_v & ready)]
         after = waiting + v2 - take
         m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(rp + take), waiting.eq(after),
-                     held.eq(after != 0), q_v.eq((after != 0) | v1)]
+                     q_v.eq(after != 0)]
         with m.If(issue):
             m.d.sync += rd.eq(rd + 1)
         slots = {n: [Signal(len(w), name=f"skid_{n}{i}") for i in range(SKID)] for n, w in {**words, "l": l2}.items()}
@@ -368,7 +368,7 @@ class Engine(wiring.Component):
             m.d.sync += wp.eq(wp + 1)
             for n, w in {**words, "l": l2}.items():
                 m.d.sync += Array(slots[n])[wp].eq(w)
-        q_ = {n: Mux(held, Array(slots[n])[rp], w) for n, w in {**words, "l": l2}.items()}
+        q_ = {n: Array(slots[n])[rp] for n in {**words, "l": l2}}
         q_l = q_.pop("l")
         x_of = {"in_proj": q_["u"], "x_proj": q_["xs"], "dt_proj": q_["xp"], "lm_head": q_["u"],
                 "out_proj": Array(q_["yo"][8 * j:8 * j + 8] for j in range(HL))[q_l] if HL > 1 else q_["yo"]}

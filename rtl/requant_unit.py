@@ -30,9 +30,9 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec
 from qsim.hw.units import REQUANT_LATENCY, REQUANT_STAGE  # noqa: F401 (REQUANT_LATENCY: rtl.engine imports it here)
+from rtl.ebr import NO_RW_CHECK
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
-    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,

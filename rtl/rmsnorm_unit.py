@@ -25,9 +25,9 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
+from rtl.ebr import NO_RW_CHECK
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
-    NO_RW_CHECK,
     Kind,
     OutFifo,
     beat,

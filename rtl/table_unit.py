@@ -36,6 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec
 from qsim.hw.units import FIFO_LATENCY, RESIDUAL_STAGE, TABLE_ENTRIES, TABLE_STAGE
+from rtl.ebr import RegisteredMemory
 from rtl.pipeline import Pipeline, saturate, shape_range
 
 
@@ -115,12 +116,6 @@ class OutFifo:
         self.m.d.sync += [self.pending.eq(nxt), self.room.eq(nxt < self.depth)]
 
 
-# attrs of a memory no port reads in the cycle another port writes the same address with the data then used: the
-# units' constants (written by cfg beats only between vectors) and the engine's buffers. yosys then maps the block
-# RAM without emulating read-before-write (an address comparator, and a mux behind the RAM's 5.6 ns clock-to-out).
-NO_RW_CHECK = {"no_rw_check": 1}
-
-
 def fifo_depth(stage: int) -> int:
     """Enough credits to issue every cycle while the results drain at one per cycle."""
     return max(4, stage + FIFO_LATENCY + 2)
@@ -181,8 +176,8 @@ def _saturated(shape, over, under, low):
 class TableUnit(wiring.Component):
     """int8 codes in, a run-time loaded 256-entry table's values out, `lanes` per beat (SPEC 7.4)."""
 
-    def __init__(self, *, lanes: int, out_shape):
-        self.lanes, self.out_shape = lanes, out_shape
+    def __init__(self, *, lanes: int, out_shape, primitive: bool = False):
+        self.lanes, self.out_shape, self.primitive = lanes, out_shape, primitive
         super().__init__({
             "cfg": In(cfg_signature()),
             "i": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
@@ -196,20 +191,23 @@ class TableUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L, W = self.lanes, self.out_shape.width
-        m.submodules.tab = tab = Memory(shape=unsigned(W), depth=TABLE_ENTRIES, init=[], attrs=NO_RW_CHECK)
-        w = tab.write_port()
-        m.d.comb += [self.cfg.ready.eq(1), w.addr.eq(self.cfg.payload.addr[:8]),
-                     w.data.eq(self.cfg.payload.value[:W]),
-                     w.en.eq(self.cfg.valid & (self.cfg.payload.kind == Kind.TABLE))]
+        # a table per lane, each read word registered (rtl.ebr: for synthesis, the block RAM's own output register),
+        # so the word's way to the output FIFO starts at a flip-flop (TABLE_STAGE 2)
+        tabs = [RegisteredMemory(width=W, depth=TABLE_ENTRIES, name=f"tab{j}", primitive=self.primitive)
+                for j in range(L)]
+        write = self.cfg.valid & (self.cfg.payload.kind == Kind.TABLE)
+        for tab in tabs:
+            tab.build(m)
+            tab.write(m, self.cfg.payload.addr[:8], self.cfg.payload.value[:W], write)
+        m.d.comb += self.cfg.ready.eq(1)
         out = OutFifo(m, self.o, W * L, fifo_depth(TABLE_STAGE))
         issue = Signal()
         m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
-        ports = [tab.read_port() for _ in range(L)]
-        for j, p in enumerate(ports):  # code q reads entry q + 128: flip the sign bit
-            m.d.comb += p.addr.eq(Cat(self.i.payload[j][:7], ~self.i.payload[j][7]))
-        v = Signal()
-        m.d.sync += v.eq(issue)
-        out.connect(issue, v, Cat(*(p.data for p in ports)))
+        # code q reads entry q + 128: flip the sign bit
+        words = [tab.read(m, Cat(self.i.payload[j][:7], ~self.i.payload[j][7])) for j, tab in enumerate(tabs)]
+        v = [Signal(name=f"v{i}") for i in range(1, TABLE_STAGE + 1)]
+        m.d.sync += [v[0].eq(issue)] + [b.eq(a) for a, b in zip(v, v[1:])]
+        out.connect(issue, v[-1], Cat(*words))
         return m
 
 

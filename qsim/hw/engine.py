@@ -50,7 +50,8 @@ from qsim.hw import units
 LABELS = ("embed", "norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj",
           "residual", "final_norm", "lm_head", "load")
 PER_LAYER = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "tables", "scan", "hadamard", "out_proj", "residual")
-OP_OVERHEAD = 3  # an op's two cycles filling its read pipeline and the one seeing its last write (rtl.engine)
+OP_OVERHEAD = 4  # an op's three cycles filling its read pipeline (two reading, one in the skid) and the one
+# seeing its last write (rtl.engine)
 
 
 @dataclass(frozen=True)

@@ -358,9 +358,11 @@ class Engine(wiring.Component):
         # (waiting, its count; q_v, waiting != 0, the units' valid: each a register)
         issue, take = Signal(name="rd_issue"), Signal(name="rd_take")
         m.d.comb += [issue.eq((rd < d["rn"]) & (waiting + v1 + v2 < SKID)), take.eq(q_v & ready)]
-        after = waiting + v2 - take
-        m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(rp + take), waiting.eq(after),
-                     q_v.eq(after != 0)]
+        # the count's two next values from registers, `take` (a unit's ready) only choosing between them
+        kept, less = Signal.like(waiting, name="skid_kept"), Signal.like(waiting, name="skid_less")
+        m.d.comb += [kept.eq(waiting + v2), less.eq(waiting + v2 - 1)]
+        m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(Mux(take, rp + 1, rp)),
+                     waiting.eq(Mux(take, less, kept)), q_v.eq(Mux(take, less != 0, kept != 0))]
         with m.If(issue):
             m.d.sync += rd.eq(rd + 1)
         slots = {n: [Signal(len(w), name=f"skid_{n}{i}") for i in range(SKID)] for n, w in {**words, "l": l2}.items()}

@@ -29,7 +29,7 @@ is under the label `load`.) Cycles of a step, with a DRAM of fixed `dram_latency
   embed  dram_latency + d_model + 1 + REQUANT_LATENCY + 2 (the row's elements through the loader's one-beat
          register into the requantizer, requantized to the residual width, then written)
   op     the unit's contract (qsim.hw.units) + OP_OVERHEAD; a GEMV op: gemv_unit_cycles + 1, its x from the
-         read pipeline one cycle late (x_delay = OP_OVERHEAD - 2: the unit's contract has x from cycle 1), plus the
+         read pipeline two cycles late (x_delay = OP_OVERHEAD - 2: the unit's contract has x from cycle 1), plus the
          requantization's latency (and for dt_proj the softplus table's) its outputs pass through; lm_head
          has no requantization
 

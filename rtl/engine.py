@@ -94,7 +94,7 @@ TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # whe
 OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
 # the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate; an op's
 # reader count rn and writer count wn (the op is done when wn outputs are written)
-DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last", "perm1",
+DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last0", "last_m1", "perm1",
               "signed", "sz1", "sz2", "sz4", "sz8", "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", "rn",
               "wn", *(f"t_{t}" for t in TARGETS), *(f"o_{o}" for o in OPS))
 
@@ -287,8 +287,10 @@ class Engine(wiring.Component):
         waiting, q_v = Signal(range(SKID + 1), name="skid_n"), Signal(name="q_v")
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
-        e_last = Signal(name="e_last", init=1)  # == (e == d.last), a register: set as e counts and as d changes
-        last_m1 = Signal(range(vmax), name="last_m1")  # d.last - 1 (modulo its width), so e_last needs no adder
+        # the step's last element index: e_last == (e == last), a register set as e counts and as d changes, from
+        # last_m1 = last - 1 (modulo its width; both from the descriptor, no compare or adder behind step_done)
+        e_last = Signal(name="e_last", init=1)
+        last_m1 = Signal(range(vmax), name="last_m1")
         emit = Signal()
         tok_off = Signal(ADDR_BITS)  # token * d_model: the embedding row's offset
         bcr = [Signal(signed(8), name=f"bc{j}") for j in range(2 * N)]
@@ -304,7 +306,7 @@ class Engine(wiring.Component):
         # ---- step descriptors. Every step's constants (a load's field, size, count, target; an op's unit and
         # counts; a GEMV's matrix) sit in registers `d` loaded as the step begins (step_done) from `nd`, which each
         # state fills with its successor's: the datapath reads flip-flops, not a decode of the state.
-        widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last": range(vmax),
+        widths = {**dict.fromkeys(DESCRIPTOR, 1), "off": ADDR_BITS, "beats": LEN_BITS, "last_m1": range(vmax),
                   "perm1": range(B), "kind": 3, "index": 2, "n": range(self.max_n + 1), "k": range(self.max_k + 1),
                   "rn": range(vmax + 1), "wn": range(vmax + 1)}
         descs = [self.descriptor(s) for s in steps] + [dict.fromkeys(widths, 0)]
@@ -320,8 +322,8 @@ class Engine(wiring.Component):
 
         def advance():
             m.d.sync += [d[f].eq(nd[f]) for f in widths] + [g_go.eq(nd["gemv"]), bc_go.eq(nd["bc"]),
-                                                            e_last.eq(nd["last"] == 0),  # (e is 0 then)
-                                                            last_m1.eq(nd["last"] - 1)]
+                                                            e_last.eq(nd["last0"]),  # (e is 0 then)
+                                                            last_m1.eq(nd["last_m1"])]
 
         abase = Signal(ADDR_BITS)  # the step's field: a layer field from the layer's record, the embedding row's
         m.d.comb += abase.eq(Mux(d["rel"], lbase, Mux(d["t_embed"], tok_off, 0)) + d["off"])
@@ -605,7 +607,8 @@ class Engine(wiring.Component):
             if target == "embed":
                 count, beats = self.dm, self.dm // self.B
                 out["wn"] = self.dm  # its requantized values written to the residual
-            out.update({"load": 1, "off": off, "rel": int(rel), "beats": beats, "last": count - 1,
+            out.update({"load": 1, "off": off, "rel": int(rel), "beats": beats, "last0": int(count == 1),
+                        "last_m1": max(count - 2, 0),  # (unread for one element: e_last is set from the start)
                         "perm1": self.B // size - 1, "signed": int(signed_), f"sz{size}": 1, f"t_{target}": 1})
             if target in ("norm", "rq", "table", "conv"):
                 out.update(kind=int(kind), addr0=int(kind == Kind.EPS or (kind in (Kind.M, Kind.S) and count == 1)),

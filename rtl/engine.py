@@ -231,7 +231,7 @@ class Engine(wiring.Component):
                                             max_n=self.max_n, addr_width=ADDR_BITS)
         m.submodules.rq = rq = RequantUnit(max_rows=self.max_n)
         m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16), primitive=self.primitives)
-        m.submodules.had = had = HadamardUnit(n=D, lanes=HL)
+        m.submodules.had = had = HadamardUnit(n=D, lanes=HL, primitive=self.primitives)
         m.submodules.res = res = ResidualUnit(lanes=1)
         m.submodules.conv = conv = self.conv = ConvUnit(d_inner=D, d_conv=K, lanes=1, n_layer=NL,
                                                         primitive=self.primitives)

@@ -37,10 +37,10 @@ from functools import reduce
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import hadamard, spec
+from rtl.ebr import RegisteredMemory
 from rtl.loadable import (
     MULT_BITS,
     SHIFT_BITS,
@@ -58,11 +58,12 @@ OUT_STAGE = 6 + MUL_LATENCY  # issue, data, registered, operands, sum, product, 
 
 
 class HadamardUnit(wiring.Component):
-    def __init__(self, *, n: int, lanes: int, in_bits: int = spec.GATED_BITS, fifo_depth: int = 16):
+    def __init__(self, *, n: int, lanes: int, in_bits: int = spec.GATED_BITS, fifo_depth: int = 16,
+                 primitive: bool = False):
         mb, p = hadamard.factor(n)
         if lanes < 4 or lanes & (lanes - 1) or p % lanes:
             raise ValueError(f"Hadamard unit: lanes {lanes} must be a power of two >= 4 dividing 2**k = {p} (n = {n})")
-        self.n, self.lanes, self.in_bits, self.fifo_depth = n, lanes, in_bits, fifo_depth
+        self.n, self.lanes, self.in_bits, self.fifo_depth, self.primitive = n, lanes, in_bits, fifo_depth, primitive
         self.base, self.rows, self.rows_per_block = hadamard.base_matrix(mb), n // lanes, p // lanes
         self.width = in_bits + math.ceil(math.log2(n))  # |H x| <= n * 2**(in_bits-1)
         k = p.bit_length() - 1
@@ -116,12 +117,13 @@ class HadamardUnit(wiring.Component):
         row_bits = max(R - 1, 1).bit_length()
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * L, depth=self.fifo_depth)
-        m.submodules.a = mem_a = Memory(shape=unsigned(W * L), depth=R, init=[])
-        a_r, a_w = mem_a.read_port(), mem_a.write_port()
-        if mb > 1:
-            a_r2 = mem_a.read_port()
-            m.submodules.b = mem_b = Memory(shape=unsigned(W * L), depth=R, init=[])
-            b_r, b_w = mem_b.read_port(), mem_b.write_port()
+        # the working memories, each read word registered (rtl.ebr: for synthesis, the block RAM's own output
+        # register) and read a cycle ahead, at the next cycle's addresses, so a word comes when a plain read of
+        # this cycle's would; with m > 1, a second copy of `a` for the sweep's second read
+        mems = {name: RegisteredMemory(width=W * L, depth=R, name=name, primitive=self.primitive)
+                for name in (("a", "a2", "b") if mb > 1 else ("a",))}
+        for mem in mems.values():
+            mem.build(m)
 
         # ---- run-time constants m, s: cfg beats accepted between vectors (the load pass not begun, every
         # earlier pass drained), a waiting beat holding the next vector off; the rounding half and the
@@ -147,10 +149,13 @@ class HadamardUnit(wiring.Component):
         pi_next = Mux(pi == P - 1, 0, pi + 1)
         m.d.sync += pi.eq(Mux(advance, pi_next, pi))
 
+        following = {}  # a decoded register's next value, by name
+
         def decoded(values, name, shape=1):
             """A register equal to values[pi] at all times (set with pi), so no pass decode sits on a data path."""
             reg = Signal(shape, name=name, init=values[0])
-            m.d.sync += reg.eq(Mux(advance, Array(Const(v, shape) for v in values)[pi_next], reg))
+            following[name] = Mux(advance, Array(Const(v, shape) for v in values)[pi_next], reg)
+            m.d.sync += reg.eq(following[name])
             return reg
 
         kind = lambda k: decoded([int(kk == k) for kk, _ in sched], f"is_{k}")  # noqa: E731
@@ -193,18 +198,30 @@ class HadamardUnit(wiring.Component):
         # ---- read addresses: rows in order, row pairs (r, r + 2**hb) for cross-row passes, (s, qc) for sweeps
         cross_hb = decoded([(1 << a).bit_length() - L.bit_length() if k == "bit" and (1 << a) >= L else 0
                             for k, a in sched], "cross_hb", range(max(row_bits, 1)))
-        q = t >> 1
-        pair_row = Array((((q >> hb) << (hb + 1)) | (q & ((1 << hb) - 1)) | (t[0] << hb))[:row_bits]
-                         for hb in range(max(row_bits, 1)))[cross_hb]
+        sweep_s = decoded([a if k == "sweep" else 0 for k, a in sched], "sweep_s", range(mb)) if mb > 1 else None
+
+        def addresses(t, qc, gi, cross, cross_hb, is_sweep, sweep_s):
+            """The rows a, a2 (m > 1) and b (m > 1) are read at for the sequencer's state (t, qc, gi, pass flags)."""
+            q = t >> 1
+            pair_row = Array((((q >> hb) << (hb + 1)) | (q & ((1 << hb) - 1)) | (t[0] << hb))[:row_bits]
+                             for hb in range(max(row_bits, 1)))[cross_hb]
+            if mb == 1:
+                return {"a": Mux(cross, pair_row, t)}
+            return {"a": Mux(cross, pair_row, Mux(is_sweep, (sweep_s * RPB + qc)[:row_bits], t)), "a2": qc,
+                    "b": Mux(is_sweep, (gi * RPB + qc)[:row_bits], t)}
+
         row = Signal(range(R))
-        if mb > 1:
-            sweep_s = decoded([a if k == "sweep" else 0 for k, a in sched], "sweep_s", range(mb))
-            grp_row = (gi * RPB + qc)[:row_bits]
-            m.d.comb += [row.eq(Mux(cross, pair_row, Mux(is_sweep, (sweep_s * RPB + qc)[:row_bits], t))),
-                         a_r2.addr.eq(qc), b_r.addr.eq(Mux(is_sweep, grp_row, t))]
-        else:
-            m.d.comb += row.eq(Mux(cross, pair_row, t))
-        m.d.comb += a_r.addr.eq(row)
+        now = addresses(t, qc, gi, cross, cross_hb, is_sweep, sweep_s)
+        m.d.comb += row.eq(now["a"])
+        # the same of the next cycle's state: t, qc and gi as the sequencer above updates them, the pass flags as
+        # `decoded` does
+        step = idle & issue
+        t_n = Mux(step, Mux(t == R - 1, 0, t + 1), t)
+        qc_n = Mux(step, Mux(t == R - 1, 0, Mux(is_sweep, qc + (gi == mb - 1), qc)), qc)
+        gi_n = Mux(step, Mux(t == R - 1, 0, Mux(is_sweep, Mux(gi == mb - 1, 0, gi + 1), gi)), gi)
+        nxt = addresses(t_n[:len(t)], qc_n[:len(qc)], gi_n[:len(gi)], following.get("cross", cross),
+                        following["cross_hb"], following.get("is_sweep", is_sweep), following.get("sweep_s"))
+        data_ = {name: mem.read(m, nxt[name]) for name, mem in mems.items()}
 
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2
@@ -214,16 +231,16 @@ class HadamardUnit(wiring.Component):
         # cross & second, a register of its own (the operand selects fan out to every bit): `cross` taken a cycle
         # early, which differs only right after a pass ends, in its drain, when no element is at this stage
         cross_second = pl.reg(cross & second1, D, "cross_second")
-        row_d = pl.at(pl.reg(Mux(is_sweep, grp_row, row) if mb > 1 else row, 1, "row"), D)
+        row_d = pl.at(pl.reg(Mux(is_sweep, now["b"], row) if mb > 1 else row, 1, "row"), D)  # (b: the group's row)
         lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
         # each read word registered as it leaves its memory, the pass's choice of word made after the registers,
         # among the operand selects: a block RAM's clock-to-out (5.8 ns on the ECP5 without its output register)
         # then goes to a flip-flop only. The load pass takes the input, the out pass b (m > 1), every other a
-        a_d = pl.reg(a_r.data, D, "a_data")
+        a_d = pl.reg(data_["a"], D, "a_data")
         words = {"load": [pl.at(pl.reg(self.i.payload[j], 1, f"in{j}"), D) for j in range(L)],
                  "a": [lane(a_d, j) for j in range(L)]}
         if mb > 1:
-            a2_d, b_d = pl.reg(a_r2.data, D, "a2_data"), pl.reg(b_r.data, D, "b_data")
+            a2_d, b_d = pl.reg(data_["a2"], D, "a2_data"), pl.reg(data_["b"], D, "b_data")
             words["out"] = [lane(b_d, j) for j in range(L)]
         cur = words["a"]  # the cross-row passes' operands
         prev = [pl.reg(c, D + 1, f"prev{j}") for j, c in enumerate(cur)]  # the row before, for row pairs
@@ -273,10 +290,11 @@ class HadamardUnit(wiring.Component):
 
         # ---- stage 4: write back, or requantize into the output FIFO
         word = Cat(*res)
-        m.d.comb += [a_w.addr.eq(res_row), a_w.data.eq(word), a_w.en.eq(res_v & ~is_out & ~is_sweep)]
+        for name in ("a", "a2") if mb > 1 else ("a",):
+            mems[name].write(m, res_row, word, res_v & ~is_out & ~is_sweep)
         mult = pl.put(Signal(signed(MULT_BITS + 1), name="mult"), D + 2)
         if mb > 1:
-            m.d.comb += [b_w.addr.eq(res_row), b_w.data.eq(word), b_w.en.eq(res_v & is_sweep)]
+            mems["b"].write(m, res_row, word, res_v & is_sweep)
             neg = Array(Const(int(self.base[i, 0] < 0), 1) for i in range(mb))[res_row >> (RPB.bit_length() - 1)]
             m.d.comb += mult.eq(Mux(neg, -mul_m, mul_m))
         else:

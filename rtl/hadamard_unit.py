@@ -213,15 +213,16 @@ class HadamardUnit(wiring.Component):
         row = Signal(range(R))
         now = addresses(t, qc, gi, cross, cross_hb, is_sweep, sweep_s)
         m.d.comb += row.eq(now["a"])
-        # the same of the next cycle's state: t, qc and gi as the sequencer above updates them, the pass flags as
-        # `decoded` does
-        step = idle & issue
-        t_n = Mux(step, Mux(t == R - 1, 0, t + 1), t)
-        qc_n = Mux(step, Mux(t == R - 1, 0, Mux(is_sweep, qc + (gi == mb - 1), qc)), qc)
-        gi_n = Mux(step, Mux(t == R - 1, 0, Mux(is_sweep, Mux(gi == mb - 1, 0, gi + 1), gi)), gi)
-        nxt = addresses(t_n[:len(t)], qc_n[:len(qc)], gi_n[:len(gi)], following.get("cross", cross),
-                        following["cross_hb"], following.get("is_sweep", is_sweep), following.get("sweep_s"))
-        data_ = {name: mem.read(m, nxt[name]) for name, mem in mems.items()}
+        # the same of the next cycle's state, as the sequencer above updates it: after an issue, t, qc and gi
+        # advanced (the pass flags kept: a pass ends in its drain); otherwise those kept and the pass flags as
+        # `decoded` sets them. Both from registers, the issue (which a sender's valid reaches) only choosing
+        last = t == R - 1
+        stepped = addresses(Mux(last, 0, t + 1)[:len(t)], Mux(last, 0, Mux(is_sweep, qc + (gi == mb - 1), qc))[:len(qc)],
+                            Mux(last, 0, Mux(is_sweep, Mux(gi == mb - 1, 0, gi + 1), gi))[:len(gi)],
+                            cross, cross_hb, is_sweep, sweep_s)
+        kept = addresses(t, qc, gi, following.get("cross", cross), following["cross_hb"],
+                         following.get("is_sweep", is_sweep), following.get("sweep_s"))
+        data_ = {name: mem.read(m, Mux(idle & issue, stepped[name], kept[name])) for name, mem in mems.items()}
 
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2

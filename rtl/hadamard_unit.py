@@ -142,6 +142,7 @@ class HadamardUnit(wiring.Component):
 
         # ---- sequencer: pass index, issue counter, drain counter
         pi, t = Signal(range(P)), Signal(range(R))
+        t1 = Signal(range(R), init=1 % R)  # == (t + 1) mod R, a register: the read-ahead address has no adder
         drain = Signal(range(HPL + 1))  # 0: issuing; d > 0: d-th drain cycle
         idle, t0 = Signal(init=1), Signal(init=1)  # == (drain == 0), (t == 0): kept in registers for the handshakes
         qc, gi = Signal(range(RPB)), Signal(range(mb))  # sweep: column chunk, row group
@@ -189,7 +190,7 @@ class HadamardUnit(wiring.Component):
         with m.If(~idle):
             m.d.sync += [drain.eq(Mux(advance, 0, drain + 1)), idle.eq(advance)]
         with m.Elif(issue):
-            m.d.sync += [t.eq(Mux(t == R - 1, 0, t + 1)), t0.eq(t == R - 1)]
+            m.d.sync += [t.eq(t1), t1.eq(Mux(t1 == R - 1, 0, t1 + 1)), t0.eq(t == R - 1)]
             with m.If(t == R - 1):
                 m.d.sync += [drain.eq(1), idle.eq(0), qc.eq(0), gi.eq(0)]
             with m.Elif(is_sweep):
@@ -217,7 +218,7 @@ class HadamardUnit(wiring.Component):
         # advanced (the pass flags kept: a pass ends in its drain); otherwise those kept and the pass flags as
         # `decoded` sets them. Both from registers, the issue (which a sender's valid reaches) only choosing
         last = t == R - 1
-        stepped = addresses(Mux(last, 0, t + 1)[:len(t)], Mux(last, 0, Mux(is_sweep, qc + (gi == mb - 1), qc))[:len(qc)],
+        stepped = addresses(t1, Mux(last, 0, Mux(is_sweep, qc + (gi == mb - 1), qc))[:len(qc)],
                             Mux(last, 0, Mux(is_sweep, Mux(gi == mb - 1, 0, gi + 1), gi))[:len(gi)],
                             cross, cross_hb, is_sweep, sweep_s)
         kept = addresses(t, qc, gi, following.get("cross", cross), following["cross_hb"],

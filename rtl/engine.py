@@ -94,9 +94,9 @@ TARGETS = ("norm", "rq", "table", "conv", "scan", "had", "pair", "embed")  # whe
 OPS = ("norm", "in_proj", "conv", "x_proj", "dt_proj", "silu_z", "scan", "hadamard", "out_proj", "residual", "lm_head")
 # the controller's step descriptor (Engine.descriptor): flags are one bit, the rest sized in elaborate; an op's
 # reader count rn and writer count wn (the op is done when wn outputs are written)
-DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last0", "last_m1", "perm1",
-              "signed", "sz1", "sz2", "sz4", "sz8", "kind", "addr0", "convw", "my", "fixed", "index", "n", "k", "rn",
-              "wn", *(f"t_{t}" for t in TARGETS), *(f"o_{o}" for o in OPS))
+DESCRIPTOR = ("step", "load", "gemv", "rq_op", "uniform", "bias", "wide", "bc", "off", "rel", "beats", "last0",
+              "last_m1", "perm1", "signed", "sz1", "sz2", "sz4", "sz8", "kind", "addr0", "convw", "my", "fixed",
+              "index", "n", "k", "rn", "wn", *(f"t_{t}" for t in TARGETS), *(f"o_{o}" for o in OPS))
 
 
 class Engine(wiring.Component):
@@ -508,8 +508,9 @@ class Engine(wiring.Component):
         a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq` (a skid register
         behind it), which presents it as a cfg beat to the target unit (its own copy of the target: the last beat may
         reach the unit in the next step's first cycle); ld_done when the last element is in cq, the skid empty (for
-        the embedding row: its last requantized value in the residual). A unit thus sees a layer's last constant one cycle after the step ends, before the
-        next op's first element (a reader's pipeline is two deep) and behind the scan's and Hadamard unit's own checks."""
+        the embedding row: its last requantized value in the residual). A unit thus sees a layer's last constant one
+        cycle after the step ends, before the next op's first element (a reader's pipeline is three deep) and behind
+        the scan's and Hadamard unit's own checks."""
         lst, e, last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last = regs
         p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]

@@ -191,8 +191,9 @@ class StallingRequant(wiring.Component):
 
 
 def test_engine_requantizer_stalls(model, monkeypatch):
-    """One token of layer 0 through a requantizer that refuses beats: every tensor still equal; the embedding row and
-    dt_proj (whose outputs outpace its weights) take longer than token_cycles says (the stalls happened), no op shorter."""
+    """One token of layer 0 through a requantizer that refuses beats: every tensor still equal; the embedding row
+    and dt_proj (whose outputs outpace its weights) take longer than token_cycles says (the stalls happened), no op
+    shorter."""
     monkeypatch.setattr("rtl.engine.RequantUnit", StallingRequant)
     ((_res, _logits, cyc, _total, _h),), expected = decode_and_compare(model, TOKENS[:1], 1, exact_cycles=False)
     assert all(cyc[lab] >= expected[lab] for lab in LABELS), (cyc, expected)

@@ -147,8 +147,9 @@ class HadamardUnit(wiring.Component):
         idle, t0 = Signal(init=1), Signal(init=1)  # == (drain == 0), (t == 0): kept in registers for the handshakes
         qc, gi = Signal(range(RPB)), Signal(range(mb))  # sweep: column chunk, row group
         advance = drain == HPL
-        pi_next = Mux(pi == P - 1, 0, pi + 1)
-        m.d.sync += pi.eq(Mux(advance, pi_next, pi))
+        pi_next = Signal(range(P), init=1 % P)  # == (pi + 1) mod P, a register: the next pass's flags have no adder
+        with m.If(advance):
+            m.d.sync += [pi.eq(pi_next), pi_next.eq(Mux(pi_next == P - 1, 0, pi_next + 1))]
 
         following = {}  # a decoded register's next value, by name
 

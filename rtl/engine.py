@@ -285,6 +285,9 @@ class Engine(wiring.Component):
         l1, l2 = Signal(max(hl_bits, 1), name="rd_l1"), Signal(max(hl_bits, 1), name="rd_l2")
         wp, rp = Signal(range(SKID), name="skid_wp"), Signal(range(SKID), name="skid_rp")
         waiting, q_v = Signal(range(SKID + 1), name="skid_n"), Signal(name="q_v")
+        # q_v & each reader-fed unit's op flag, registers of their own: a unit's valid is a flip-flop
+        unit_v = {u: Signal(name=f"q_v_{u}")
+                  for u in ("norm", "gemv", "conv", "silu_z", "scan", "hadamard", "residual")}
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         # the step's last element index: e_last == (e == last), a register set as e counts and as d changes, from
@@ -333,6 +336,7 @@ class Engine(wiring.Component):
 
         def reset_step():
             m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), q_v.eq(0),
+                         *(uv.eq(0) for uv in unit_v.values()),
                          mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
                          cur_v.eq(0), ld_em.eq(0), ld_last.eq(0)]
 
@@ -365,6 +369,9 @@ class Engine(wiring.Component):
         m.d.comb += [kept.eq(waiting + v2), less.eq(waiting + v2 - 1)]
         m.d.sync += [v1.eq(issue), v2.eq(v1), l1.eq(rd), l2.eq(l1), rp.eq(Mux(take, rp + 1, rp)),
                      waiting.eq(Mux(take, less, kept)), q_v.eq(Mux(take, less != 0, kept != 0))]
+        # (the op flags are the step's; a step's end clears them all, with q_v, in reset_step)
+        m.d.sync += [uv.eq(Mux(take, less != 0, kept != 0) & (d["gemv"] if u == "gemv" else op[u]))
+                     for u, uv in unit_v.items()]
         with m.If(issue):
             m.d.sync += rd.eq(rd + 1)
         slots = {n: [Signal(len(w), name=f"skid_{n}{i}") for i in range(SKID)] for n, w in {**words, "l": l2}.items()}
@@ -376,11 +383,11 @@ class Engine(wiring.Component):
         q_l = q_.pop("l")
         x_of = {"in_proj": q_["u"], "x_proj": q_["xs"], "dt_proj": q_["xp"], "lm_head": q_["u"],
                 "out_proj": Array(q_["yo"][8 * j:8 * j + 8] for j in range(HL))[q_l] if HL > 1 else q_["yo"]}
-        m.d.comb += [norm.i.valid.eq(q_v & op["norm"]), gemv.x.valid.eq(q_v & d["gemv"]),
+        m.d.comb += [norm.i.valid.eq(unit_v["norm"]), gemv.x.valid.eq(unit_v["gemv"]),
                      gemv.x.payload.eq(reduce(operator.or_, (Mux(op[o], x[:8], 0) for o, x in x_of.items()))),
-                     conv.i.valid.eq(q_v & op["conv"]), scan.i.valid.eq(q_v & op["scan"]),
-                     had.i.valid.eq(q_v & op["hadamard"]), res.i.valid.eq(q_v & op["residual"]),
-                     table.i.valid.eq(Mux(op["dt_proj"], rq.o.valid, q_v & op["silu_z"])),
+                     conv.i.valid.eq(unit_v["conv"]), scan.i.valid.eq(unit_v["scan"]),
+                     had.i.valid.eq(unit_v["hadamard"]), res.i.valid.eq(unit_v["residual"]),
+                     table.i.valid.eq(Mux(op["dt_proj"], rq.o.valid, unit_v["silu_z"])),
                      table.i.payload[0].eq(Mux(op["dt_proj"], rq.o.payload[:8], q_["xz"]).as_signed())]
         m.d.comb += [norm.i.payload[0].eq(q_["r"].as_signed()),
                      conv.i.payload.x[0].eq(q_["xz"].as_signed()), conv.i.payload.first.eq(fresh),

@@ -21,11 +21,12 @@ load's address, count, element size, target unit and cfg kind; an op's unit, its
 GEMV's matrix and requantization mode) are a descriptor (DESCRIPTOR, Engine.descriptor) held in registers, loaded
 as the step ends (step_done) from registers its predecessor filled; the loader, the reader, the writers, the GEMV
 command, the GEMV -> requantizer path and the scan's B/C beat read those registers. The reader's buffers are read
-two clocks ahead into a skid buffer (rtl.ebr: for synthesis the second clock is the block RAM's own output
-register, as block RAM's clock-to-out leaves no room for logic behind it); the reads and the block RAMs' enables
-depend on registers only, and a unit's ready reaches only the skid's read pointer (it used to enable every buffer's
-read across the chip: the critical path). A load step ends on a register (the last element handed on), not on the
-unit's handshake.
+two clocks ahead into a skid buffer whose slots offer the units every word (rtl.ebr: for synthesis the second
+clock is the block RAM's own output register, as block RAM's clock-to-out leaves no room for logic behind it); the
+reads and the block RAMs' enables depend on registers only, a unit's ready reaches only the skid's read pointer and
+count (it used to enable every buffer's read across the chip: the critical path), and each unit's valid is a
+register. A load step ends on a register (the last element handed on), not on the unit's handshake; the loader's
+elements wait for their unit in a register and a skid register behind it.
 
 Per token: embedding (row `token` of embedding.q requantized to the residual width), then per layer: norm ->
 in_proj (GEMV, per-row requant) -> xz | conv (+ SiLU table) on x -> xs | x_proj -> requant -> dt_r, B, C |

@@ -117,9 +117,10 @@ class HadamardUnit(wiring.Component):
         row_bits = max(R - 1, 1).bit_length()
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * L, depth=self.fifo_depth)
-        # the working memories, each read word registered (rtl.ebr: for synthesis, the block RAM's own output
-        # register) and read a cycle ahead, at the next cycle's addresses, so a word comes when a plain read of
-        # this cycle's would; with m > 1, a second copy of `a` for the sweep's second read
+        # the working memories, each read at an address held in a register (set a cycle ahead from the next
+        # cycle's state) and its word registered (rtl.ebr: for synthesis, the block RAM's own output register), so
+        # the way to a block RAM and the way back each start at a flip-flop; with m > 1, a second copy of `a` for
+        # the sweep's second read
         mems = {name: RegisteredMemory(width=W * L, depth=R, name=name, primitive=self.primitive)
                 for name in (("a", "a2", "b") if mb > 1 else ("a",))}
         for mem in mems.values():
@@ -224,7 +225,10 @@ class HadamardUnit(wiring.Component):
                             cross, cross_hb, is_sweep, sweep_s)
         kept = addresses(t, qc, gi, following.get("cross", cross), following["cross_hb"],
                          following.get("is_sweep", is_sweep), following.get("sweep_s"))
-        data_ = {name: mem.read(m, Mux(idle & issue, stepped[name], kept[name])) for name, mem in mems.items()}
+        # each memory's address register == now[name] at all times (reset: the first pass's row 0 is address 0)
+        at = {name: Signal(range(R), name=f"{name}_at") for name in mems}
+        m.d.sync += [at[name].eq(Mux(idle & issue, stepped[name], kept[name])) for name in mems]
+        data_ = {name: mem.read(m, at[name]) for name, mem in mems.items()}
 
         # ---- stage 2 (memory data registered): operands and one add/subtract per lane
         D = 2
@@ -236,14 +240,13 @@ class HadamardUnit(wiring.Component):
         cross_second = pl.reg(cross & second1, D, "cross_second")
         row_d = pl.at(pl.reg(Mux(is_sweep, now["b"], row) if mb > 1 else row, 1, "row"), D)  # (b: the group's row)
         lane = lambda word, j: word[j * W:(j + 1) * W].as_signed()  # noqa: E731
-        # each read word registered as it leaves its memory, the pass's choice of word made after the registers,
-        # among the operand selects: a block RAM's clock-to-out (5.8 ns on the ECP5 without its output register)
-        # then goes to a flip-flop only. The load pass takes the input, the out pass b (m > 1), every other a
-        a_d = pl.reg(data_["a"], D, "a_data")
+        # each read word is its memory's registered word (stage D), the pass's choice of word made among the
+        # operand selects. The load pass takes the input, the out pass b (m > 1), every other a
+        a_d = pl.put(data_["a"], D)
         words = {"load": [pl.at(pl.reg(self.i.payload[j], 1, f"in{j}"), D) for j in range(L)],
                  "a": [lane(a_d, j) for j in range(L)]}
         if mb > 1:
-            a2_d, b_d = pl.reg(data_["a2"], D, "a2_data"), pl.reg(data_["b"], D, "b_data")
+            a2_d, b_d = pl.put(data_["a2"], D), pl.put(data_["b"], D)
             words["out"] = [lane(b_d, j) for j in range(L)]
         cur = words["a"]  # the cross-row passes' operands
         prev = [pl.reg(c, D + 1, f"prev{j}") for j, c in enumerate(cur)]  # the row before, for row pairs

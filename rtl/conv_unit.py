@@ -28,8 +28,8 @@ holding tokens off in that cycle. Elaboration: d_inner, d_conv, lanes, n_layer.
 
 Pipeline (stage = cycles after issue): 0 issue, memory reads; 1 data (window banks, w, b, x); 2 data registered;
 3 the window's bank selected, window written; 4 taps and weights registered; 5 x*w per tap; 6 b + sum; 9 * m
-(Pipeline.mul); 10 2 * prod >> s (halves); 11 rounded, saturated to int8 = conv_pre, SiLU table read; 12 xs: conv_pre
-and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
+(Pipeline.mul); 10 2 * prod >> s (halves); 11 rounded, saturated to int8 = conv_pre, SiLU table read (distributed
+RAM, asynchronous); 12 xs registered: conv_pre and xs into the output FIFO (qsim.hw.units.CONV_LATENCY).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
 from rtl.banked import READ_STAGES, BankedMemory, bank_bits_for
-from rtl.ebr import NO_RW_CHECK
+from rtl.ebr import NO_RW_CHECK, RegisteredMemory
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
@@ -69,7 +69,7 @@ class ConvUnit(wiring.Component):
             raise ValueError(f"conv unit: lanes {lanes} must be a power of two dividing d_inner {d_inner}; "
                              f"d_conv {d_conv} >= 2; n_layer {n_layer} >= 1")
         self.d_inner, self.d_conv, self.lanes, self.rows = d_inner, d_conv, lanes, d_inner // lanes
-        self.n_layer = n_layer
+        self.n_layer, self.primitive = n_layer, primitive
         self.index_bits = max((d_inner - 1).bit_length(), 1)
         if self.index_bits + max((d_conv - 1).bit_length(), 1) > 16:
             raise ValueError("conv unit: w's cfg address does not fit 16 bits")
@@ -118,8 +118,13 @@ class ConvUnit(wiring.Component):
         cfg = registered_cfg(m, self.cfg)  # written a cycle after it arrives; no token issues while one is written
 
         # ---- constants: w (rows x lanes x K int8, one byte enable each), b, m, s, the SiLU table
-        m.submodules.w = wmem = Memory(shape=unsigned(8 * K * L), depth=R, init=[], attrs=NO_RW_CHECK)
-        ww = wmem.write_port(granularity=8)
+        # w and b read at the issued row, each word registered in its block (rtl.ebr: the DP16KD's output register
+        # for synthesis) and taken at stage 2 as it is. Written by cfg beats only, in cycles no token issues
+        wmem = RegisteredMemory(width=8 * K * L, depth=R, name="w", primitive=self.primitive, granularity=8)
+        bmem = RegisteredMemory(width=32 * L, depth=R, name="b", primitive=self.primitive, granularity=32)
+        wmem.build(m)
+        bmem.build(m)
+        ww = wmem.w
         d = cfg.payload.addr[:self.index_bits]
         tap = cfg.payload.addr[self.index_bits:16]
         hit = cfg.valid & (cfg.payload.kind == Kind.W)
@@ -127,10 +132,11 @@ class ConvUnit(wiring.Component):
         for j in range(L):
             for k in range(K):
                 m.d.comb += ww.en[j * K + k].eq(hit & (tap == k) & ((d & (L - 1)) == j if L > 1 else 1))
-        m.submodules.b = bmem = Memory(shape=unsigned(32 * L), depth=R, init=[], attrs=NO_RW_CHECK)
         vector_write(m, cfg, Kind.VEC, bmem, L, BIAS, self.d_inner)
         mult = scalar_reg(m, cfg, Kind.M, M_SHAPE, "m")
         shift = scalar_reg(m, cfg, Kind.S, S_SHAPE, "s")
+        # the SiLU table read asynchronously (distributed RAM, no block RAM clock-to-out) at conv_pre's register,
+        # its word registered into the FIFO's data
         m.submodules.silu = silu = Memory(shape=unsigned(8), depth=TABLE_ENTRIES, init=[], attrs=NO_RW_CHECK)
         sw = silu.write_port()
         m.d.comb += [sw.addr.eq(cfg.payload.addr[:8]), sw.data.eq(cfg.payload.value[:8]),
@@ -145,10 +151,9 @@ class ConvUnit(wiring.Component):
         # the windows, layer-major; a beat's address: its layer's base (a table of constants, no multiplier) plus
         # the row
         self.win.build(m)
-        w_r, b_r = wmem.read_port(), bmem.read_port()
         waddr = pl.put(Signal(range(R * NL)), 0)
-        m.d.comb += [waddr.eq(Array(Const(i * R, len(waddr)) for i in range(NL))[self.layer] + row),
-                     w_r.addr.eq(row), b_r.addr.eq(row)]
+        m.d.comb += waddr.eq(Array(Const(i * R, len(waddr)) for i in range(NL))[self.layer] + row)
+        w_q, b_q = pl.put(wmem.read(m, row), 2), pl.put(bmem.read(m, row), 2)
 
         # ---- stage 1: memory data, registered at stage 2 (a block RAM's clock-to-out leaves no room for logic
         # behind it); stage 3 (WS): the window's bank selected, the window written back shifted
@@ -173,24 +178,23 @@ class ConvUnit(wiring.Component):
         prods = []
         for j, xp in enumerate(taps):
             xr = [pl.reg(xp[k], WS + 1, f"xw{j}_{k}", signed(8)) for k in range(K)]
-            wr_ = [pl.at(pl.reg(w_r.data[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed(), 2, f"w{j}_{k}"), WS + 1)
-                   for k in range(K)]
+            wr_ = [pl.at(w_q, WS + 1)[(j * K + k) * 8:(j * K + k + 1) * 8].as_signed() for k in range(K)]
             prods.append([pl.reg(xr[k] * wr_[k], WS + 2, f"p{j}_{k}", signed(16)) for k in range(K)])
 
         # ---- stage 6 on: acc = b + sum x*w; requantized; SiLU table
         SUM = WS + 3
         pl.put(mult, SUM)
-        pre, ports = [], []
+        pre, xs = [], []
         for j in range(L):
-            bj = pl.reg(b_r.data[32 * j:32 * (j + 1)].as_signed(), 2, f"b{j}")
-            acc = pl.reg(pl.at(bj, SUM - 1) + sum(prods[j]), SUM, f"acc{j}", signed(36))
+            bj = pl.at(b_q, SUM - 1)[32 * j:32 * (j + 1)].as_signed()
+            acc = pl.reg(bj + sum(prods[j]), SUM, f"acc{j}", signed(36))
             prod = pl.mul(acc, mult, SUM, f"am{j}")
             rounded = pl.reg(halves(prod, shift), SUM + MUL_LATENCY + 1, f"r{j}")
             q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")
-            p = silu.read_port()
+            p = silu.read_port(domain="comb")
             m.d.comb += p.addr.eq(Cat(q[:7], ~q[7]))
             pre.append(pl.at(q, CONV_STAGE))
-            ports.append(p)
+            xs.append(pl.reg(p.data, CONV_STAGE, f"xs{j}"))
         assert SUM + MUL_LATENCY + 2 == CONV_STAGE - 1
-        out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *(p.data for p in ports)))
+        out.connect(issue, pl.at(v1, CONV_STAGE), Cat(*pre, *xs))
         return m

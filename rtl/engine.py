@@ -227,10 +227,10 @@ class Engine(wiring.Component):
         hl_bits = (HL - 1).bit_length()
 
         # ---- units
-        m.submodules.norm = norm = RMSNormUnit(d_model=dm, lanes=1)
+        m.submodules.norm = norm = RMSNormUnit(d_model=dm, lanes=1, primitive=self.primitives)
         m.submodules.gemv = gemv = GemvUnit(rows=1, lanes=self.gemv_lanes, bus_bytes=B, max_k=self.max_k,
                                             max_n=self.max_n, addr_width=ADDR_BITS)
-        m.submodules.rq = rq = RequantUnit(max_rows=self.max_n)
+        m.submodules.rq = rq = RequantUnit(max_rows=self.max_n, primitive=self.primitives)
         m.submodules.table = table = TableUnit(lanes=1, out_shape=signed(16), primitive=self.primitives)
         m.submodules.had = had = HadamardUnit(n=D, lanes=HL, primitive=self.primitives)
         m.submodules.res = res = ResidualUnit(lanes=1)

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
 from qsim.hw.units import REQUANT_LATENCY, REQUANT_STAGE  # noqa: F401 (REQUANT_LATENCY: rtl.engine imports it here)
-from rtl.ebr import NO_RW_CHECK
+from rtl.ebr import RegisteredMemory
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
@@ -53,10 +52,10 @@ def in_layout(max_rows: int, in_bits: int) -> data.StructLayout:
 
 
 class RequantUnit(wiring.Component):
-    def __init__(self, *, max_rows: int, in_bits: int = 32):
+    def __init__(self, *, max_rows: int, in_bits: int = 32, primitive: bool = False):
         if max_rows < 1 or not 1 <= in_bits <= 33:
             raise ValueError(f"requant unit: max_rows {max_rows} >= 1 and in_bits {in_bits} in [1, 33]")
-        self.max_rows, self.in_bits = max_rows, in_bits
+        self.max_rows, self.in_bits, self.primitive = max_rows, in_bits, primitive
         self.idx_bits = max(max_rows - 1, 1).bit_length()
         super().__init__({
             "cfg": In(cfg_signature()),
@@ -75,30 +74,30 @@ class RequantUnit(wiring.Component):
         cfg, n = self.cfg, self.max_rows
         m.d.comb += cfg.ready.eq(1)
 
+        # m, s, b: read at the beat's row, each word registered in its block (rtl.ebr: for synthesis, the DP16KD's
+        # output register) and taken at stage 2 as it is. Written by cfg beats only, between ops
         mems = {}
-        for kind, name, shape in ((Kind.M, "m", unsigned(31)), (Kind.S, "s", unsigned(6)), (Kind.VEC, "b", signed(32))):
-            m.submodules[name] = mem = Memory(shape=shape, depth=n, init=[], attrs=NO_RW_CHECK)
-            w = mem.write_port()
-            m.d.comb += [w.addr.eq(cfg.payload.addr[:self.idx_bits]), w.data.eq(cfg.payload.value[:shape.width]),
-                         w.en.eq(cfg.valid & (cfg.payload.kind == kind))]
-            mems[name] = mem.read_port()
+        for kind, name, width in ((Kind.M, "m", 31), (Kind.S, "s", 6), (Kind.VEC, "b", 32)):
+            mems[name] = mem = RegisteredMemory(width=width, depth=n, name=name, primitive=self.primitive)
+            mem.build(m)
+            mem.write(m, cfg.payload.addr[:self.idx_bits], cfg.payload.value[:width],
+                      cfg.valid & (cfg.payload.kind == kind))
 
         out = OutFifo(m, self.o, spec.RESIDUAL_BITS, fifo_depth(REQUANT_STAGE))
         issue = Signal()
         p = self.i.payload
         m.d.comb += [self.i.ready.eq(out.room), issue.eq(self.i.valid & out.room)]  # ready without valid
         row = Mux(p.uniform, 0, p.idx)
-        m.d.comb += [mems["m"].addr.eq(row), mems["s"].addr.eq(row), mems["b"].addr.eq(p.idx)]
+        q = {name: pl.put(mems[name].read(m, a), 2) for name, a in (("m", row), ("s", row), ("b", p.idx))}
 
         v = pl.reg(issue, 1, "v")
         val = pl.reg(p.v, 1, "val")
         bias, wide = pl.reg(p.bias, 1, "bias"), pl.reg(p.wide, 1, "wide")
-        mult = pl.reg(mems["m"].data, 2, "mult", signed(32))
-        shift = pl.reg(mems["s"].data, 2, "shift")
-        b = pl.reg(mems["b"].data, 2, "b")
-        acc = pl.reg(pl.at(val, 2) + Mux(pl.at(bias, 2), b, 0), 3, "acc", signed(self.in_bits + 1))
+        mult = pl.put(Signal(signed(32), name="mult"), 2)
+        m.d.comb += mult.eq(q["m"])
+        acc = pl.reg(pl.at(val, 2) + Mux(pl.at(bias, 2), q["b"].as_signed(), 0), 3, "acc", signed(self.in_bits + 1))
         prod = pl.mul(acc, mult, 3, "prod")
-        rnd = pl.reg(halves(prod, pl.at(shift, 3 + MUL_LATENCY)), 4 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
+        rnd = pl.reg(halves(prod, pl.at(q["s"], 3 + MUL_LATENCY)), 4 + MUL_LATENCY, "rnd", signed(len(prod) + 1))
         y = pl.reg(Mux(pl.at(wide, REQUANT_STAGE - 1), round_saturate_split(pl, rnd, RESIDUAL, REQUANT_STAGE - 1, "wide"),
                        round_saturate_split(pl, rnd, signed(8), REQUANT_STAGE - 1, "narrow")), REQUANT_STAGE, "y",
                    RESIDUAL)

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
-from rtl.ebr import NO_RW_CHECK
+from rtl.ebr import RegisteredMemory
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
@@ -48,10 +48,10 @@ SUM_STAGE = SQ_STAGE + 1  # the lanes' squares summed; accumulated into ss the c
 
 
 class RMSNormUnit(wiring.Component):
-    def __init__(self, *, d_model: int, lanes: int):
+    def __init__(self, *, d_model: int, lanes: int, primitive: bool = False):
         if lanes < 1 or lanes & (lanes - 1) or d_model % lanes:
             raise ValueError(f"rmsnorm unit: lanes {lanes} must be a power of two dividing d_model {d_model}")
-        self.d_model, self.lanes, self.rows = d_model, lanes, d_model // lanes
+        self.d_model, self.lanes, self.rows, self.primitive = d_model, lanes, d_model // lanes, primitive
         super().__init__({
             "cfg": In(cfg_signature()),
             "i": In(stream.Signature(data.ArrayLayout(RESIDUAL, lanes))),
@@ -71,7 +71,10 @@ class RMSNormUnit(wiring.Component):
         m.d.comb += cfg.ready.eq(1)
 
         # ---- constants
-        m.submodules.g = gmem = Memory(shape=unsigned(16 * L), depth=R, init=[], attrs=NO_RW_CHECK)
+        # g: read at the pass-2 row, its word registered in its block (rtl.ebr: for synthesis, the DP16KD's output
+        # register), taken at stage 2. Written by cfg beats only, between vectors
+        gmem = RegisteredMemory(width=16 * L, depth=R, name="g", primitive=self.primitive, granularity=16)
+        gmem.build(m)
         vector_write(m, cfg, Kind.VEC, gmem, L, G_SHAPE, self.d_model)
         eps = scalar_reg(m, cfg, Kind.EPS, unsigned(SS_BITS), "eps")
         mult = scalar_reg(m, cfg, Kind.M, signed(32), "m")
@@ -99,9 +102,9 @@ class RMSNormUnit(wiring.Component):
             m.d.sync += [phase_out.eq(0), phase_in.eq(1)]
 
         m.submodules.buf = buf = Memory(shape=unsigned(spec.RESIDUAL_BITS * L), depth=R, init=[])
-        bw, br, gr = buf.write_port(), buf.read_port(), gmem.read_port()
-        m.d.comb += [bw.addr.eq(t), bw.data.eq(self.i.payload.as_value()), bw.en.eq(issue_in),
-                     br.addr.eq(t), gr.addr.eq(t)]
+        bw, br = buf.write_port(), buf.read_port()
+        m.d.comb += [bw.addr.eq(t), bw.data.eq(self.i.payload.as_value()), bw.en.eq(issue_in), br.addr.eq(t)]
+        g_q = pl.put(gmem.read(m, t), 2)
 
         # ---- pass 1: ss = eps + sum r^2
         r0 = [pl.put(Signal(RESIDUAL, name=f"r0_{j}"), 0) for j in range(L)]
@@ -147,14 +150,14 @@ class RMSNormUnit(wiring.Component):
         ys = []
         for j in range(L):
             r1 = pl.put(Signal(RESIDUAL, name=f"r1_{j}"), 1)
-            g1 = pl.put(Signal(G_SHAPE, name=f"g1_{j}"), 1)
+            g2 = pl.put(Signal(G_SHAPE, name=f"g2_{j}"), 2)
             m.d.comb += [r1.eq(br.data[spec.RESIDUAL_BITS * j:spec.RESIDUAL_BITS * (j + 1)].as_signed()),
-                         g1.eq(gr.data[16 * j:16 * (j + 1)].as_signed())]
+                         g2.eq(g_q[16 * j:16 * (j + 1)].as_signed())]
             rt = pl.mul(r1, t_r, 1, f"rt{j}")
             # rshift_round(rt, shift) = (halves(rt, shift) + 1) >> 1: the barrel shift, then the rounding add
             rth = pl.reg(halves(rt, norm_shift), 2 + MUL_LATENCY, f"rth{j}")
             normed = pl.reg((rth + 1) >> 1, 3 + MUL_LATENCY, f"normed{j}", NORMED)
-            ng = pl.mul(normed, g1, 3 + MUL_LATENCY, f"ng{j}")
+            ng = pl.mul(normed, g2, 3 + MUL_LATENCY, f"ng{j}")
             if j == 0:
                 pl.put(mult, 3 + 2 * MUL_LATENCY)
             ngm = pl.mul(ng, mult, 3 + 2 * MUL_LATENCY, f"ngm{j}")

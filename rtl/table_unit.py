@@ -31,7 +31,6 @@ from types import SimpleNamespace
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qsim import spec
@@ -69,9 +68,12 @@ def table_beats(table) -> list[dict]:
     return [beat(Kind.TABLE, q, v) for q, v in enumerate(table)]
 
 
-def vector_write(m: Module, cfg, kind: Kind, mem: Memory, lanes: int, shape, n: int):
-    """A write port of `mem` (rows of `lanes` elements of `shape`) taking cfg beats of `kind`, addr = index < n."""
-    w = mem.write_port(granularity=shape.width)
+def vector_write(m: Module, cfg, kind: Kind, mem: RegisteredMemory, lanes: int, shape, n: int):
+    """`mem`'s write port (rows of `lanes` elements of `shape`, one granule each) taking cfg beats of `kind`,
+    addr = index < n."""
+    if mem.granularity != shape.width:
+        raise ValueError(f"memory {mem.name}: granularity {mem.granularity}, elements of {shape.width} bits")
+    w = mem.w
     lane_bits = (lanes - 1).bit_length()
     addr = cfg.payload.addr[:max((n - 1).bit_length(), 1)]
     hit = cfg.valid & (cfg.payload.kind == kind)

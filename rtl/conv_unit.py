@@ -111,7 +111,7 @@ class ConvUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pl = Pipeline(m)
+        pl = Pipeline(m, primitive=self.primitive)
         L, K, R, NL = self.lanes, self.d_conv, self.rows, self.n_layer
         lane_bits = (L - 1).bit_length()
         m.d.comb += self.cfg.ready.eq(1)

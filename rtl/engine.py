@@ -122,7 +122,7 @@ class Engine(wiring.Component):
             raise ValueError(f"engine: n_layer {n_layer} outside [1, {h['n_layer']}]")
         self.layout, self.offsets = image.layout_of(h)
         self.scan_lanes, self.had_lanes = scan_lanes, had_lanes
-        self.primitives = primitives  # block RAMs as DP16KD instances with output registers (synthesis; rtl.ebr)
+        self.primitives = primitives  # DP16KDs and MULT18X18Ds with output registers (synthesis; rtl.ebr, rtl.dsp)
         self.gemv_lanes = gemv_lanes or B
         self.max_n = max(2 * self.D, self.R + 2 * self.N, self.dm, self.V)
         self.max_k = max(self.dm, self.D, self.R)

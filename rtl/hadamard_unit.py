@@ -111,7 +111,7 @@ class HadamardUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pl = Pipeline(m)
+        pl = Pipeline(m, primitive=self.primitive)
         L, W, R, RPB, HPL = self.lanes, self.width, self.rows, self.rows_per_block, self.pass_latency
         mb, sched, P = self.base.shape[0], self.schedule, len(self.schedule)
         row_bits = max(R - 1, 1).bit_length()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
 
+from rtl.dsp import fits, registered_product
+
 DSP_BITS = 18  # ECP5 MULT18X18D operand width (signed)
 PIECE = DSP_BITS - 1  # unsigned low pieces, so that a piece is an 18-bit signed operand
 MUL_LATENCY = 3  # operands registered, partial products, their sum
@@ -67,8 +69,9 @@ class Pipeline:
     line built inside one would only shift when the condition holds).
     """
 
-    def __init__(self, m: Module, name: str = "p"):
+    def __init__(self, m: Module, name: str = "p", primitive: bool = False):
         self.m, self.name = m, name
+        self.primitive = primitive  # partial products in MULT18X18D output registers (synthesis; rtl.dsp)
         self.stage: dict[int, int] = {}
         self._lines: dict[int, list[Signal]] = {}
 
@@ -111,15 +114,27 @@ class Pipeline:
         hi = self.reg(sum(rows[h:]), stage + 1, f"{name}_hi", signed(width))
         return self.reg(lo + hi, stage + 2, name, signed(width))
 
+    def product(self, a, b, stage: int, name: str, dsp: bool = True) -> Signal:
+        """a * b registered at `stage` (a and b at stage - 1): in a MULT18X18D's own output register (rtl.dsp) where
+        the pipeline builds primitives and yosys would give the product a DSP (`dsp`: no constant operand; both 2
+        to 18 bits wide), else in a fabric register behind the multiplier."""
+        if not (self.primitive and dsp and all(fits(v) and len(v) >= 2 for v in (a, b))):
+            return self.reg(a * b, stage, name)
+        shape = (a * b).shape()
+        sig = Signal(shape, name=f"{name}_s{stage}")
+        self.m.d.comb += sig.eq(registered_product(self.m, a, b, f"{name}_dsp")[:shape.width])
+        return self.put(sig, stage)
+
     def mul(self, a, b, stage: int, name: str, retime: bool = False) -> Signal:
         """a * b (operands taken at `stage`), valid at stage + MUL_LATENCY, in registered DSP-sized pieces.
 
         retime: each partial product is registered twice, so placement can put one register beside its DSP and
         the other beside the adder (a DSP sits in a fixed row, often far from the logic); one cycle more.
         """
+        dsp = not isinstance(a, int) and not isinstance(b, int)
         a, b = (Const(x) if isinstance(x, int) else self.reg(self.at(x, stage), stage + 1, f"{name}_in{i}")
                 for i, x in enumerate((a, b)))  # input registers: the DSPs' inputs come straight from flip-flops
-        parts = [(oa + ob, self.at(self.reg(pa * pb, stage + 2, f"{name}_pp{oa}_{ob}"), stage + 2 + retime))
+        parts = [(oa + ob, self.at(self.product(pa, pb, stage + 2, f"{name}_pp{oa}_{ob}", dsp), stage + 2 + retime))
                  for oa, pa in pieces(a) for ob, pb in pieces(b)]
         total = sum((pp << off) if off else pp for off, pp in parts)
         width = a.shape().width + b.shape().width + (a.shape().signed != b.shape().signed)

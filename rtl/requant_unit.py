@@ -70,7 +70,7 @@ class RequantUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pl = Pipeline(m)
+        pl = Pipeline(m, primitive=self.primitive)
         cfg, n = self.cfg, self.max_rows
         m.d.comb += cfg.ready.eq(1)
 

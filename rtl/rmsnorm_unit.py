@@ -66,7 +66,7 @@ class RMSNormUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pl = Pipeline(m)
+        pl = Pipeline(m, primitive=self.primitive)
         L, R, cfg = self.lanes, self.rows, self.cfg
         m.d.comb += cfg.ready.eq(1)
 

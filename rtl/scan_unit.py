@@ -149,7 +149,7 @@ class ScanUnit(wiring.Component):
         self.fifo_depth = fifo_depth
         self.state = BankedMemory(width=state_bits * lanes, depth=self.words * n_layer, bank_bits=bank_bits,
                                   name="state", primitive=primitive)
-        self.primitive = primitive  # block RAMs as DP16KD instances (synthesis; rtl.ebr)
+        self.primitive = primitive  # DP16KD block RAMs, MULT18X18D products (synthesis; rtl.ebr, rtl.dsp)
         self.lane_bits = (lanes - 1).bit_length()
         self.index_bits = max(((self.words - 1) << self.lane_bits | (lanes - 1)).bit_length(), (d_inner - 1).bit_length(),
                               2)
@@ -244,7 +244,7 @@ class ScanUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = Pipeline(m)
+        p = Pipeline(m, primitive=self.primitive)
         L, K, D, W, NL = self.lanes, self.chunks, self.d_inner, self.state_bits, self.n_layer
         per_token, work = self.cycles_per_token, self.words
         pad = per_token - work  # idle slots opening a token, so h[d, n] is written before it is read again

@@ -96,8 +96,8 @@ DEVICE = {"luts": 83640, "ffs": 83640, "dsp": 156, "bram": 208, "lutram": 10455}
 def make_engine(artifact: Path = ENGINE_ARTIFACT, bus_bytes: int = 16, scan_lanes: int = 4, had_lanes: int = 4,
                 gemv_lanes: int | None = None):
     """The decode engine built for `artifact`'s image header (its dimensions and formats; nothing of the image's
-    contents reaches the hardware, which reads them through its `mem` port at run time), with the block RAM
-    primitives the RTL instantiates for synthesis (rtl.banked)."""
+    contents reaches the hardware, which reads them through its `mem` port at run time), with the block RAM and
+    multiplier primitives the RTL instantiates for synthesis (rtl.ebr, rtl.dsp)."""
     from qsim import artifact as art
     from rtl import image
     from rtl.engine import Engine

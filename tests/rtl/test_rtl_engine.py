@@ -24,8 +24,12 @@ pytest.importorskip("amaranth")
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
+from dp16kd_model import DP16KDModel
+from mult18x18d_model import MULT18X18DModel
 from rtl_vectors import engine_reference, unpack_state
 
+import rtl.dsp
+import rtl.ebr
 from qsim import artifact, spec
 from qsim.fixed.executor import FixedExecutor
 from rtl import stream
@@ -93,13 +97,17 @@ def run_engine(data: bytes, tokens, n_layer: int, **kw):
     return out, dut.token_cycles(LATENCY)
 
 
-def test_requant_unit():
+@pytest.mark.parametrize("primitive", [False, True], ids=["fabric", "primitives"])
+def test_requant_unit(primitive, monkeypatch):
     """Per-row and uniform m, s, the optional bias, int8 and residual-width saturation, extremes of every operand;
     compared with rshift_round / saturate (SPEC 2.3) on Python integers: the unit's product is exact at any
-    (int32 + int32) x uint31, beyond the spec's 2**62 bound."""
+    (int32 + int32) x uint31, beyond the spec's 2**62 bound. Also as synthesis builds it (primitive): its m, s, b
+    in DP16KDs and its partial products in MULT18X18Ds, through their pin-level models."""
+    monkeypatch.setattr(rtl.ebr, "Instance", DP16KDModel)
+    monkeypatch.setattr(rtl.dsp, "Instance", MULT18X18DModel)
     rng = np.random.default_rng(0)
     n = 64
-    dut = RequantUnit(max_rows=n)
+    dut = RequantUnit(max_rows=n, primitive=primitive)
     mm = rng.choice([1, (1 << 31) - 1, *rng.integers(1, 1 << 31, 6)], n)
     ss = rng.choice([0, 1, 62, *rng.integers(0, 63, 6)], n)
     bb = rng.choice([-(1 << 31), (1 << 31) - 1, 0, *rng.integers(-(1 << 31), 1 << 31, 5)], n)

@@ -7,11 +7,13 @@ paths (reports/rtl/synth.md), so it ranks candidates and counts endpoints; Fmax 
 
 Delay model (ns; the ECP5's cells as yosys maps them): a flip-flop's clock-to-out 0.5, a DP16KD block RAM's 4.0
 (1.0 from a port whose output register is in use, REGMODE OUTREG),
-a registered or unregistered MULT18X18D's 1.0 or 4.5; a LUT4 0.45; a PFUMX or L6MUX21 (a slice's wide
+a MULT18X18D's 4.5 through it, or, with its output register in use (REG_OUTPUT_CLK, rtl.dsp), 0.74
+out of that register and 3.5 into it (the multiply counted as its setup, as nextpnr's model does), or 1.0 from input
+registers only; a LUT4 0.45; a PFUMX or L6MUX21 (a slice's wide
 multiplexers) 0.25; a CCU2C carry cell 0.5 into its carry-out or sum, 0.06 along the chain and 0.3 from the
 chain into a sum; a net 0.4 + 0.3 log2(fan-out + 1), but 0.05 from a LUT into its slice's wide multiplexer and
 0 along a carry chain; setup 0.1. An endpoint is any input of a flip-flop, block RAM, DSP or other cell that is
-not combinational (clock pins aside).
+not combinational (clock pins aside), its setup 0.1 (a DSP's inputs into its output register: 3.5).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 CLK_TO_OUT = {"TRELLIS_FF": 0.5, "DP16KD": 4.0, "MULT18X18D": 1.0, "ALU54B": 1.0}
+DSP_OUT_REG = (0.74, 3.5)  # a MULT18X18D with its output register: clock-to-out, and setup through the multiply
 COMBINATIONAL = ("LUT4", "PFUMX", "L6MUX21", "CCU2C")
 CLOCKS = ("CLK", "CLKA", "CLKB", "WCK")
 SETUP = 0.1
@@ -78,8 +81,10 @@ def flatten(netlist: dict, top: str | None = None) -> list[Cell]:
     return cells
 
 
-def _dsp_registered(cell: Cell) -> bool:
-    return any("REG_INPUT" in k and str(v).strip() not in ("NONE", "") for k, v in cell.params.items())
+def _dsp_registered(cell: Cell, kind: str = "REG_") -> bool:
+    """Whether the DSP has registers of `kind` (REG_INPUT, REG_OUTPUT; any by default) in use."""
+    return any(k.startswith(kind) and k.endswith("_CLK") and str(v).strip() not in ("NONE", "")
+               for k, v in cell.params.items())
 
 
 def _launches(cell: Cell) -> bool:
@@ -91,6 +96,8 @@ def _clk_to_out(cell: Cell, pin: str) -> float:
     """A launching cell's clock-to-out at output `pin` (a DP16KD's DOA/DOB: its port's output register or not)."""
     if cell.type == "DP16KD" and cell.params.get(f"REGMODE_{pin[2]}", "NOREG").strip() == "OUTREG":
         return 1.0
+    if cell.type == "MULT18X18D" and _dsp_registered(cell, "REG_OUTPUT"):
+        return DSP_OUT_REG[0]
     return CLK_TO_OUT[cell.type]
 
 
@@ -183,7 +190,8 @@ def estimate(cells: list[Cell]) -> list[tuple[float, str, list[str]]]:
                 continue
             for b in bits:
                 if not isinstance(b, str):
-                    ends.append((at(b)[0] + SETUP, f"{c.name}.{pin}", b))
+                    setup = DSP_OUT_REG[1] if c.type == "MULT18X18D" and _dsp_registered(c, "REG_OUTPUT") else SETUP
+                    ends.append((at(b)[0] + setup, f"{c.name}.{pin}", b))
     ends.sort(key=lambda e: -e[0])
     return [(t, name, path(b)) for t, name, b in ends]
 

@@ -94,3 +94,22 @@ def test_cli_reads_a_netlist_and_refuses_a_missing_or_foreign_one(tmp_path, caps
     path.write_text('{"x": 1}')
     assert main(["timing", "--netlist", str(path)]) == 2
     assert "not a yosys JSON netlist" in capsys.readouterr().err
+
+
+def dsp(a, p, **params):
+    return {"type": "MULT18X18D", "parameters": params, "port_directions": {"A0": "input", "CLK0": "input",
+                                                                            "P0": "output"},
+            "connections": {"A0": [a], "CLK0": [2], "P0": [p]}}
+
+
+def test_a_dsp_with_its_output_register_splits_the_path():
+    """Combinational, the multiply sits between two flip-flops; with REG_OUTPUT_CLK in use it is the block's setup
+    on the way in and the block's register launches the way out."""
+    comb = netlist({"a": ff(9, 10), "m": dsp(10, 11, REG_OUTPUT_CLK="NONE"), "b": ff(11, 12)})
+    t, end, _ = worst(comb)
+    assert end == "b.DI" and t == pytest.approx(0.5 + NET1 + 4.5 + NET1 + timing.SETUP)
+    ends = timing.estimate(timing.flatten(netlist({"a": ff(9, 10), "m": dsp(10, 11, REG_OUTPUT_CLK="CLK0"),
+                                                   "l": lut(11, 12), "b": ff(12, 13)})))
+    arrival = {name: t for t, name, _ in ends}
+    assert arrival["m.A0"] == pytest.approx(0.5 + NET1 + timing.DSP_OUT_REG[1])
+    assert arrival["b.DI"] == pytest.approx(timing.DSP_OUT_REG[0] + NET1 + 0.45 + NET1 + timing.SETUP)

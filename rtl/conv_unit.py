@@ -42,7 +42,7 @@ from amaranth.lib.wiring import In, Out
 from qsim.hw.units import CONV_STAGE, TABLE_ENTRIES
 from rtl.banked import READ_STAGES, BankedMemory, bank_bits_for
 from rtl.ebr import NO_RW_CHECK, RegisteredMemory
-from rtl.pipeline import MUL_LATENCY, Pipeline
+from rtl.pipeline import MUL_LATENCY, Pipeline, bits_for
 from rtl.table_unit import (
     Kind,
     OutFifo,
@@ -185,11 +185,14 @@ class ConvUnit(wiring.Component):
 
         # ---- stage 6 on: acc = b + sum x*w; requantized; SiLU table
         SUM = WS + 3
+        # b + sum x*w exactly: int32 plus d_conv int8 x int8 products (33 bits at d_conv 4: two 17-bit pieces into
+        # the multiplier, four partial products to sum, not six as a 36-bit accumulator made them)
+        acc_shape = bits_for(-(1 << 31) - K * 128 * 127, (1 << 31) - 1 + K * 128 * 128)
         pl.put(mult, SUM)
         pre, xs = [], []
         for j in range(L):
             bj = pl.at(b_q, SUM - 1)[32 * j:32 * (j + 1)].as_signed()
-            acc = pl.reg(bj + sum(prods[j]), SUM, f"acc{j}", signed(36))
+            acc = pl.reg(bj + sum(prods[j]), SUM, f"acc{j}", acc_shape)
             prod = pl.mul(acc, mult, SUM, f"am{j}")
             rounded = pl.reg(halves(prod, shift), SUM + MUL_LATENCY + 1, f"r{j}")
             q = pl.reg(round_saturate_halves(rounded, signed(8)), CONV_STAGE - 1, f"pre{j}")

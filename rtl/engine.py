@@ -263,9 +263,9 @@ class Engine(wiring.Component):
                 "y": buf("ybuf", 16 * HL, D // HL, granularity=16), "yo": buf("yobuf", 8 * HL, D // HL)}
         self.rbuf = bufs["r"].memory
         self.lbuf = lbuf = mem("lbuf", 32, V)  # logits
-        pmem = mem("pmem", 32, D)  # scratch: the scan's m_y until s_y arrives
-        rd_ = {"p": pmem.read_port()}
-        wr_ = {n: b.w for n, b in bufs.items()} | {"l": lbuf.write_port(), "p": pmem.write_port()}
+        # scratch: the scan's m_y until s_y arrives, in two copies (the loader reads two elements ahead)
+        pms = (buf("pmem", 32, D), buf("pmem2", 32, D))
+        wr_ = {n: b.w for n, b in bufs.items()} | {"l": lbuf.write_port()}
 
         # ---- controller registers
         layer = Signal(range(max(NL, 2)))
@@ -468,7 +468,7 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last), ports=(rd_["p"], wr_["p"]), writer=writer, rbuf_w=wr_["r"], written=done)
+                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last), pms=pms, writer=writer, rbuf_w=wr_["r"], written=done)
         # a step's end: its successor's descriptor, the shared counters cleared (after the loader's, the reader's
         # and the writers' updates, which it overrides); the FSM only follows
         with m.If(step_done):
@@ -511,7 +511,7 @@ class Engine(wiring.Component):
 
         return m
 
-    def loader(self, m, d, abase, ld_done, units, regs, ports, writer, rbuf_w, written):
+    def loader(self, m, d, abase, ld_done, units, regs, pms, writer, rbuf_w, written):
         """A load step from its descriptor `d`: one burst of d.beats beats from `abase`, unpacked into one element
         a cycle (d.sz* bytes, sign-extended if d.signed) and handed to a one-beat register `cq` (a skid register
         behind it), which presents it as a cfg beat to the target unit (its own copy of the target: the last beat may
@@ -520,7 +520,6 @@ class Engine(wiring.Component):
         cycle after the step ends, before the next op's first element (a reader's pipeline is three deep) and behind
         the scan's and Hadamard unit's own checks."""
         lst, e, last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last = regs
-        p_rd, p_wr = ports
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
         # element jb of the beat: the lowest of `cur`, which shifts by one element as it goes (a fixed shift per
@@ -537,14 +536,25 @@ class Engine(wiring.Component):
         # with a skid register `sk` behind it: an element goes (emit) while the skid is empty, so the units' ready
         # reaches only cq's and the skid's enables, never the burst's counters and beat registers behind emit
         cq_targets = ("norm", "rq", "table", "conv", "scan", "had", "embed")
-        fields = {"val": signed(64), "my": 1, "pm": len(p_rd.data), "uaddr": len(units["norm"].cfg.payload.addr),
+        # the scan's m_y of the element that enters cq, from the scratch copies, each read two clocks ahead (rtl.ebr:
+        # for synthesis the word leaves the block's output register, not its 5.8 ns read): a at the element one
+        # clock on (e, or e + 1 as one goes), b at the one after it; the element going in between chooses (a
+        # step's first element goes at least the DRAM's latency after e is reset). The m_y elements of a pair
+        # step are written to both copies at e (that step's reads, which may meet its writes, are not used)
+        went = Signal(name="pm_went")
+        m.d.sync += went.eq(emit)
+        nxt = Mux(emit, e + 1, e)
+        pm_word = Mux(went, pms[1].read(m, nxt + 1), pms[0].read(m, nxt))
+        for pm in pms:
+            pm.write(m, e, val, emit & d["t_pair"])
+        fields = {"val": signed(64), "my": 1, "pm": 32, "uaddr": len(units["norm"].cfg.payload.addr),
                   "kind": 3, "saddr": len(scan.cfg.payload.addr), "index": 2}
         cq = {f: Signal(w, name=f"cq_{f}") for f, w in fields.items()}
         sk = {f: Signal(w, name=f"sk_{f}") for f, w in fields.items()}
         cq_v = {t: Signal(name=f"cq_v_{t}") for t in cq_targets}
         sk_v = {t: Signal(name=f"sk_v_{t}") for t in cq_targets}
         sk_full = Signal(name="sk_full")  # any sk_v: a load's element has one target
-        new = {"val": val, "uaddr": uaddr, "kind": d["kind"], "index": d["index"], "my": d["my"], "pm": p_rd.data,
+        new = {"val": val, "uaddr": uaddr, "kind": d["kind"], "index": d["index"], "my": d["my"], "pm": pm_word,
                "saddr": (d["kind"][:2] << scan.index_bits) | Mux(d["fixed"], d["index"], e)}
         free = Signal(name="cq_free")  # cq empty or its element taken this cycle
         m.d.comb += [free.eq(~(cq_v["scan"] & ~scan.cfg.ready) & ~(cq_v["had"] & ~had.cfg.ready)
@@ -561,15 +571,12 @@ class Engine(wiring.Component):
             u = units[t]
             m.d.comb += [u.cfg.valid.eq(cq_v[t]), u.cfg.payload.kind.eq(cq["kind"]),
                          u.cfg.payload.addr.eq(cq["uaddr"]), u.cfg.payload.value.eq(cq["val"])]
-        # the scan's m_y of element e, read a cycle before e enters cq (the next element's address while one goes;
-        # a step's first element goes at least the DRAM's latency after e is reset) and registered into cq with it:
-        # no block RAM read ahead of the scan's cfg logic, and a stalled cq holds its m_y
-        m.d.comb += [p_rd.addr.eq(Mux(emit, e + 1, e)),
-                     scan.cfg.valid.eq(cq_v["scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
+        # (m_y registered into cq with its element: no block RAM read ahead of the scan's cfg logic, and a stalled
+        # cq holds its m_y)
+        m.d.comb += [scan.cfg.valid.eq(cq_v["scan"]), scan.cfg.payload.addr.eq(cq["saddr"]),
                      scan.cfg.payload.data.eq(Mux(cq["my"], cq["pm"] | (cq["val"] << su.MY_BITS), cq["val"])),
                      had.cfg.valid.eq(cq_v["had"]), had.cfg.payload.addr.eq(cq["index"]),
-                     had.cfg.payload.data.eq(cq["val"]),
-                     p_wr.addr.eq(e), p_wr.data.eq(val), p_wr.en.eq(emit & d["t_pair"])]
+                     had.cfg.payload.data.eq(cq["val"])]
         with m.If(cq_v["embed"]):
             m.d.comb += [rq.i.valid.eq(1), rq.i.payload.v.eq(cq["val"]), rq.i.payload.idx.eq(0),
                          rq.i.payload.uniform.eq(1), rq.i.payload.bias.eq(0), rq.i.payload.wide.eq(1)]

@@ -290,6 +290,8 @@ class Engine(wiring.Component):
         unit_v = {u: Signal(name=f"q_v_{u}")
                   for u in ("norm", "gemv", "conv", "silu_z", "scan", "hadamard", "residual")}
         lst, e, cur = Signal(name="lst"), Signal(range(vmax), name="e"), Signal(8 * B, name="cur")
+        # e + 1 and e + 2, registers counting with e: the m_y scratch's read-ahead addresses have no adder
+        e1, e2 = Signal(range(vmax + 2), name="e_1", init=1), Signal(range(vmax + 2), name="e_2", init=2)
         cur_v, jb = Signal(name="cur_v"), Signal(range(B), name="jb")
         # the step's last element index: e_last == (e == last), a register set as e counts and as d changes, from
         # last_m1 = last - 1 (modulo its width; both from the descriptor, no compare or adder behind step_done)
@@ -338,7 +340,7 @@ class Engine(wiring.Component):
         def reset_step():
             m.d.sync += [rd.eq(0), v1.eq(0), v2.eq(0), wp.eq(0), rp.eq(0), waiting.eq(0), q_v.eq(0),
                          *(uv.eq(0) for uv in unit_v.values()),
-                         mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0),
+                         mid.eq(0), wr.eq(0), done.eq(0), lst.eq(0), e.eq(0), e1.eq(1), e2.eq(2),
                          cur_v.eq(0), ld_em.eq(0), ld_last.eq(0)]
 
         def written_one():  # done (wr == d.wn) set with the write that reaches the count
@@ -468,7 +470,7 @@ class Engine(wiring.Component):
                      gemv.mem.data.payload.eq(mem_port.data.payload), mem_port.data.ready.eq(gemv.mem.data.ready)]
         self.loader(m, d, abase, ld_done, units={"norm": norm, "rq": rq, "table": table, "conv": conv,
                                                 "scan": scan, "had": had},
-                    regs=(lst, e, e_last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last), pms=pms, writer=writer, rbuf_w=wr_["r"], written=done)
+                    regs=(lst, e, e1, e2, e_last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last), pms=pms, writer=writer, rbuf_w=wr_["r"], written=done)
         # a step's end: its successor's descriptor, the shared counters cleared (after the loader's, the reader's
         # and the writers' updates, which it overrides); the FSM only follows
         with m.If(step_done):
@@ -519,7 +521,7 @@ class Engine(wiring.Component):
         the embedding row: its last requantized value in the residual). A unit thus sees a layer's last constant one
         cycle after the step ends, before the next op's first element (a reader's pipeline is three deep) and behind
         the scan's and Hadamard unit's own checks."""
-        lst, e, last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last = regs
+        lst, e, e1, e2, last, last_m1, cur, cur_v, jb, emit, ld_em, ld_last = regs
         mem_port, scan, had, rq, conv = self.mem, units["scan"], units["had"], units["rq"], units["conv"]
         K = self.K
         # element jb of the beat: the lowest of `cur`, which shifts by one element as it goes (a fixed shift per
@@ -543,8 +545,7 @@ class Engine(wiring.Component):
         # step are written to both copies at e (that step's reads, which may meet its writes, are not used)
         went = Signal(name="pm_went")
         m.d.sync += went.eq(emit)
-        nxt = Mux(emit, e + 1, e)
-        pm_word = Mux(went, pms[1].read(m, nxt + 1), pms[0].read(m, nxt))
+        pm_word = Mux(went, pms[1].read(m, Mux(emit, e2, e1)), pms[0].read(m, Mux(emit, e1, e)))
         for pm in pms:
             pm.write(m, e, val, emit & d["t_pair"])
         fields = {"val": signed(64), "my": 1, "pm": 32, "uaddr": len(units["norm"].cfg.payload.addr),
@@ -587,7 +588,7 @@ class Engine(wiring.Component):
         want, take, jlast = Signal(), Signal(), Signal()  # jlast == (jb == d.perm1), a register
         m.d.comb += [want.eq(lst & (~cur_v | (emit & jlast))), take.eq(mem_port.data.valid & want)]
         with m.If(emit):
-            m.d.sync += [e.eq(e + 1), last.eq(e == last_m1), jb.eq(jb + 1), jlast.eq(jb + 1 == d["perm1"]),
+            m.d.sync += [e.eq(e + 1), e1.eq(e1 + 1), e2.eq(e2 + 1), last.eq(e == last_m1), jb.eq(jb + 1), jlast.eq(jb + 1 == d["perm1"]),
                          cur.eq(step_out)]
             with m.If(jlast | last):
                 m.d.sync += cur_v.eq(0)

@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from qsim import spec, tables
 from qsim.hw.units import RMSNORM_GAP, RMSNORM_STAGE
-from rtl.ebr import RegisteredMemory
+from rtl.ebr import RegisteredMemory, RegisteredRom
 from rtl.pipeline import MUL_LATENCY, Pipeline
 from rtl.table_unit import (
     Kind,
@@ -79,7 +79,10 @@ class RMSNormUnit(wiring.Component):
         eps = scalar_reg(m, cfg, Kind.EPS, unsigned(SS_BITS), "eps")
         mult = scalar_reg(m, cfg, Kind.M, signed(32), "m")
         shift_s = scalar_reg(m, cfg, Kind.S, unsigned(6), "s")
-        m.submodules.rsqrt = rom = Memory(shape=unsigned(16), depth=768, init=[int(v) for v in tables.rsqrt_table()])
+        # the rsqrt table (rtl.ebr: for synthesis its word leaves the block's output register, not a 5.6 ns read)
+        rom = RegisteredRom(width=16, init=[int(v) for v in tables.rsqrt_table()], name="rsqrt", ports=1,
+                            primitive=self.primitive)
+        rom.build(m)
 
         # ---- sequencer: pass 1 (input), gap, pass 2 (output)
         phase_in, phase_gap, phase_out = Signal(init=1), Signal(), Signal()
@@ -116,11 +119,12 @@ class RMSNormUnit(wiring.Component):
             m.d.sync += acc.eq(acc + lane_sum)
 
         # ---- gap: ss's bit length, even shift, mantissa, table entry (recomputed every cycle, latched at its end).
-        # ss is final SUM_STAGE + 2 cycles after the last input beat; gap_last latches the ROM's output
-        # RMSNORM_GAP - 1 cycles after it. Between them: the highest set bit of each byte of ss and the shift (ss's
-        # bit length from them, a log-depth priority encoder in two registered halves), the mantissa (ss shifted
-        # by it, registered), the ROM read: a short path each.
-        assert SUM_STAGE + 2 + 4 <= RMSNORM_GAP - 1  # ss, byte tops, shift, mantissa, ROM data: one register each
+        # ss is final SUM_STAGE + 2 cycles after the last input beat; the ROM's word of the finished ss is in its
+        # output register RMSNORM_GAP cycles after it (the first pass-2 issue's stage 1 takes it a cycle later),
+        # held there through pass 2 (the ROM reads only in the gap). Between them: the highest set bit of each
+        # byte of ss and the shift (ss's bit length from them, a log-depth priority encoder in two registered
+        # halves), the mantissa (ss shifted by it, registered), the ROM's two read steps: a short path each.
+        assert SUM_STAGE + 2 + 5 <= RMSNORM_GAP  # ss, byte tops, shift, mantissa, the ROM's two steps: a register each
         ss = Signal(unsigned(SS_BITS))
         m.d.sync += ss.eq(acc + eps)
         byte_tops = []
@@ -138,11 +142,9 @@ class RMSNormUnit(wiring.Component):
         sh = Signal(signed(8))  # bit_length - 10, rounded up to even: [-8, 52]
         mant = Signal(unsigned(10))
         m.d.sync += [sh.eq(sh_a), mant.eq(((ss << 8) >> amt)[:10])]
-        rr = rom.read_port()
-        m.d.comb += rr.addr.eq(mant - 256)
-        t_r, norm_shift = Signal(unsigned(16)), Signal(unsigned(5))
-        with m.If(gap_last):  # the table entry of the finished ss; acc cleared for the next row
-            m.d.sync += [t_r.eq(rr.data), norm_shift.eq(4 + (sh >> 1)), acc.eq(0)]
+        t_r, norm_shift = rom.read(m, 0, mant - 256, phase_gap), Signal(unsigned(5))
+        with m.If(gap_last):  # the finished ss's shift; acc cleared for the next row
+            m.d.sync += [norm_shift.eq(4 + (sh >> 1)), acc.eq(0)]
 
         # ---- pass 2: normed = rshift_round(r * t, shift); u = sat8(rshift_round(normed * g * m, s))
         v1 = pl.reg(issue_out, 1, "v_out")

@@ -548,7 +548,7 @@ class Engine(wiring.Component):
         pm_word = Mux(went, pms[1].read(m, Mux(emit, e2, e1)), pms[0].read(m, Mux(emit, e1, e)))
         for pm in pms:
             pm.write(m, e, val, emit & d["t_pair"])
-        fields = {"val": signed(64), "my": 1, "pm": 32, "uaddr": len(units["norm"].cfg.payload.addr),
+        fields = {"val": signed(64), "my": 1, "pm": pms[0].width, "uaddr": len(units["norm"].cfg.payload.addr),
                   "kind": 3, "saddr": len(scan.cfg.payload.addr), "index": 2}
         cq = {f: Signal(w, name=f"cq_{f}") for f, w in fields.items()}
         sk = {f: Signal(w, name=f"sk_{f}") for f, w in fields.items()}
@@ -588,8 +588,8 @@ class Engine(wiring.Component):
         want, take, jlast = Signal(), Signal(), Signal()  # jlast == (jb == d.perm1), a register
         m.d.comb += [want.eq(lst & (~cur_v | (emit & jlast))), take.eq(mem_port.data.valid & want)]
         with m.If(emit):
-            m.d.sync += [e.eq(e + 1), e1.eq(e1 + 1), e2.eq(e2 + 1), last.eq(e == last_m1), jb.eq(jb + 1), jlast.eq(jb + 1 == d["perm1"]),
-                         cur.eq(step_out)]
+            m.d.sync += [e.eq(e + 1), e1.eq(e1 + 1), e2.eq(e2 + 1), last.eq(e == last_m1), jb.eq(jb + 1),
+                         jlast.eq(jb + 1 == d["perm1"]), cur.eq(step_out)]
             with m.If(jlast | last):
                 m.d.sync += cur_v.eq(0)
         with m.If(take):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Mux, signed, unsigned
 from amaranth.lib import data
 
-from rtl.pipeline import MUL_LATENCY, pieces
+from rtl.pipeline import MUL_LATENCY
 
 SHIFT_MAX = 62  # spec 5.1: 0 <= S <= 62
 SHIFT_BITS = SHIFT_MAX.bit_length()
@@ -61,11 +61,7 @@ def mul_add(p, a, b, c, stage: int, name: str, retime: bool = False, split: bool
     same registered DSP-sized pieces), with c (a signal, taken at stage + 2 + retime) one more term of the sum of
     partial products: a rounding half rides in with the product, no adder after it. split: the terms summed in
     two registered halves, then added (one cycle more; for products of many pieces, whose sum is a deep tree)."""
-    dsp = not isinstance(a, int) and not isinstance(b, int)
-    a, b = (Const(x) if isinstance(x, int) else p.reg(p.at(x, stage), stage + 1, f"{name}_in{i}")
-            for i, x in enumerate((a, b)))
-    parts = [(oa + ob, p.at(p.product(pa, pb, stage + 2, f"{name}_pp{oa}_{ob}", dsp), stage + 2 + retime))
-             for oa, pa in pieces(a) for ob, pb in pieces(b)]
+    a, b, parts = p.partial_products(a, b, stage, name, retime)
     terms = [(pp << off) if off else pp for off, pp in parts] + [p.at(c, stage + 2 + retime)]
     sa, sb = a.shape(), b.shape()
     width = max(sa.width + sb.width + (sa.signed != sb.signed), len(c)) + 1

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
 
-from rtl.dsp import fits, registered_product
+from rtl.dsp import WIDTH, fits, registered_product
 
-DSP_BITS = 18  # ECP5 MULT18X18D operand width (signed)
+DSP_BITS = WIDTH  # ECP5 MULT18X18D operand width (signed)
 PIECE = DSP_BITS - 1  # unsigned low pieces, so that a piece is an 18-bit signed operand
 MUL_LATENCY = 3  # operands registered, partial products, their sum
 
@@ -125,17 +125,24 @@ class Pipeline:
         self.m.d.comb += sig.eq(registered_product(self.m, a, b, f"{name}_dsp")[:shape.width])
         return self.put(sig, stage)
 
+    def partial_products(self, a, b, stage: int, name: str, retime: bool = False):
+        """(a, b as registered at stage + 1, [(bit offset, partial product at stage + 2 + retime)]): the operands
+        (signals taken at `stage`, or integer constants) registered, then split into DSP-sized pieces whose
+        pairwise products are registered (`product`); mul and loadable.mul_add sum them."""
+        dsp = not isinstance(a, int) and not isinstance(b, int)
+        a, b = (Const(x) if isinstance(x, int) else self.reg(self.at(x, stage), stage + 1, f"{name}_in{i}")
+                for i, x in enumerate((a, b)))  # input registers: the DSPs' inputs come straight from flip-flops
+        parts = [(oa + ob, self.at(self.product(pa, pb, stage + 2, f"{name}_pp{oa}_{ob}", dsp), stage + 2 + retime))
+                 for oa, pa in pieces(a) for ob, pb in pieces(b)]
+        return a, b, parts
+
     def mul(self, a, b, stage: int, name: str, retime: bool = False) -> Signal:
         """a * b (operands taken at `stage`), valid at stage + MUL_LATENCY, in registered DSP-sized pieces.
 
         retime: each partial product is registered twice, so placement can put one register beside its DSP and
         the other beside the adder (a DSP sits in a fixed row, often far from the logic); one cycle more.
         """
-        dsp = not isinstance(a, int) and not isinstance(b, int)
-        a, b = (Const(x) if isinstance(x, int) else self.reg(self.at(x, stage), stage + 1, f"{name}_in{i}")
-                for i, x in enumerate((a, b)))  # input registers: the DSPs' inputs come straight from flip-flops
-        parts = [(oa + ob, self.at(self.product(pa, pb, stage + 2, f"{name}_pp{oa}_{ob}", dsp), stage + 2 + retime))
-                 for oa, pa in pieces(a) for ob, pb in pieces(b)]
+        a, b, parts = self.partial_products(a, b, stage, name, retime)
         total = sum((pp << off) if off else pp for off, pp in parts)
         width = a.shape().width + b.shape().width + (a.shape().signed != b.shape().signed)
         shape = signed(width) if (a.shape().signed or b.shape().signed) else unsigned(width)
